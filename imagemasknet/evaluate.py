@@ -1,0 +1,124 @@
+"""Run a model over decoded arrays, and turn its predictions into a report (JSON + table)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import CLASSES, Arrays
+from .metrics import bootstrap, confusion, dice, expected_calibration_error, reliability, roc_auc, roc_curve, softmax
+from .models import ModelSpec
+from .transforms import normalise
+
+
+@dataclass
+class Predictions:
+    ids: list[str]
+    labels: np.ndarray
+    logits: np.ndarray  # (N, 3), before temperature
+    dice: np.ndarray  # (N,), NaN where the model predicts no lesion map or the scan has no lesion
+
+
+def model_input(spec: ModelSpec, images: torch.Tensor, masks: torch.Tensor | None, mode: str, device: torch.device):
+    """uint8 scans and bool masks (B, 1, S, S) → the (image, mask) pair a model takes in ``mode``."""
+    image = normalise(images.to(device), spec.normalisation, spec.image_channels)
+    mask = masks.to(device).float() if mode == "mask" else None
+    return image, mask
+
+
+@torch.no_grad()
+def predict_arrays(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, mode: str,
+                   device: torch.device, batch_size: int = 32) -> Predictions:
+    model.eval()
+    logits, dices = [], []
+    for start in range(0, len(arrays.ids), batch_size):
+        images = torch.from_numpy(arrays.images[start:start + batch_size]).unsqueeze(1)
+        masks = torch.from_numpy(arrays.masks[start:start + batch_size]).unsqueeze(1)
+        output = model(*model_input(spec, images, masks, mode, device))
+        logits.append(output.logits.float().cpu().numpy())
+        for n in range(len(images)):
+            truth = arrays.masks[start + n]
+            if output.lesion_logits is None or not truth.any():
+                dices.append(np.nan)
+            else:
+                lesion = output.lesion_logits[n, 0]
+                if lesion.shape != truth.shape:
+                    lesion = F.interpolate(lesion[None, None], size=truth.shape, mode="bilinear")[0, 0]
+                dices.append(dice((lesion > 0).cpu().numpy(), truth))
+    return Predictions(list(arrays.ids), arrays.labels.copy(), np.concatenate(logits), np.array(dices))
+
+
+def report(predictions: Predictions, temperature: float = 1.0, resamples: int = 1000,
+           clusters: np.ndarray | None = None) -> dict:
+    """Every metric with its bootstrap 95 % CI, the confusion matrix, ROC curves and reliability."""
+    probabilities = softmax(predictions.logits, temperature)
+    y = predictions.labels
+    result = {
+        "n": int(len(y)),
+        "temperature": temperature,
+        "metrics": bootstrap(probabilities, y, resamples=resamples, clusters=clusters),
+        "confusion": confusion(y, probabilities.argmax(1)).tolist(),
+        "roc": {},
+        "reliability": reliability(probabilities, y),
+    }
+    for c, name in enumerate(CLASSES):
+        if (y == c).any() and (y != c).any():
+            fpr, tpr, _ = roc_curve(y == c, probabilities[:, c])
+            result["roc"][name] = {"fpr": fpr.round(4).tolist(), "tpr": tpr.round(4).tolist()}
+    lesion_dice = predictions.dice[~np.isnan(predictions.dice)]
+    if len(lesion_dice):
+        result["lesion_dice"] = {"mean": float(lesion_dice.mean()), "median": float(np.median(lesion_dice)),
+                                 "n": int(len(lesion_dice))}
+    return result
+
+
+def format_report(reports: dict[str, dict], title: str = "") -> str:
+    """Plain-text table: one column per mode, each metric as value [CI]."""
+    modes = list(reports)
+    keys = list(next(iter(reports.values()))["metrics"]) if reports else []
+    width = max([len(k) for k in keys] + [10])
+    lines = [title] if title else []
+    lines.append(f"{'metric':<{width}}  " + "  ".join(f"{m:<24}" for m in modes))
+    for key in keys:
+        cells = []
+        for mode in modes:
+            m = reports[mode]["metrics"][key]
+            cells.append(f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]".ljust(24))
+        lines.append(f"{key:<{width}}  " + "  ".join(cells))
+    for mode in modes:
+        r = reports[mode]
+        lines.append(f"confusion ({mode}; rows true, columns predicted: {', '.join(CLASSES)}): {r['confusion']}")
+        if "lesion_dice" in r:
+            lines.append(f"lesion Dice ({mode}): mean {r['lesion_dice']['mean']:.3f} over {r['lesion_dice']['n']} lesion scans")
+    return "\n".join(lines)
+
+
+def lesion_summary(predictions: Predictions, temperature: float = 1.0) -> dict:
+    """On scans labelled benign or malignant: benign-vs-malignant AUC from P(malignant), and the
+    share of those lesion scans the model calls normal (the external-data figures)."""
+    probabilities = softmax(predictions.logits, temperature)
+    normal, malignant = CLASSES.index("normal"), CLASSES.index("malignant")
+    lesion = predictions.labels != normal
+    if not lesion.any():
+        return {}
+    return {
+        "n_lesion_scans": int(lesion.sum()),
+        "benign_vs_malignant_auc": roc_auc(predictions.labels[lesion] == malignant, probabilities[lesion, malignant]),
+        "lesions_called_normal": float((probabilities[lesion].argmax(1) == normal).mean()),
+    }
+
+
+def evaluate_model(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, modes: list[str],
+                   temperatures: dict[str, float], device: torch.device, clusters: np.ndarray | None = None,
+                   resamples: int = 1000) -> dict[str, dict]:
+    """A full report per mode, with the lesion summary."""
+    reports = {}
+    for mode in modes:
+        predictions = predict_arrays(model, spec, arrays, mode, device)
+        temperature = temperatures.get(mode, 1.0)
+        reports[mode] = report(predictions, temperature, resamples=resamples, clusters=clusters)
+        reports[mode]["lesions"] = lesion_summary(predictions, temperature)
+        reports[mode]["uncalibrated_ece"] = expected_calibration_error(softmax(predictions.logits), predictions.labels)
+    return reports

@@ -1,0 +1,88 @@
+"""Model registry: build any architecture by name, and say what inputs it takes.
+
+Every model is called as ``model(image, mask=None)`` with ``image`` a float tensor (B, C, S, S) and
+``mask`` a float tensor (B, 1, S, S) of 0/1, and returns a :class:`ModelOutput`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .base import ModelOutput
+from .lesion_resunet import LesionResUNet
+from .study import ImageMaskNet, ImageMaskNet2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., nn.Module]
+    description: str
+    accepts_mask: bool
+    needs_mask: bool
+    predicts_lesion: bool
+    image_channels: int  # 3: the study's RGB-replicated input; 1: greyscale
+    normalisation: str  # "unit": pixels / 255; "per-image": zero mean, unit variance per scan
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        if self.needs_mask:
+            return ("mask",)
+        return ("image", "mask") if self.accepts_mask else ("image",)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> None:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model '{spec.name}' is already registered")
+    _REGISTRY[spec.name] = spec
+
+
+register(ModelSpec(
+    "imagemasknet", ImageMaskNet,
+    "Study Model 1: image branch + mask branch, concatenated; needs a mask.",
+    accepts_mask=True, needs_mask=True, predicts_lesion=False, image_channels=3, normalisation="unit",
+))
+register(ModelSpec(
+    "imagemasknet2", ImageMaskNet2,
+    "Study Model 2: image-only head, and a combined head used when a mask is given.",
+    accepts_mask=True, needs_mask=False, predicts_lesion=False, image_channels=3, normalisation="unit",
+))
+register(ModelSpec(
+    "lesion-resunet", LesionResUNet,
+    "Compact residual encoder with a lesion-segmentation head; pools features over the predicted "
+    "(or given) lesion. Image-only at inference, mask-aware when a mask is given.",
+    accepts_mask=True, needs_mask=False, predicts_lesion=True, image_channels=1, normalisation="per-image",
+))
+
+DEFAULT_MODEL = "lesion-resunet"
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model '{name}'; registered: {', '.join(_REGISTRY)}") from None
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    return get_spec(name).build(**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "ModelOutput", "ModelSpec", "DEFAULT_MODEL", "build_model", "count_parameters", "get_spec",
+    "list_models", "register", "torch",
+]

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class ModelOutput(NamedTuple):
+    """Class logits (B, 3) and, for models that segment, lesion logits (B, 1, S, S)."""
+
+    logits: torch.Tensor
+    lesion_logits: torch.Tensor | None = None

@@ -1,0 +1,166 @@
+"""Run folders and the files in them: atomic writes, weights, status, listing.
+
+A run folder holds ``config.json``, ``history.json``, ``status.json``, ``best.safetensors``,
+``last.safetensors``, ``log.txt`` and, once evaluated, ``metrics.json``. Every JSON and weights file
+is written to a temporary file in the same folder and renamed over the target, so a crash or a kill
+never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+RUN_STATES = ("running", "finished", "failed", "cancelled")
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("IMAGEMASKNET_RUNS", "runs"))
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as out:
+            json.dump(payload, out, indent=2, sort_keys=False, default=str)
+            out.write("\n")
+
+    _atomic_write(path, write)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a JSON file we wrote; a missing or unreadable file gives ``default``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {}))
+
+
+class WeightsError(RuntimeError):
+    """A weights file that is missing, unreadable, or does not fit the model."""
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> torch.nn.Module:
+    """Load a safetensors file (no pickle, so no code runs) into ``model`` strictly."""
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise WeightsError(f"cannot read weights {path}: {error}") from error
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise WeightsError(f"weights {path} do not fit this model: {error}") from error
+    return model
+
+
+@dataclass
+class Run:
+    """A view of one run folder; every field tolerates a half-written folder."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> dict:
+        return read_json(self.path / "config.json", {}) or {}
+
+    @property
+    def history(self) -> list[dict]:
+        history = read_json(self.path / "history.json", [])
+        return history if isinstance(history, list) else []
+
+    @property
+    def status(self) -> dict:
+        return read_json(self.path / "status.json", {}) or {}
+
+    @property
+    def metrics(self) -> dict | None:
+        return read_json(self.path / "metrics.json")
+
+    @property
+    def state(self) -> str:
+        state = self.status.get("state", "unknown")
+        if state == "running" and not _pid_alive(self.status.get("pid")):
+            return "crashed"
+        return state
+
+    def weights(self, which: str = "best") -> Path | None:
+        for name in (f"{which}.safetensors", "last.safetensors"):
+            if (self.path / name).exists():
+                return self.path / name
+        return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join((self.path / "log.txt").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_runs(root: Path | None = None) -> list[Run]:
+    root = Path(root or runs_root())
+    if not root.is_dir():
+        return []
+    runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    return sorted(runs, key=lambda r: r.path.stat().st_mtime, reverse=True)
+
+
+def load_model(arch: str, weights: Path, image_size: int = 256, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Build a registered model and fill it from a safetensors file, in eval mode."""
+    from .models import build_model
+
+    model = build_model(arch, image_size=image_size)
+    load_weights(weights, model)
+    return model.to(device).eval()
+
+
+def run_temperatures(run_dir: Path) -> dict[str, float]:
+    calibration = read_json(Path(run_dir) / "calibration.json", {}) or {}
+    temperatures = calibration.get("temperature", {})
+    return {m: float(t) for m, t in temperatures.items()} if isinstance(temperatures, dict) else {}
