@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import PRESETS, TrainConfig, preset
+from .models import DEFAULT_MODEL
 
 
 def _optional_int(text: str) -> int | None:
@@ -161,6 +162,77 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scan_files(inputs: list[str]) -> list[Path]:
+    """Files as given, folders expanded (sorted, recursively) to the image and DICOM files inside."""
+    from .data import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES | {".dcm", ".dicom"}))
+        else:
+            files.append(path)
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    from tqdm import tqdm
+
+    from .explain import heatmap_overlay
+    from .predict import Predictor, ScanError, read_mask, read_scan
+    from .runs import WeightsError
+
+    try:
+        predictor = Predictor.from_run(Path(args.run)) if args.run else Predictor.shipped(args.model)
+    except (WeightsError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    files = _scan_files(args.inputs)
+    masks = args.mask or []
+    if masks and len(masks) != len(files):
+        print(f"error: {len(masks)} masks for {len(files)} scans; give one --mask per scan, in order", file=sys.stderr)
+        return 2
+    if args.grad_cam:
+        Path(args.grad_cam).mkdir(parents=True, exist_ok=True)
+    records = []
+    for n, file in enumerate(tqdm(files, desc="predicting", unit="scan", disable=args.no_progress or not files)):
+        try:
+            scan = read_scan(file, name=file.name)
+            mask = read_mask(masks[n], scan.pixels.shape, name=Path(masks[n]).name) if masks else None
+            prediction = predictor.predict(scan, mask)
+            records.append(prediction.record(str(file)))
+            if args.grad_cam:
+                from PIL import Image
+
+                heat = predictor.grad_cam(scan, prediction.label, mask)
+                Image.fromarray(heatmap_overlay(scan.rgb, heat)).save(Path(args.grad_cam) / f"{file.stem}.gradcam.png")
+        except ScanError as error:
+            records.append({"file": str(file), "error": {"type": type(error).__name__, "message": str(error)}})
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "label", "p_normal", "p_benign", "p_malignant", "mode", "model", "warnings",
+                         "error_type", "error_message"])
+        for r in records:
+            p = r.get("probabilities", {})
+            writer.writerow([r["file"], r.get("label", ""), *(f"{p[c]:.6f}" if p else "" for c in ("normal", "benign", "malignant")),
+                             r.get("mode", ""), r.get("model", ""), " | ".join(r.get("warnings", [])),
+                             r.get("error", {}).get("type", ""), r.get("error", {}).get("message", "")])
+    elif args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        for r in records:
+            if "error" in r:
+                print(f"{r['file']}: ERROR {r['error']['message']}")
+            else:
+                p = r["probabilities"]
+                warn = f"  [{'; '.join(r['warnings'])}]" if r["warnings"] else ""
+                print(f"{r['file']}: {r['label']} ({p[r['label']]:.1%}; normal {p['normal']:.2f}, benign {p['benign']:.2f}, "
+                      f"malignant {p['malignant']:.2f}; {r['mode']} mode){warn}")
+    return 0 if any("error" not in r for r in records) else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import count_parameters, build_model, get_spec, list_models
 
@@ -216,6 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--out", help="default: splits/busi-5fold.json")
     split.set_defaults(func=cmd_split)
+
+    predict = commands.add_parser("predict", help="classify scans (files or folders)",
+                                  description="Classify scans with the shipped model (or a run's). Unreadable files are "
+                                              "reported and the batch goes on; exit 0 when at least one scan was predicted.")
+    predict.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER")
+    predict.add_argument("--mask", action="append", help="lesion mask for a scan (repeat: one per scan, in order)")
+    predict.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name")
+    predict.add_argument("--run", help="use a run folder's best checkpoint instead of a shipped model")
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON list, a record per file")
+    output.add_argument("--csv", action="store_true", help="print CSV rows")
+    predict.add_argument("--grad-cam", metavar="OUTDIR", help="also save a Grad-CAM overlay per scan here")
+    predict.add_argument("--no-progress", action="store_true")
+    predict.set_defaults(func=cmd_predict)
 
     models = commands.add_parser("models", help="list registered models")
     models.set_defaults(func=cmd_models)

@@ -11,7 +11,7 @@ MASK_SCHEDULES = ("always", "never", "first-half", "random")
 @dataclass
 class TrainConfig:
     arch: str = field(default="lesion-resunet", metadata={"help": "registered model name"})
-    epochs: int = field(default=40, metadata={"help": "training epochs", "min": 1, "max": 500})
+    epochs: int = field(default=60, metadata={"help": "training epochs", "min": 1, "max": 500})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (Adam/AdamW)", "min": 1e-6, "max": 1.0})
     weight_decay: float = field(default=1e-4, metadata={"help": "weight decay", "min": 0.0, "max": 1.0})
     batch_size: int = field(default=16, metadata={"help": "batch size", "min": 1, "max": 512})

@@ -235,6 +235,7 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
     if config.class_balanced:
         class_weight = torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
     mask_rng = random.Random(config.seed)
+    mask_generator = torch.Generator().manual_seed(config.seed)
     test_arrays, val_arrays = arrays.take(test_ids), arrays.take(val_ids)
     primary_mode = spec.modes[0]
     best_val = math.inf
@@ -247,11 +248,17 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
         loss_sum, correct, seen = 0.0, 0, 0
         batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False, disable=not progress)
         for batch_index, (images, masks, y) in enumerate(batches):
-            mode = "mask" if uses_mask(config, spec, epoch, mask_rng) else "image"
             y = y.to(device)
-            output = model(*model_input(spec, images, masks, mode, device))
+            if config.mask_schedule == "random" and spec.per_scan_mask_choice:
+                given = torch.rand(len(y), generator=mask_generator) < 0.5
+                output = model(*model_input(spec, images, masks, "mask", device), mask_given=given.to(device))
+                segmenting = True
+            else:
+                mode = "mask" if uses_mask(config, spec, epoch, mask_rng) else "image"
+                output = model(*model_input(spec, images, masks, mode, device))
+                segmenting = mode == "image"
             loss = F.cross_entropy(output.logits, y, weight=class_weight, label_smoothing=config.label_smoothing)
-            if output.lesion_logits is not None and mode == "image" and config.segmentation_weight > 0:
+            if output.lesion_logits is not None and segmenting and config.segmentation_weight > 0:
                 loss = loss + config.segmentation_weight * segmentation_loss(output.lesion_logits, masks.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,6 +26,7 @@ class ModelSpec:
     predicts_lesion: bool
     image_channels: int  # 3: the study's RGB-replicated input; 1: greyscale
     normalisation: str  # "unit": pixels / 255; "per-image": zero mean, unit variance per scan
+    per_scan_mask_choice: bool = False  # forward takes mask_given=(B,) bool: modes mix inside a batch
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -58,6 +59,7 @@ register(ModelSpec(
     "Compact residual encoder with a lesion-segmentation head; pools features over the predicted "
     "(or given) lesion. Image-only at inference, mask-aware when a mask is given.",
     accepts_mask=True, needs_mask=False, predicts_lesion=True, image_channels=1, normalisation="per-image",
+    per_scan_mask_choice=True,
 ))
 
 DEFAULT_MODEL = "lesion-resunet"

@@ -1,9 +1,10 @@
 """A compact residual encoder with a lesion-segmentation decoder and lesion-focused classification.
 
-Input: the greyscale scan plus two extra channels, the lesion mask and a "mask given" plane, so one
-set of weights serves image-only mode (both zero) and mask mode. The decoder predicts the lesion at
-1/4 resolution; the classifier pools the deepest features globally and over the lesion (the given
-mask in mask mode, the predicted one otherwise), so the decision looks at the lesion.
+The encoder sees only the greyscale scan, so its features (and its batch-norm statistics) are the same
+in both modes. The decoder predicts the lesion at 1/4 resolution; the classifier pools the deepest
+features globally and over the lesion: over the given mask in mask mode, over the predicted lesion
+otherwise. One set of weights serves both modes; an empty given mask ("no lesion marked") pools to
+zero, which the head learns to read as a normal scan.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class LesionResUNet(nn.Module):
         super().__init__()
         del image_size  # fully convolutional: any size divisible by 64 works
         widths = (width, 2 * width, 4 * width, 8 * width)
-        self.stem = nn.Sequential(_conv_bn_relu(3, 24, 2), _conv_bn_relu(24, width, 2))
+        self.stem = nn.Sequential(_conv_bn_relu(1, 24, 2), _conv_bn_relu(24, width, 2))
         self.stages = nn.ModuleList([
             ResidualBlock(width, widths[0]),
             ResidualBlock(widths[0], widths[1], 2),
@@ -49,13 +50,12 @@ class LesionResUNet(nn.Module):
         self.segment = nn.Sequential(_conv_bn_relu(decoder, decoder), nn.Conv2d(decoder, 1, 1))
         self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * widths[3], num_classes))
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None,
+                mask_given: torch.Tensor | None = None) -> ModelOutput:
+        """``mask_given`` (B,) bool picks, per scan, the given mask (True) or the predicted lesion
+        (False) for pooling; by default every scan uses the given mask when there is one."""
         size = image.shape[-2:]
-        if mask is None:
-            extra = image.new_zeros((image.shape[0], 2, *size))
-        else:
-            extra = torch.cat([mask, torch.ones_like(mask)], dim=1)
-        x = self.stem(torch.cat([image, extra], dim=1))
+        x = self.stem(image)
         features = []
         for stage in self.stages:
             x = stage(x)
@@ -67,7 +67,10 @@ class LesionResUNet(nn.Module):
 
         deepest = features[-1]
         # Detached: the segmentation head learns from the masks, not from the classification loss.
-        focus = mask if mask is not None else torch.sigmoid(lesion_logits).detach()
+        focus = torch.sigmoid(lesion_logits).detach()
+        if mask is not None:
+            use_given = torch.ones(len(mask), dtype=torch.bool, device=mask.device) if mask_given is None else mask_given
+            focus = torch.where(use_given[:, None, None, None], mask, focus)
         focus = F.adaptive_avg_pool2d(focus, deepest.shape[-2:])
         lesion_pool = (deepest * focus).sum((2, 3)) / (focus.sum((2, 3)) + 1e-3)
         pooled = torch.cat([deepest.mean((2, 3)), lesion_pool], dim=1)

@@ -1,0 +1,402 @@
+"""Audit a BUSI copy: class counts, native image sizes, and groups of near-duplicate scans.
+
+BUSI holds many re-exports of one ultrasound frame under different names, re-cropped, re-scaled
+(×0.83, ×0.5 …) or with calipers and text added, and a few of them under two different labels.
+Plain image hashes miss most re-cropped copies, so near-duplicates are found in two passes:
+
+1. **Coarse search, all pairs.** Every image is shrunk to a fixed height, so copies that were
+   re-scaled as a whole line up again, and high-pass filtered, so the bright-top / dark-bottom
+   layout that all scans share stops counting as similarity. The central square of one image is
+   then matched by normalised cross-correlation (NCC) against the other over a range of offsets
+   and the scale changes a re-crop leaves behind; all pairs at once, as one matrix product.
+2. **Speckle check, candidate pairs only.** Speckle is a fingerprint of one frame: copies share it,
+   while a neighbouring frame of the same lesion does not, however alike the two look. The
+   coarse match is refined at half resolution on high-passed pixels, over fine steps of offset
+   and scale; a pair is a near-duplicate when this speckle NCC reaches ``SAME_FRAME_SCORE``.
+
+Groups are the connected components of those pairs. A group whose members carry different labels
+is a label conflict: the same scan was filed under two classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data import CLASSES, Arrays, Busi, load_arrays, read_grey
+
+# Coarse search. Heights are in pixels after shrinking every image to CANONICAL_HEIGHT rows.
+CANONICAL_HEIGHT = 32
+COARSE_TEMPLATE = 16  # side of the central square that is looked for in the other image
+COARSE_SHIFT_X, COARSE_SHIFT_Y = 8, 3  # offsets searched; lateral re-crops move images most
+COARSE_SCALES = (0.8, 0.89, 1.0, 1.12, 1.25)  # crops that change the height still change the scale
+COARSE_BLUR = 1.5  # sigma of the blur that the high-pass removes
+CANDIDATE_SCORE = 0.6  # coarse NCC a pair needs for the speckle check
+
+# Speckle check, at half native resolution of the image with the coarser pixels.
+SPECKLE_TEMPLATE = 64
+SPECKLE_SHIFT = 10  # covers the position error of one coarse pixel
+SPECKLE_SCALE_STEPS = tuple(np.round(np.linspace(-0.08, 0.08, 11), 3))  # covers the coarse scale step
+SPECKLE_BLUR = 2.0
+SAME_FRAME_SCORE = 0.5
+CLIP = 0
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    images: int
+    mask_files: int
+    multi_mask_images: int
+    empty_masks: int
+    median_lesion_fraction: float  # of the image area, over images whose mask is not empty
+
+
+@dataclass(frozen=True)
+class SizeStats:
+    """Native width and height in pixels, read from the file headers."""
+
+    images: int
+    width_min: int
+    width_median: float
+    width_max: int
+    width_mean: float
+    height_min: int
+    height_median: float
+    height_max: int
+    height_mean: float
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    a: str
+    b: str
+    speckle_ncc: float
+    coarse_ncc: float
+    scale_b_vs_a: float  # lengths in b's pixels per length in a's pixels
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    name: str
+    ids: tuple[str, ...]
+    labels: tuple[str, ...]
+    label_conflict: bool
+
+
+@dataclass
+class AuditResult:
+    counts: dict[str, ClassCounts]  # per class, plus "all"
+    sizes: dict[str, SizeStats]  # per class, plus "all"
+    pairs: list[DuplicatePair]
+    groups: list[DuplicateGroup]
+
+    @property
+    def conflicts(self) -> list[DuplicateGroup]:
+        return [g for g in self.groups if g.label_conflict]
+
+    def to_json(self) -> dict:
+        return {
+            "counts": {k: dataclasses.asdict(v) for k, v in self.counts.items()},
+            "sizes": {k: dataclasses.asdict(v) for k, v in self.sizes.items()},
+            "pairs": [dataclasses.asdict(p) for p in self.pairs],
+            "groups": [{**dataclasses.asdict(g), "ids": list(g.ids), "labels": list(g.labels)} for g in self.groups],
+            "method": {
+                "canonical_height": CANONICAL_HEIGHT,
+                "candidate_score": CANDIDATE_SCORE,
+                "same_frame_score": SAME_FRAME_SCORE,
+            },
+        }
+
+
+def audit(busi: Busi, arrays: Arrays | None = None, progress: bool = False) -> AuditResult:
+    """Count, measure and look for near-duplicates in ``busi``; ``arrays`` (its masks) is loaded if not given."""
+    if arrays is None:
+        arrays = load_arrays(busi, 256, progress=progress)  # may drop unreadable cases from busi
+    elif arrays.ids != busi.ids:
+        arrays = arrays.take(busi.ids)
+    pairs = find_duplicate_pairs(busi, progress=progress)
+    return AuditResult(_class_counts(busi, arrays), _size_stats(busi), pairs, _group(busi, pairs))
+
+
+def duplicate_groups(result: AuditResult) -> dict[str, str]:
+    """Image id → name of its near-duplicate group, for images that have a copy."""
+    return {i: g.name for g in result.groups for i in g.ids}
+
+
+def _class_counts(busi: Busi, arrays: Arrays) -> dict[str, ClassCounts]:
+    area = arrays.masks.reshape(len(arrays.ids), -1).mean(axis=1)
+    labels = np.array([c.label for c in busi.cases])
+    n_masks = np.array([len(c.mask_paths) for c in busi.cases])
+    counts = {}
+    for name in (*CLASSES, "all"):
+        rows = np.ones(len(labels), bool) if name == "all" else labels == name
+        lesions = area[rows & (area > 0)]
+        counts[name] = ClassCounts(
+            images=int(rows.sum()),
+            mask_files=int(n_masks[rows].sum()),
+            multi_mask_images=int((n_masks[rows] > 1).sum()),
+            empty_masks=int((area[rows] == 0).sum()),
+            median_lesion_fraction=round(float(np.median(lesions)), 4) if len(lesions) else 0.0,
+        )
+    return counts
+
+
+def _size_stats(busi: Busi) -> dict[str, SizeStats]:
+    sizes = {}
+    for case in busi.cases:
+        with Image.open(case.image_path) as image:  # opening reads the header only
+            sizes[case.id] = image.size
+    stats = {}
+    for name in (*CLASSES, "all"):
+        members = [sizes[c.id] for c in busi.cases if name in ("all", c.label)]
+        if not members:
+            continue
+        widths, heights = [w for w, _ in members], [h for _, h in members]
+        stats[name] = SizeStats(
+            len(members),
+            min(widths), statistics.median(widths), max(widths), round(statistics.fmean(widths), 1),
+            min(heights), statistics.median(heights), max(heights), round(statistics.fmean(heights), 1),
+        )
+    return stats
+
+
+def _group(busi: Busi, pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
+    order = {i: n for n, i in enumerate(busi.ids)}
+    parent = {i: i for i in busi.ids}
+
+    def root(i: str) -> str:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for pair in pairs:
+        a, b = sorted((root(pair.a), root(pair.b)), key=order.get)
+        parent[b] = a
+    members: dict[str, list[str]] = {}
+    for i in busi.ids:
+        members.setdefault(root(i), []).append(i)
+    labels = {c.id: c.label for c in busi.cases}
+    components = sorted((m for m in members.values() if len(m) > 1), key=lambda m: order[m[0]])
+    return [
+        DuplicateGroup(f"D{n:03d}", tuple(m), tuple(labels[i] for i in m), len({labels[i] for i in m}) > 1)
+        for n, m in enumerate(components, start=1)
+    ]
+
+
+# --- near-duplicate search ---------------------------------------------------------------------
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, H, W), edges reflected."""
+    radius = math.ceil(3 * sigma)
+    kernel = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
+    kernel /= kernel.sum()
+    x = F.pad(x[:, None], (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
+
+
+def _high_pass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return x - _blur(x, sigma)
+
+
+def _unit(vectors: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit length along the last axis, so that a dot product is an NCC."""
+    vectors = vectors - vectors.mean(-1, keepdim=True)
+    return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32))
+
+
+@dataclass
+class _Coarse:
+    """One image's coarse features: its central square, and every window it is compared with."""
+
+    template: torch.Tensor  # (d,)
+    template_at: tuple[float, float, float]  # native x, y of the centre; native pixels per coarse pixel
+    windows: torch.Tensor  # (n, d)
+    windows_at: torch.Tensor  # (n, 3) as template_at, one row per window
+
+
+def _coarse_features(image: Image.Image) -> _Coarse:
+    width, height = image.size
+    side = COARSE_TEMPLATE
+    windows, where = [], []
+    template = template_at = None
+    for scale in COARSE_SCALES:
+        rows = max(side, round(CANONICAL_HEIGHT / scale))
+        cols = max(1, round(width * rows / height))
+        step = height / rows  # native pixels per coarse pixel
+        grid = _high_pass(_to_tensor(image.resize((cols, rows), Image.Resampling.BILINEAR))[None], COARSE_BLUR)[0]
+        # Narrow scans are padded with zeros (the high-passed mean) so every window exists.
+        pad_x = max(0, (side + 2 * COARSE_SHIFT_X - cols + 1) // 2)
+        grid = F.pad(grid, (pad_x, pad_x))
+        top, left = (rows - side) // 2, (grid.shape[1] - side) // 2
+        if scale == 1.0:
+            template = grid[top:top + side, left:left + side].reshape(-1)
+            template_at = ((left - pad_x + side / 2) * width / cols, (top + side / 2) * step, step)
+        y0, x0 = max(0, top - COARSE_SHIFT_Y), left - COARSE_SHIFT_X
+        region = grid[y0:top + side + COARSE_SHIFT_Y, x0:left + side + COARSE_SHIFT_X]
+        patches = region.unfold(0, side, 1).unfold(1, side, 1)  # (ny, nx, side, side)
+        ny, nx = patches.shape[:2]
+        ys, xs = torch.meshgrid(torch.arange(ny) + y0, torch.arange(nx) + x0, indexing="ij")
+        windows.append(patches.reshape(-1, side * side))
+        where.append(torch.stack([
+            (xs.reshape(-1) - pad_x + side / 2) * width / cols,
+            (ys.reshape(-1) + side / 2) * step,
+            torch.full((ny * nx,), step),
+        ], dim=1))
+    return _Coarse(_unit(template), template_at, _unit(torch.cat(windows)), torch.cat(where))
+
+
+def _coarse_search(features: list[_Coarse]) -> tuple[torch.Tensor, torch.Tensor]:
+    """NCC of every image's central square against every other image, and the best window's index.
+
+    ``score[x, y]`` is the best match of x's square among y's windows.
+    """
+    n = len(features)
+    longest = max(len(f.windows) for f in features)
+    windows = torch.zeros(n, longest, features[0].windows.shape[1])
+    for i, f in enumerate(features):
+        windows[i, :len(f.windows)] = f.windows  # zero rows score 0 and never win
+    templates = torch.stack([f.template for f in features])
+    score, best = torch.empty(n, n), torch.empty(n, n, dtype=torch.long)
+    chunk = max(1, 2**22 // (longest * n))
+    for start in range(0, n, chunk):
+        block = windows[start:start + chunk]
+        ncc = (templates @ block.reshape(-1, block.shape[-1]).T).view(n, len(block), longest)
+        score[:, start:start + len(block)], best[:, start:start + len(block)] = ncc.max(dim=2)
+    return score, best
+
+
+def _patches(image: Image.Image, centre: tuple[float, float], steps: list[float], size: int) -> torch.Tensor:
+    """Square size×size samples of ``image`` around ``centre``, ``step`` source pixels apart, high-passed."""
+    margin = math.ceil(3 * SPECKLE_BLUR)
+    outer = size + 2 * margin
+    reach = outer * max(steps) / 2
+    pad = math.ceil(max(0.0, reach - min(centre), centre[0] + reach - image.width, centre[1] + reach - image.height)) + 1
+    # Reflected borders keep PIL's box inside the image; they hold no copy of the other scan anyway.
+    padded = Image.fromarray(np.pad(np.asarray(image), pad, mode="reflect"))
+    x, y = centre[0] + pad, centre[1] + pad
+    samples = [
+        _to_tensor(padded.resize((outer, outer), Image.Resampling.BILINEAR,
+                                 box=(x - outer * s / 2, y - outer * s / 2, x + outer * s / 2, y + outer * s / 2)))
+        for s in steps
+    ]
+    hp = _high_pass(torch.stack(samples), SPECKLE_BLUR)[:, margin:-margin, margin:-margin]
+    if CLIP:
+        lim = CLIP * hp.flatten(1).std(1).view(-1, 1, 1)
+        hp = torch.maximum(torch.minimum(hp, lim), -lim)
+    return hp
+
+
+def _speckle_ncc(fine: Image.Image, fine_at: tuple[float, float], coarse: Image.Image,
+                 coarse_at: tuple[float, float], ratio: float) -> tuple[float, float]:
+    """Best speckle NCC of ``fine`` against ``coarse`` around a coarse match, and the refined ratio.
+
+    Both images are at half resolution; ``ratio`` (≥ 1) is fine pixels per coarse pixel, and the
+    two points are where the coarse search put the same spot of the scan. The comparison runs on
+    the coarse image's grid, so the fine image is only ever shrunk (PIL's box filter anti-aliases).
+    """
+    side = SPECKLE_TEMPLATE
+    # Put the template where both scans have pixels: the middle of their overlap, in coarse pixels.
+    fine_w, fine_h = fine.size
+    lo_x = max(0.0, coarse_at[0] - fine_at[0] / ratio)
+    hi_x = min(coarse.size[0], coarse_at[0] + (fine_w - fine_at[0]) / ratio)
+    lo_y = max(0.0, coarse_at[1] - fine_at[1] / ratio)
+    hi_y = min(coarse.size[1], coarse_at[1] + (fine_h - fine_at[1]) / ratio)
+    centre_x = min(max((lo_x + hi_x) / 2, side / 2), coarse.size[0] - side / 2)
+    centre_y = min(max((lo_y + hi_y) / 2, side / 2), coarse.size[1] - side / 2)
+    template = _unit(_patches(coarse, (centre_x, centre_y), [1.0], side).reshape(1, -1))
+    steps = [ratio * (1 + d) for d in SPECKLE_SCALE_STEPS]
+    target = (fine_at[0] + (centre_x - coarse_at[0]) * ratio, fine_at[1] + (centre_y - coarse_at[1]) * ratio)
+    search = _patches(fine, target, steps, side + 2 * SPECKLE_SHIFT)[:, None]
+    numerator = F.conv2d(search, template.view(1, 1, side, side))
+    count = side * side
+    sums = F.avg_pool2d(search, side, stride=1) * count
+    squares = F.avg_pool2d(search**2, side, stride=1) * count
+    ncc = numerator / (squares - sums**2 / count).clamp_min(1e-6).sqrt()
+    best = int(ncc.flatten().argmax())
+    return float(ncc.flatten()[best]), steps[best // ncc[0, 0].numel()]
+
+
+def find_duplicate_pairs(busi: Busi, progress: bool = False) -> list[DuplicatePair]:
+    """Every pair of scans that are copies of one frame, with their scores (see the module notes)."""
+    cases = busi.cases
+    halves, features = [], []
+    for case in _progress(cases, progress, "reading scans for the duplicate search"):
+        image = Image.fromarray(read_grey(case.image_path))
+        half = image.resize((max(1, round(image.width / 2)), max(1, round(image.height / 2))), Image.Resampling.BILINEAR)
+        halves.append(half)
+        features.append(_coarse_features(half))
+    score, best = _coarse_search(features)
+    pairs = []
+    pair_score = torch.maximum(score, score.T)
+    candidates = torch.triu(pair_score >= CANDIDATE_SCORE, diagonal=1).nonzero().tolist()
+    for x, y in _progress(candidates, progress, "checking speckle of candidate pairs"):
+        coarse_ncc = float(pair_score[x, y])
+        # Orient the match: the template came from `t`, the matching window from `w`.
+        t, w = (x, y) if score[x, y] >= score[y, x] else (y, x)
+        tx, ty, t_step = features[t].template_at
+        wx, wy, w_step = features[w].windows_at[best[t, w]].tolist()
+        w_per_t = w_step / t_step  # half-res pixels of w per half-res pixel of t
+        if w_per_t >= 1:
+            ncc, ratio = _speckle_ncc(halves[w], (wx, wy), halves[t], (tx, ty), w_per_t)
+            scale_w_vs_t = ratio
+        else:
+            ncc, ratio = _speckle_ncc(halves[t], (tx, ty), halves[w], (wx, wy), 1 / w_per_t)
+            scale_w_vs_t = 1 / ratio
+        if ncc >= SAME_FRAME_SCORE:
+            scale_y_vs_x = scale_w_vs_t if w == y else 1 / scale_w_vs_t
+            pairs.append(DuplicatePair(cases[x].id, cases[y].id, round(ncc, 3), round(coarse_ncc, 3),
+                                       round(scale_y_vs_x, 3)))
+    return pairs
+
+
+def _progress(items, enabled: bool, description: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="item")
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def format_table(result: AuditResult) -> str:
+    lines = ["Classes", f"{'class':<10}{'images':>8}{'mask files':>12}{'multi-mask':>12}{'empty masks':>13}{'median lesion':>15}"]
+    for name, c in result.counts.items():
+        lines.append(f"{name:<10}{c.images:>8}{c.mask_files:>12}{c.multi_mask_images:>12}{c.empty_masks:>13}"
+                     f"{c.median_lesion_fraction:>14.1%}")
+    lines += ["", "Native image size (px)",
+              f"{'class':<10}{'width min / median / max (mean)':>34}{'height min / median / max (mean)':>36}"]
+    for name, s in result.sizes.items():
+        width = f"{s.width_min} / {s.width_median:g} / {s.width_max} ({s.width_mean:g})"
+        height = f"{s.height_min} / {s.height_median:g} / {s.height_max} ({s.height_mean:g})"
+        lines.append(f"{name:<10}{width:>34}{height:>36}")
+    in_groups = sum(len(g.ids) for g in result.groups)
+    by_size: dict[int, int] = {}
+    for group in result.groups:
+        by_size[len(group.ids)] = by_size.get(len(group.ids), 0) + 1
+    lines += ["", "Near-duplicates (same frame, by speckle)",
+              f"pairs {len(result.pairs)}, groups {len(result.groups)}, images in groups {in_groups}, "
+              f"redundant copies {in_groups - len(result.groups)}",
+              "group sizes: " + (", ".join(f"{n} of {size}" for size, n in sorted(by_size.items())) or "none")]
+    compositions: dict[str, int] = {}
+    for group in result.groups:
+        key = "+".join(sorted(set(group.labels), key=CLASSES.index))
+        compositions[key] = compositions.get(key, 0) + 1
+    lines += [f"  {key:<22}{n:>5}" for key, n in sorted(compositions.items())]
+    lines += ["", f"Label conflicts (one scan under several classes): {len(result.conflicts)}"]
+    lines += [f"{g.name}  " + ", ".join(g.ids) for g in result.conflicts]
+    return "\n".join(lines)

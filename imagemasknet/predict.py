@@ -1,0 +1,150 @@
+"""One inference API for the app and the CLI: :class:`Predictor` in, :class:`Prediction` out.
+
+Scans and masks are read by :mod:`imagemasknet.scans` (re-exported here); the Predictor resizes them
+as training did, runs the model, applies the model's calibration temperature, and returns the
+predicted lesion outline at the scan's own size. A lock serialises calls, so one instance can serve
+every Streamlit session (Grad-CAM attaches hooks to the model, which must not interleave).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data import CLASSES
+from .metrics import softmax
+from .models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
+from .runs import WeightsError, load_model, read_json, run_temperatures
+from .scans import (  # noqa: F401  (re-exported: one import for callers)
+    AspectRatioError, CorruptImageError, DecompressionBombError, EmptyFileError, ImageTooSmallError, MaskError,
+    MultiFrameError, NotAnImageError, Scan, ScanError, mask_from_drawing, read_mask, read_scan,
+)
+from .transforms import normalise
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+    mode: str  # "image" or "mask"
+    model: str
+    warnings: list[str] = field(default_factory=list)
+    lesion_mask: np.ndarray | None = None  # bool, the scan's size; None when the model draws none
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.label]
+
+    def record(self, file: str) -> dict:
+        """The ``predict --json`` record for this prediction."""
+        return {"file": file, "label": self.label, "probabilities": self.probabilities, "mode": self.mode,
+                "model": self.model, "warnings": list(self.warnings)}
+
+
+def shipped_weights(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def available_models() -> list[str]:
+    """Registered models that have shipped weights, the default first."""
+    names = [n for n in list_models() if shipped_weights(n).exists()]
+    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+
+
+class Predictor:
+    """A registered model with its weights and calibration, ready to classify scans."""
+
+    def __init__(self, arch: str, weights: Path, temperatures: dict[str, float] | None = None,
+                 card: dict | None = None, image_size: int = 256, device: str = "auto", version: str = ""):
+        from .train import pick_device
+
+        self.spec: ModelSpec = get_spec(arch)
+        self.device = pick_device(device)
+        self.image_size = image_size
+        self.weights = Path(weights)
+        self.model = load_model(arch, self.weights, image_size, self.device)
+        self.temperatures = temperatures or {}
+        self.card = card or {}
+        self.version = version or self.card.get("version", "")
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shipped(cls, name: str = DEFAULT_MODEL, device: str = "auto") -> "Predictor":
+        weights = shipped_weights(name)
+        if not weights.exists():
+            raise WeightsError(f"no shipped weights for '{name}' at {weights}")
+        card = read_json(weights.with_suffix(".json"), {}) or {}
+        temperatures = {m: float(t) for m, t in card.get("temperature", {}).items()}
+        return cls(name, weights, temperatures, card, card.get("config", {}).get("image_size", 256), device)
+
+    @classmethod
+    def from_run(cls, run_dir: Path, checkpoint: str = "best", device: str = "auto") -> "Predictor":
+        run_dir = Path(run_dir)
+        config = read_json(run_dir / "config.json", {}) or {}
+        if "arch" not in config:
+            raise WeightsError(f"{run_dir} is not a run folder (no config.json)")
+        return cls(config["arch"], run_dir / f"{checkpoint}.safetensors", run_temperatures(run_dir),
+                   {"config": config}, config.get("image_size", 256), device, version=run_dir.name)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def resolve_mode(self, mask: np.ndarray | None) -> str:
+        if mask is None:
+            if self.spec.needs_mask:
+                raise MaskError(f"The model '{self.name}' needs a lesion mask; draw or upload one.")
+            return "image"
+        if not self.spec.accepts_mask:
+            raise MaskError(f"The model '{self.name}' takes no mask; switch mask mode off.")
+        return "mask"
+
+    def _inputs(self, scan: Scan, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        size = (self.image_size, self.image_size)
+        pixels = scan.pixels
+        if pixels.shape != size:
+            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+        image = normalise(torch.from_numpy(np.array(pixels))[None, None].to(self.device), self.spec.normalisation,
+                          self.spec.image_channels)
+        if mask is None:
+            return image, None
+        if mask.shape != scan.pixels.shape:
+            raise MaskError(f"The mask is {mask.shape[1]}×{mask.shape[0]} but the scan is "
+                            f"{scan.pixels.shape[1]}×{scan.pixels.shape[0]}; read it with read_mask(…, scan size).")
+        small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
+        return image, torch.from_numpy(small)[None, None].float().to(self.device)
+
+    def predict(self, scan: Scan, mask: np.ndarray | None = None) -> Prediction:
+        """Classify one scan; with a mask (bool, the scan's size) in mask mode."""
+        mode = self.resolve_mode(mask)
+        image, mask_tensor = self._inputs(scan, mask)
+        with self._lock, torch.no_grad():
+            output = self.model(image, mask_tensor)
+        logits = output.logits.float().cpu().numpy()
+        probabilities = softmax(logits, self.temperatures.get(mode, 1.0))[0]
+        lesion = None
+        if output.lesion_logits is not None:
+            upsampled = F.interpolate(output.lesion_logits.float(), size=scan.pixels.shape, mode="bilinear",
+                                      align_corners=False)
+            lesion = (upsampled[0, 0] > 0).cpu().numpy()
+        label = CLASSES[int(probabilities.argmax())]
+        return Prediction(label, {c: float(p) for c, p in zip(CLASSES, probabilities)}, mode, self.name,
+                          list(scan.warnings), lesion)
+
+    def grad_cam(self, scan: Scan, target_class: str | int, mask: np.ndarray | None = None) -> np.ndarray:
+        """Grad-CAM of ``target_class`` on the last convolutional block of the image path, at the
+        scan's size, scaled to [0, 1] (all zeros when nothing supports the class)."""
+        from .explain import grad_cam
+
+        target = CLASSES.index(target_class) if isinstance(target_class, str) else int(target_class)
+        self.resolve_mode(mask)
+        image, mask_tensor = self._inputs(scan, mask)
+        with self._lock:
+            return grad_cam(self.model, self.spec, image, mask_tensor, target, scan.pixels.shape)

@@ -1,0 +1,113 @@
+"""Shared fixtures: an isolated cache and runs folder for every test, the real BUSI / BUS-BRA copies,
+and a helper that copies a few real BUSI cases into a temporary folder in either layout."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import imagemasknet.data as data_module
+
+_SHARED = Path("/work/shared/datasets")
+# The package's own idea of the shared copy first (it follows the checkout), then the fixed location.
+_BUSI_CANDIDATES = [data_module.SHARED_COPY, _SHARED / "busi" / "Dataset_BUSI_with_GT"]
+_BUSBRA_CANDIDATES = [data_module.SHARED_COPY.parent.parent / "busbra", _SHARED / "busbra"]
+
+
+def _first_dir(candidates: list[Path]) -> Path | None:
+    return next((p for p in candidates if p.is_dir()), None)
+
+
+BUSI_ROOT = _first_dir(_BUSI_CANDIDATES)
+BUSBRA_ROOT = _first_dir(_BUSBRA_CANDIDATES)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path_factory):
+    """Every test gets its own decode cache and runs folder, and no IMAGEMASKNET_DATA from the shell,
+    so nothing is written into the repository or the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    runs = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("IMAGEMASKNET_CACHE", str(cache))
+    monkeypatch.setenv("IMAGEMASKNET_RUNS", str(runs))
+    monkeypatch.delenv("IMAGEMASKNET_DATA", raising=False)
+    return SimpleNamespace(cache=cache, runs=runs)
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory) -> Path:
+    """One decode cache for the whole session (decoding all 780 BUSI scans takes several seconds)."""
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+@pytest.fixture
+def shared_cache(isolated_env, monkeypatch, shared_cache_dir) -> Path:
+    """Point IMAGEMASKNET_CACHE at the session-wide temporary cache (still outside the repo)."""
+    monkeypatch.setenv("IMAGEMASKNET_CACHE", str(shared_cache_dir))
+    return shared_cache_dir
+
+
+@pytest.fixture(scope="session")
+def busi_root() -> Path:
+    if BUSI_ROOT is None:
+        pytest.skip(f"BUSI data set not found (looked in {', '.join(map(str, _BUSI_CANDIDATES))})")
+    return BUSI_ROOT
+
+
+@pytest.fixture(scope="session")
+def busi_manifest(busi_root) -> Path:
+    manifest = busi_root.parent / "manifest.csv"
+    if not manifest.is_file():
+        pytest.skip(f"BUSI manifest.csv not found next to {busi_root}")
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def busbra_root() -> Path:
+    if BUSBRA_ROOT is None or not (BUSBRA_ROOT / "labels.csv").is_file():
+        pytest.skip(f"BUS-BRA data set not found (looked in {', '.join(map(str, _BUSBRA_CANDIDATES))})")
+    return BUSBRA_ROOT
+
+
+def case_files(busi_root: Path, case_id: str) -> tuple[Path, list[Path]]:
+    """(image, masks in _mask, _mask_1, ... order) of a case of the bundled shared copy."""
+    label = case_id.split(" (")[0]
+    image = busi_root / label / "images" / f"{case_id}.png"
+    masks = sorted((busi_root / label / "masks").glob(f"{case_id}_mask*.png"),
+                   key=lambda p: (len(p.stem), p.stem))
+    if not image.is_file() or not masks:
+        raise FileNotFoundError(f"{case_id} is not in {busi_root}")
+    return image, masks
+
+
+def copy_cases(busi_root: Path, dest: Path, case_ids: list[str], layout: str = "bundled") -> Path:
+    """Copy real cases (images and every mask) into ``dest`` as a BUSI folder in ``layout``:
+
+    * ``bundled``: ``CLASS/images/NAME.png`` and ``CLASS/masks/NAME_mask[_k].png``;
+    * ``kaggle``:  ``CLASS/NAME.png`` and ``CLASS/NAME_mask[_k].png`` side by side.
+    """
+    if layout not in ("bundled", "kaggle"):
+        raise ValueError(layout)
+    for case_id in case_ids:
+        image, masks = case_files(busi_root, case_id)
+        label = case_id.split(" (")[0]
+        image_dir = dest / label / "images" if layout == "bundled" else dest / label
+        mask_dir = dest / label / "masks" if layout == "bundled" else dest / label
+        image_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, image_dir / image.name)
+        for mask in masks:
+            shutil.copyfile(mask, mask_dir / mask.name)
+    return dest
+
+
+@pytest.fixture
+def make_busi_copy(busi_root, tmp_path):
+    """``make_busi_copy(case_ids, layout="bundled", name="busi")`` → a fresh BUSI folder under tmp_path."""
+
+    def make(case_ids: list[str], layout: str = "bundled", name: str = "busi") -> Path:
+        return copy_cases(busi_root, tmp_path / name, case_ids, layout)
+
+    return make
