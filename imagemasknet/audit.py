@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .data import CLASSES, Arrays, Busi, load_arrays, read_grey
@@ -39,13 +38,13 @@ COARSE_SCALES = (0.8, 0.89, 1.0, 1.12, 1.25)  # crops that change the height sti
 COARSE_BLUR = 1.5  # sigma of the blur that the high-pass removes
 CANDIDATE_SCORE = 0.6  # coarse NCC a pair needs for the speckle check
 
-# Speckle check, at half native resolution of the image with the coarser pixels.
+# Speckle check, in pixels at half native resolution.
 SPECKLE_TEMPLATE = 64
 SPECKLE_SHIFT = 10  # covers the position error of one coarse pixel
-SPECKLE_SCALE_STEPS = tuple(np.round(np.linspace(-0.08, 0.08, 11), 3))  # covers the coarse scale step
-SPECKLE_BLUR = 2.0
+SPECKLE_SCALE_STEPS = tuple(round(0.016 * k, 3) for k in range(-5, 6))  # covers the coarse scale step
+SPECKLE_BLUR = 1.0
+SPECKLE_CLIP = 2.5  # in standard deviations of the high-passed patch
 SAME_FRAME_SCORE = 0.5
-CLIP = 0
 
 
 @dataclass(frozen=True)
@@ -101,17 +100,8 @@ class AuditResult:
         return [g for g in self.groups if g.label_conflict]
 
     def to_json(self) -> dict:
-        return {
-            "counts": {k: dataclasses.asdict(v) for k, v in self.counts.items()},
-            "sizes": {k: dataclasses.asdict(v) for k, v in self.sizes.items()},
-            "pairs": [dataclasses.asdict(p) for p in self.pairs],
-            "groups": [{**dataclasses.asdict(g), "ids": list(g.ids), "labels": list(g.labels)} for g in self.groups],
-            "method": {
-                "canonical_height": CANONICAL_HEIGHT,
-                "candidate_score": CANDIDATE_SCORE,
-                "same_frame_score": SAME_FRAME_SCORE,
-            },
-        }
+        method = {"candidate_score": CANDIDATE_SCORE, "same_frame_score": SAME_FRAME_SCORE}
+        return {**dataclasses.asdict(self), "method": method}
 
 
 def audit(busi: Busi, arrays: Arrays | None = None, progress: bool = False) -> AuditResult:
@@ -193,69 +183,77 @@ def _group(busi: Busi, pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
 # --- near-duplicate search ---------------------------------------------------------------------
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, H, W), edges reflected."""
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur over the last two axes, edges reflected.
+
+    Plain numpy: these arrays are small, and threaded kernels lose more to start-up than they gain.
+    """
     radius = math.ceil(3 * sigma)
-    kernel = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
-    kernel /= kernel.sum()
-    x = F.pad(x[:, None], (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+    taps = (taps / taps.sum()).astype(np.float32)
+    lead = [(0, 0)] * (x.ndim - 2)
+    rows, cols = x.shape[-2:]
+    padded = np.pad(x, lead + [(radius, radius), (0, 0)], mode="reflect")
+    x = sum(w * padded[..., k:k + rows, :] for k, w in enumerate(taps))
+    padded = np.pad(x, lead + [(0, 0), (radius, radius)], mode="reflect")
+    return sum(w * padded[..., k:k + cols] for k, w in enumerate(taps))
 
 
-def _high_pass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def _high_pass(x: np.ndarray, sigma: float) -> np.ndarray:
     return x - _blur(x, sigma)
 
 
-def _unit(vectors: torch.Tensor) -> torch.Tensor:
+def _unit(vectors: np.ndarray) -> np.ndarray:
     """Zero mean, unit length along the last axis, so that a dot product is an NCC."""
-    vectors = vectors - vectors.mean(-1, keepdim=True)
-    return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    vectors = vectors - vectors.mean(-1, keepdims=True)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-6)
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.float32))
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float32)
 
 
 @dataclass
 class _Coarse:
-    """One image's coarse features: its central square, and every window it is compared with."""
+    """One image's coarse features: its central square, and every window it is compared with.
 
-    template: torch.Tensor  # (d,)
-    template_at: tuple[float, float, float]  # native x, y of the centre; native pixels per coarse pixel
-    windows: torch.Tensor  # (n, d)
-    windows_at: torch.Tensor  # (n, 3) as template_at, one row per window
+    Positions are in pixels of the half-resolution image, with the size of one coarse pixel there.
+    """
+
+    template: np.ndarray  # (d,)
+    template_at: tuple[float, float, float]  # x, y of the centre; pixels per coarse pixel
+    windows: np.ndarray  # (n, d)
+    windows_at: np.ndarray  # (n, 3) as template_at, one row per window
 
 
 def _coarse_features(image: Image.Image) -> _Coarse:
     width, height = image.size
     side = COARSE_TEMPLATE
     windows, where = [], []
-    template = template_at = None
     for scale in COARSE_SCALES:
         rows = max(side, round(CANONICAL_HEIGHT / scale))
         cols = max(1, round(width * rows / height))
-        step = height / rows  # native pixels per coarse pixel
-        grid = _high_pass(_to_tensor(image.resize((cols, rows), Image.Resampling.BILINEAR))[None], COARSE_BLUR)[0]
+        step = height / rows
+        grid = _high_pass(_pixels(image.resize((cols, rows), Image.Resampling.BILINEAR)), COARSE_BLUR)
         # Narrow scans are padded with zeros (the high-passed mean) so every window exists.
         pad_x = max(0, (side + 2 * COARSE_SHIFT_X - cols + 1) // 2)
-        grid = F.pad(grid, (pad_x, pad_x))
+        grid = np.pad(grid, ((0, 0), (pad_x, pad_x)))
         top, left = (rows - side) // 2, (grid.shape[1] - side) // 2
         if scale == 1.0:
             template = grid[top:top + side, left:left + side].reshape(-1)
             template_at = ((left - pad_x + side / 2) * width / cols, (top + side / 2) * step, step)
         y0, x0 = max(0, top - COARSE_SHIFT_Y), left - COARSE_SHIFT_X
         region = grid[y0:top + side + COARSE_SHIFT_Y, x0:left + side + COARSE_SHIFT_X]
-        patches = region.unfold(0, side, 1).unfold(1, side, 1)  # (ny, nx, side, side)
+        patches = np.lib.stride_tricks.sliding_window_view(region, (side, side))  # (ny, nx, side, side)
         ny, nx = patches.shape[:2]
-        ys, xs = torch.meshgrid(torch.arange(ny) + y0, torch.arange(nx) + x0, indexing="ij")
+        ys, xs = np.meshgrid(np.arange(ny) + y0, np.arange(nx) + x0, indexing="ij")
         windows.append(patches.reshape(-1, side * side))
-        where.append(torch.stack([
+        where.append(np.stack([
             (xs.reshape(-1) - pad_x + side / 2) * width / cols,
             (ys.reshape(-1) + side / 2) * step,
-            torch.full((ny * nx,), step),
-        ], dim=1))
-    return _Coarse(_unit(template), template_at, _unit(torch.cat(windows)), torch.cat(where))
+            np.full(ny * nx, step),
+        ], axis=1))
+    return _Coarse(_unit(template), template_at, _unit(np.concatenate(windows)), np.concatenate(where))
 
 
 def _coarse_search(features: list[_Coarse]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,8 +265,8 @@ def _coarse_search(features: list[_Coarse]) -> tuple[torch.Tensor, torch.Tensor]
     longest = max(len(f.windows) for f in features)
     windows = torch.zeros(n, longest, features[0].windows.shape[1])
     for i, f in enumerate(features):
-        windows[i, :len(f.windows)] = f.windows  # zero rows score 0 and never win
-    templates = torch.stack([f.template for f in features])
+        windows[i, :len(f.windows)] = torch.from_numpy(f.windows)  # zero rows score 0 and never win
+    templates = torch.from_numpy(np.stack([f.template for f in features]))
     score, best = torch.empty(n, n), torch.empty(n, n, dtype=torch.long)
     chunk = max(1, 2**22 // (longest * n))
     for start in range(0, n, chunk):
@@ -278,55 +276,68 @@ def _coarse_search(features: list[_Coarse]) -> tuple[torch.Tensor, torch.Tensor]
     return score, best
 
 
-def _patches(image: Image.Image, centre: tuple[float, float], steps: list[float], size: int) -> torch.Tensor:
-    """Square size×size samples of ``image`` around ``centre``, ``step`` source pixels apart, high-passed."""
+def _patches(image: Image.Image, centre: tuple[float, float], steps: list[float], size: int) -> np.ndarray:
+    """Square size×size samples of ``image`` around ``centre``, ``step`` source pixels apart, high-passed.
+
+    Overlays (calipers, boxes, text) and tissue edges are far brighter than speckle; clipping the
+    high-passed values keeps them from deciding the correlation.
+    """
     margin = math.ceil(3 * SPECKLE_BLUR)
     outer = size + 2 * margin
-    reach = outer * max(steps) / 2
-    pad = math.ceil(max(0.0, reach - min(centre), centre[0] + reach - image.width, centre[1] + reach - image.height)) + 1
-    # Reflected borders keep PIL's box inside the image; they hold no copy of the other scan anyway.
-    padded = Image.fromarray(np.pad(np.asarray(image), pad, mode="reflect"))
-    x, y = centre[0] + pad, centre[1] + pad
+    reach = outer * max(steps) / 2 + 1
+    left, top = math.floor(centre[0] - reach), math.floor(centre[1] - reach)
+    right, bottom = math.ceil(centre[0] + reach), math.ceil(centre[1] + reach)
+    inside = np.asarray(image.crop((max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))))
+    # Reflected borders stand in for pixels outside the scan; they match nothing in the other one.
+    pad = ((max(0, -top), max(0, bottom - image.height)), (max(0, -left), max(0, right - image.width)))
+    window = Image.fromarray(np.pad(inside, pad, mode="reflect"))
+    x, y = centre[0] - left, centre[1] - top
     samples = [
-        _to_tensor(padded.resize((outer, outer), Image.Resampling.BILINEAR,
-                                 box=(x - outer * s / 2, y - outer * s / 2, x + outer * s / 2, y + outer * s / 2)))
+        _pixels(window.resize((outer, outer), Image.Resampling.BILINEAR,
+                              box=(x - outer * s / 2, y - outer * s / 2, x + outer * s / 2, y + outer * s / 2)))
         for s in steps
     ]
-    hp = _high_pass(torch.stack(samples), SPECKLE_BLUR)[:, margin:-margin, margin:-margin]
-    if CLIP:
-        lim = CLIP * hp.flatten(1).std(1).view(-1, 1, 1)
-        hp = torch.maximum(torch.minimum(hp, lim), -lim)
-    return hp
+    high = _high_pass(np.stack(samples), SPECKLE_BLUR)[:, margin:-margin, margin:-margin]
+    limit = SPECKLE_CLIP * high.reshape(len(steps), -1).std(axis=1).reshape(-1, 1, 1)
+    return np.clip(high, -limit, limit)
 
 
-def _speckle_ncc(fine: Image.Image, fine_at: tuple[float, float], coarse: Image.Image,
-                 coarse_at: tuple[float, float], ratio: float) -> tuple[float, float]:
-    """Best speckle NCC of ``fine`` against ``coarse`` around a coarse match, and the refined ratio.
+def _window_sums(x: np.ndarray, side: int) -> np.ndarray:
+    """Sum over every side×side window of (N, H, W), from an integral image."""
+    table = np.pad(x.astype(np.float64).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+    return table[:, side:, side:] - table[:, :-side, side:] - table[:, side:, :-side] + table[:, :-side, :-side]
 
-    Both images are at half resolution; ``ratio`` (≥ 1) is fine pixels per coarse pixel, and the
-    two points are where the coarse search put the same spot of the scan. The comparison runs on
-    the coarse image's grid, so the fine image is only ever shrunk (PIL's box filter anti-aliases).
+
+def _speckle_ncc(magnified: Image.Image, magnified_at: tuple[float, float], base: Image.Image,
+                 base_at: tuple[float, float], ratio: float) -> tuple[float, float]:
+    """Best speckle NCC of two scans around the spot the coarse search matched, and the refined ratio.
+
+    Both images are at half resolution; ``magnified`` shows the tissue ``ratio`` (≥ 1) times as
+    large as ``base``, and ``*_at`` are where the coarse search put the same spot in each. The
+    comparison runs on the grid of ``base``, so ``magnified`` is only ever shrunk, which PIL's
+    resampling filter anti-aliases.
     """
     side = SPECKLE_TEMPLATE
-    # Put the template where both scans have pixels: the middle of their overlap, in coarse pixels.
-    fine_w, fine_h = fine.size
-    lo_x = max(0.0, coarse_at[0] - fine_at[0] / ratio)
-    hi_x = min(coarse.size[0], coarse_at[0] + (fine_w - fine_at[0]) / ratio)
-    lo_y = max(0.0, coarse_at[1] - fine_at[1] / ratio)
-    hi_y = min(coarse.size[1], coarse_at[1] + (fine_h - fine_at[1]) / ratio)
-    centre_x = min(max((lo_x + hi_x) / 2, side / 2), coarse.size[0] - side / 2)
-    centre_y = min(max((lo_y + hi_y) / 2, side / 2), coarse.size[1] - side / 2)
-    template = _unit(_patches(coarse, (centre_x, centre_y), [1.0], side).reshape(1, -1))
+    # Put the template where both scans have pixels: the middle of their overlap, in base pixels.
+    lo_x = max(0.0, base_at[0] - magnified_at[0] / ratio)
+    hi_x = min(base.width, base_at[0] + (magnified.width - magnified_at[0]) / ratio)
+    lo_y = max(0.0, base_at[1] - magnified_at[1] / ratio)
+    hi_y = min(base.height, base_at[1] + (magnified.height - magnified_at[1]) / ratio)
+    centre_x = min(max((lo_x + hi_x) / 2, side / 2), base.width - side / 2)
+    centre_y = min(max((lo_y + hi_y) / 2, side / 2), base.height - side / 2)
+    template = _unit(_patches(base, (centre_x, centre_y), [1.0], side).reshape(-1)).reshape(side, side)
     steps = [ratio * (1 + d) for d in SPECKLE_SCALE_STEPS]
-    target = (fine_at[0] + (centre_x - coarse_at[0]) * ratio, fine_at[1] + (centre_y - coarse_at[1]) * ratio)
-    search = _patches(fine, target, steps, side + 2 * SPECKLE_SHIFT)[:, None]
-    numerator = F.conv2d(search, template.view(1, 1, side, side))
-    count = side * side
-    sums = F.avg_pool2d(search, side, stride=1) * count
-    squares = F.avg_pool2d(search**2, side, stride=1) * count
-    ncc = numerator / (squares - sums**2 / count).clamp_min(1e-6).sqrt()
-    best = int(ncc.flatten().argmax())
-    return float(ncc.flatten()[best]), steps[best // ncc[0, 0].numel()]
+    target = (magnified_at[0] + (centre_x - base_at[0]) * ratio, magnified_at[1] + (centre_y - base_at[1]) * ratio)
+    search = _patches(magnified, target, steps, side + 2 * SPECKLE_SHIFT)
+    # Correlation by FFT; a template padded at the far end cannot wrap round into the valid offsets.
+    shape = search.shape[-2:]
+    spectrum = np.fft.rfft2(search) * np.conj(np.fft.rfft2(template, s=shape))
+    offsets = 2 * SPECKLE_SHIFT + 1
+    numerator = np.fft.irfft2(spectrum, s=shape)[:, :offsets, :offsets]
+    sums, squares = _window_sums(search, side), _window_sums(search**2, side)
+    ncc = numerator / np.sqrt(np.maximum(squares - sums**2 / side**2, 1e-6))
+    best = int(ncc.argmax())
+    return float(ncc.flat[best]), steps[best // (offsets * offsets)]
 
 
 def find_duplicate_pairs(busi: Busi, progress: bool = False) -> list[DuplicatePair]:
@@ -348,7 +359,7 @@ def find_duplicate_pairs(busi: Busi, progress: bool = False) -> list[DuplicatePa
         t, w = (x, y) if score[x, y] >= score[y, x] else (y, x)
         tx, ty, t_step = features[t].template_at
         wx, wy, w_step = features[w].windows_at[best[t, w]].tolist()
-        w_per_t = w_step / t_step  # half-res pixels of w per half-res pixel of t
+        w_per_t = w_step / t_step  # how much larger w shows the tissue than t
         if w_per_t >= 1:
             ncc, ratio = _speckle_ncc(halves[w], (wx, wy), halves[t], (tx, ty), w_per_t)
             scale_w_vs_t = ratio

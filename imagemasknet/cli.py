@@ -86,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if unsupported:
         raise SystemExit(f"{arch} has no '{unsupported[0]}' mode; it supports: {', '.join(spec.modes)}")
 
-    data = load_dataset(args.data)
+    data = load_dataset(args.data or (config.get("data") if args.run else None))
     for problem in data.report.problems:
         print(f"warning: {problem.message}", file=sys.stderr)
     arrays = load_arrays(data, image_size, progress=True)

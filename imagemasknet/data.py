@@ -135,7 +135,8 @@ def load_busi(root: str | os.PathLike | None = None) -> Busi:
             layouts.add("bundled")
             for extra in sorted(entry.iterdir()):
                 if extra.name not in {"images", "masks"} and not extra.name.startswith("."):
-                    report.add(extra, "stray-file", f"unexpected entry in {entry.name}/")
+                    kind = "stray-folder" if extra.is_dir() else "stray-file"
+                    report.add(extra, kind, f"unexpected entry in {entry.name}/: {extra.name}")
             cases += _index_class(label, image_dir, mask_dir if mask_dir.is_dir() else image_dir, report)
         else:
             layouts.add("kaggle")

@@ -68,7 +68,7 @@ def evenly_spaced(ids: list[str], labels: dict[str, str], limit: int | None) -> 
         share = max(1, round(limit * len(members) / len(ids))) if members else 0
         step = len(members) / share if share else 1
         chosen += [members[int(k * step)] for k in range(share)]
-    return chosen
+    return chosen[:limit]
 
 
 def segmentation_loss(lesion_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

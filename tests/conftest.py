@@ -2,13 +2,19 @@
 and a helper that copies a few real BUSI cases into a temporary folder in either layout."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import imagemasknet.data as data_module
+
+# The test machine has two cores shared with other work; intra-op threads then fight over them and a
+# tiny training run takes 5-7x longer than on one thread. IMAGEMASKNET_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("IMAGEMASKNET_TEST_THREADS", "1")))
 
 _SHARED = Path("/work/shared/datasets")
 # The package's own idea of the shared copy first (it follows the checkout), then the fixed location.

@@ -1,0 +1,93 @@
+"""The shipped model: weights and card load, outputs are sane in both modes, and predictions on
+real fold-0 test scans reproduce those recorded when the card was written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imagemasknet.data import CLASSES, load_busi
+from imagemasknet.models import DEFAULT_MODEL, build_model, get_spec
+from imagemasknet.predict import WEIGHTS_DIR, Predictor, available_models, read_scan
+from imagemasknet.runs import read_json
+from imagemasknet.splits import load_folds
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.shipped(DEFAULT_MODEL, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return read_json(WEIGHTS_DIR / f"{DEFAULT_MODEL}.json")
+
+
+def test_shipped_weights_stay_under_ten_megabytes():
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir() if p.is_file())
+    assert total <= 10 * 1024 * 1024, f"weights/ holds {total / 1e6:.1f} MB"
+
+
+def test_default_model_is_shipped_and_listed_first():
+    assert available_models()[0] == DEFAULT_MODEL
+
+
+def test_card_has_every_section(card):
+    for key in ("architecture", "config", "dataset_fingerprint", "split_file", "temperature", "cross_validation",
+                "external", "date", "intended_use", "limitations", "reference_predictions"):
+        assert key in card, key
+    for mode in get_spec(DEFAULT_MODEL).modes:
+        cv = card["cross_validation"][mode]
+        assert len(cv["folds"]) == 5
+        assert 0 < cv["accuracy"]["mean"] <= 1
+        fold = cv["folds"][0]["accuracy"]
+        assert fold["ci_low"] <= fold["value"] <= fold["ci_high"]
+        assert 0 < card["temperature"][mode] < 20
+        assert "benign_vs_malignant_auc" in card["external"]["busbra"][mode]
+
+
+def test_registry_builds_the_shipped_architecture(card):
+    model = build_model(card["architecture"]["name"])
+    assert sum(p.numel() for p in model.parameters()) == card["architecture"]["parameters"]
+
+
+def test_outputs_have_the_right_shapes_and_ranges_in_both_modes(predictor, busi_root):
+    scan = read_scan(busi_root / "malignant" / "images" / "malignant (1).png")
+    from imagemasknet.predict import read_mask
+
+    mask = read_mask(busi_root / "malignant" / "masks" / "malignant (1)_mask.png", scan.pixels.shape)
+    for given in (None, mask, np.zeros_like(mask)):
+        prediction = predictor.predict(scan, given)
+        assert prediction.mode == ("image" if given is None else "mask")
+        probabilities = np.array([prediction.probabilities[c] for c in CLASSES])
+        assert np.all((probabilities >= 0) & (probabilities <= 1))
+        assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+        assert prediction.label in CLASSES
+        assert prediction.lesion_mask.shape == scan.pixels.shape and prediction.lesion_mask.dtype == bool
+    raw = predictor.model(torch.zeros(2, 1, 256, 256))
+    assert raw.logits.shape == (2, 3) and raw.lesion_logits.shape == (2, 1, 256, 256)
+
+
+def test_reference_predictions_reproduce(predictor, card, busi_root):
+    cases = load_busi(busi_root).by_id()
+    fold0 = set(load_folds()[0])
+    assert len(card["reference_predictions"]) >= 5
+    for reference in card["reference_predictions"]:
+        assert reference["id"] in fold0
+        prediction = predictor.predict(read_scan(cases[reference["id"]].image_path))
+        assert prediction.label == reference["predicted"]
+        for c in CLASSES:
+            assert prediction.probabilities[c] == pytest.approx(reference["probabilities"][c], abs=1e-4)
+
+
+def test_predicted_lesion_overlaps_the_drawn_lesion(predictor, busi_root):
+    """The segmentation head is trained on BUSI masks; on scans it trained on it must find the lesion."""
+    from imagemasknet.metrics import dice
+    from imagemasknet.predict import read_mask
+
+    scores = []
+    for n in (1, 2, 3, 4, 5, 6):
+        scan = read_scan(busi_root / "malignant" / "images" / f"malignant ({n}).png")
+        truth = read_mask(busi_root / "malignant" / "masks" / f"malignant ({n})_mask.png", scan.pixels.shape)
+        scores.append(dice(predictor.predict(scan).lesion_mask, truth))
+    assert np.mean(scores) > 0.5, scores
