@@ -78,7 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                      mask_schedule="first-half", optimizer="adam", schedule="constant", class_balanced=False,
                      label_smoothing=0.0, val_fraction=0.0),
     # The shipped model. Class-balanced loss off: of the two variants cross-validated, it had the lower
-    # inner-validation loss (benchmarks/README.md); the test folds played no part in the choice.
+    # inner-validation loss (README, "Choosing the shipped model"); test folds played no part.
     "lesion-resunet": dict(arch="lesion-resunet"),
 }
 
