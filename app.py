@@ -1,0 +1,12 @@
+"""ImageMaskNet web app: `streamlit run app.py`. Navigation, page config and the notice only."""
+import streamlit as st
+
+st.set_page_config(page_title="ImageMaskNet", page_icon="🩺", layout="wide")
+
+page = st.navigation([
+    st.Page("pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
+    st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
+    st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
+])
+st.sidebar.warning("**Research use only — not a diagnosis.**", icon=":material/info:")
+page.run()

@@ -1,0 +1,505 @@
+"""Classify: upload scans (optionally with a lesion mask, uploaded or drawn on the scan), see the predicted
+class, its calibrated probabilities, Grad-CAM and outlines; download a report or the batch table.
+
+This page only draws. Reading files, predicting, Grad-CAM, overlays, charts and reports live in the
+package (`imagemasknet.predict`, `.explain`, `.charts`, `.report`). Uploads stay in memory: their bytes go
+straight to `read_scan` / `read_mask` and are never written to disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import PurePath
+
+import numpy as np
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from imagemasknet import predict as predict_module
+from imagemasknet.charts import probability_chart
+from imagemasknet.data import CLASSES
+from imagemasknet.explain import heatmap_overlay, outline
+from imagemasknet.models import DEFAULT_MODEL, get_spec
+from imagemasknet.report import html_report, results_csv
+
+SCAN_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
+MASK_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
+DISPLAY_LONG_SIDE = 900  # images are shown (and put in reports) at most this large
+CANVAS_WIDTH = 520
+CANVAS_MAX_HEIGHT = 560
+USER_MASK_RGB = (0, 213, 255)  # cyan: the user's mask
+LESION_RGB = (255, 179, 0)  # amber: the lesion the model outlines
+USER_MASK_CSS, LESION_CSS = "#00D5FF", "#FFB300"
+MODE_LABEL = {"image": "image only", "mask": "with mask"}
+UPLOAD, DRAW = "Upload a mask file", "Draw on the scan"
+TOOLS = {"Freehand": "freedraw", "Polygon": "polygon", "Rectangle": "rect"}
+TOOL_HELP = {
+    "Freehand": "Trace the lesion's outline (the enclosed area counts) or paint over it.",
+    "Polygon": "Click the corners; click the first corner again to close the polygon.",
+    "Rectangle": "Drag a box around the lesion.",
+}
+
+
+@dataclass
+class Item:
+    """One uploaded scan and everything the page learns about it during a run."""
+
+    index: int
+    name: str
+    digest: str
+    scan: predict_module.Scan | None = None
+    error: str | None = None  # the ScanError's sentence when the scan (or its prediction) is refused
+    error_type: str = ""
+    mask: np.ndarray | None = None
+    mask_key: str | None = None
+    mask_source: str = ""  # "uploaded" / "drawn" when a mask is used
+    notes: list[str] = field(default_factory=list)  # why a chosen mask was not used
+    prediction: predict_module.Prediction | None = None
+
+    def record(self) -> dict:
+        if self.prediction is None:
+            return {"file": self.name, "error": {"type": self.error_type, "message": self.error or ""}}
+        record = self.prediction.record(self.name)
+        record["warnings"] = record["warnings"] + self.notes
+        return record
+
+
+# ------------------------------------------------------------------------------------------------
+# Cached work: one Predictor per model for every session; predictions and Grad-CAM per content hash.
+# ------------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the model…")
+def load_predictor(name: str) -> predict_module.Predictor:
+    return predict_module.Predictor.shipped(name)
+
+
+@st.cache_data(max_entries=512, ttl=6 * 3600, show_spinner="Classifying…")
+def cached_prediction(model: str, scan_digest: str, mask_digest: str | None, _scan, _mask):
+    return load_predictor(model).predict(_scan, _mask)
+
+
+@st.cache_data(max_entries=48, ttl=6 * 3600, show_spinner="Computing Grad-CAM…")
+def cached_grad_cam(model: str, scan_digest: str, mask_digest: str | None, target: str, size_hw: tuple[int, int],
+                    _scan, _mask) -> np.ndarray:
+    heat = load_predictor(model).grad_cam(_scan, target, _mask)
+    return _resize_heat(heat, size_hw)
+
+
+def session_memo(store: str, key, compute, limit: int = 64):
+    """A small per-session LRU (decoded scans stay with the session that uploaded them)."""
+    cache = st.session_state.setdefault(store, OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = compute()
+    while len(cache) > limit:
+        cache.popitem(last=False)
+    return value
+
+
+def canvas_component():
+    """streamlit-drawable-canvas's ``st_canvas`` (imported here: importing it outside a running app raises)."""
+    from streamlit_drawable_canvas import st_canvas
+
+    return st_canvas
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+# ------------------------------------------------------------------------------------------------
+def md(text: str) -> str:
+    """Escape user-supplied text (file names, messages quoting them) for Streamlit markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(text))
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def mask_digest(mask: np.ndarray | None) -> str | None:
+    if mask is None:
+        return None
+    return hashlib.sha256(np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest()
+
+
+def display_size(shape_hw: tuple[int, int], long_side: int = DISPLAY_LONG_SIDE) -> tuple[int, int]:
+    height, width = shape_hw[:2]
+    scale = min(1.0, long_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resize_rgb(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    if rgb.shape[:2] == size_hw:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize(size_hw[::-1], Image.Resampling.LANCZOS))
+
+
+def _resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    if mask.shape == size_hw:
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size_hw[::-1], Image.Resampling.NEAREST)) > 127
+
+
+def _resize_heat(heat: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    if heat.shape == size_hw:
+        return heat.astype(np.float32)
+    image = Image.fromarray(heat.astype(np.float32), "F").resize(size_hw[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.float32)
+
+
+def _fill_enclosed(drawn: np.ndarray) -> np.ndarray:
+    """Pixels enclosed by strokes count too, so a traced freehand outline becomes a filled lesion."""
+    padded = Image.fromarray(np.pad(drawn, 1).astype(np.uint8) * 255, "L").copy()  # fromarray may share read-only memory
+    ImageDraw.floodfill(padded, (0, 0), 128)  # the outside, reached from the border
+    return np.asarray(padded)[1:-1, 1:-1] != 128
+
+
+def _stem(name: str) -> str:
+    return PurePath(name).stem.casefold()
+
+
+def pair_masks(items: list[Item], mask_files: list) -> dict[int, list]:
+    """Mask uploads per scan: with one scan every mask is its; otherwise by name (``case.png`` ←
+    ``case.png``, ``case_mask.png``, ``case_mask_1.png``; several masks of one scan are merged)."""
+    readable = [item for item in items if item.scan is not None]
+    if len(readable) == 1:
+        return {readable[0].index: list(mask_files)} if mask_files else {}
+    pairs: dict[int, list] = {}
+    for mask_file in mask_files:
+        mask_stem = _stem(mask_file.name)
+        for item in readable:
+            pattern = re.escape(_stem(item.name)) + r"([ _-]?mask([ _-]?\d+)?)?"
+            if re.fullmatch(pattern, mask_stem):
+                pairs.setdefault(item.index, []).append(mask_file)
+                break
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------------
+# Page sections
+# ------------------------------------------------------------------------------------------------
+def model_controls() -> tuple[str, bool]:
+    """Model selector and the "use mask" toggle; returns (model name, mask mode on)."""
+    models = predict_module.available_models()
+    if not models:
+        st.error("No model weights are installed (expected weights/*.safetensors); the page cannot classify.")
+        st.stop()
+    name = st.selectbox("Model", models, key="model",
+                        format_func=lambda n: f"{n} (default)" if n == DEFAULT_MODEL else n,
+                        help="Models with shipped weights; the default first.")
+    spec = get_spec(name)
+    st.caption(spec.description)
+    if spec.needs_mask:
+        reason = f"The model '{name}' always needs a lesion mask: upload or draw one for each scan."
+        st.toggle("Use a lesion mask", value=True, disabled=True, key="use_mask_required", help=reason)
+        st.caption(reason)
+        return name, True
+    if not spec.accepts_mask:
+        reason = f"The model '{name}' cannot use a mask: it classifies the image alone."
+        st.toggle("Use a lesion mask", value=False, disabled=True, key="use_mask_unavailable", help=reason)
+        st.caption(reason)
+        return name, False
+    use_mask = st.toggle("Use a lesion mask", key="use_mask",
+                         help="Mask mode: the model is also given the lesion's outline. Off: the image alone.")
+    return name, use_mask
+
+
+def read_uploads(files: list) -> list[Item]:
+    digests = st.session_state.setdefault("classify_digests", {})
+    items = []
+    for index, uploaded in enumerate(files):
+        file_id = getattr(uploaded, "file_id", None)
+        digest = digests.get(file_id) if file_id else None
+        if digest is None:
+            digest = digest_of(uploaded.getvalue())
+            if file_id:
+                digests[file_id] = digest
+        item = Item(index, uploaded.name, digest)
+
+        def decode(uploaded=uploaded):
+            try:
+                return predict_module.read_scan(uploaded.getvalue(), name=uploaded.name), None
+            except predict_module.ScanError as error:
+                return None, error
+
+        scan, error = session_memo("classify_scan_cache", (digest, uploaded.name), decode)
+        if error is not None:
+            item.error, item.error_type = str(error), type(error).__name__
+        item.scan = scan
+        items.append(item)
+    return items
+
+
+def attach_uploaded_masks(items: list[Item], mask_files: list) -> None:
+    pairs = pair_masks(items, mask_files)
+    for item in items:
+        if item.scan is None:
+            continue
+        files = pairs.get(item.index)
+        if not files:
+            item.notes.append("No mask file matched this scan, so it was classified from the image alone.")
+            continue
+        try:
+            masks = [predict_module.read_mask(f.getvalue(), item.scan.pixels.shape, name=f.name) for f in files]
+        except predict_module.ScanError as error:
+            item.notes.append(f"{error} The scan was classified from the image alone.")
+            continue
+        item.mask = np.logical_or.reduce(masks)
+        item.mask_source = "uploaded"
+
+
+def attach_drawn_masks(items: list[Item]) -> None:
+    drawings = st.session_state.setdefault("classify_drawings", {})
+    for item in items:
+        if item.scan is None:
+            continue
+        drawn = drawings.get(item.digest)
+        if drawn is not None and drawn["mask"].shape == item.scan.pixels.shape and drawn["mask"].any():
+            item.mask, item.mask_source = drawn["mask"], "drawn"
+        else:
+            item.notes.append("Nothing is drawn on this scan yet, so it was classified from the image alone.")
+
+
+def drawing_canvas(item: Item, rendered_before: str | None) -> None:
+    """The canvas over the scan; the drawing becomes this scan's mask at the scan's own resolution."""
+    tool = st.radio("Drawing tool", list(TOOLS), horizontal=True, key="draw_tool")
+    st.caption(TOOL_HELP[tool] + " Use the canvas toolbar to undo or clear.")
+    height, width = item.scan.pixels.shape
+    canvas_w = CANVAS_WIDTH
+    canvas_h = round(canvas_w * height / width)
+    if canvas_h > CANVAS_MAX_HEIGHT:
+        canvas_h, canvas_w = CANVAS_MAX_HEIGHT, round(CANVAS_MAX_HEIGHT * width / height)
+    drawings = st.session_state.setdefault("classify_drawings", {})
+    saved = drawings.get(item.digest)
+    if rendered_before != item.digest:  # a freshly mounted canvas starts from the saved drawing
+        st.session_state["classify_canvas_initial"] = saved["json"] if saved else None
+    st.session_state["classify_canvas_rendered"] = item.digest
+    r, g, b = USER_MASK_RGB
+    result = canvas_component()(
+        fill_color=f"rgba({r}, {g}, {b}, 0.25)",
+        stroke_width=3 if TOOLS[tool] == "freedraw" else 2,
+        stroke_color=USER_MASK_CSS,
+        background_image=Image.fromarray(_resize_rgb(item.scan.rgb, (canvas_h, canvas_w))),
+        drawing_mode=TOOLS[tool],
+        initial_drawing=st.session_state.get("classify_canvas_initial"),
+        height=canvas_h,
+        width=canvas_w,
+        return_image_data=True,
+        key=f"canvas-{item.digest[:16]}",
+    )
+    rgba = result.image_data
+    if rgba is None:  # nothing sent since the canvas was mounted: keep the saved drawing
+        return
+    rgba = np.array(rgba)
+    if rgba.ndim != 3 or rgba.shape[2] != 4:
+        return
+    rgba[..., 3] = np.where(_fill_enclosed(rgba[..., 3] > 0), 255, 0)
+    try:
+        mask = predict_module.mask_from_drawing(rgba, (height, width))
+    except predict_module.ScanError as error:
+        st.error(md(str(error)))
+        return
+    drawings.pop(item.digest, None)
+    drawings[item.digest] = {"mask": mask, "json": result.json_data}
+    while len(drawings) > 64:  # a session keeps its latest drawings only
+        drawings.pop(next(iter(drawings)))
+
+
+def classify(items: list[Item], model: str) -> None:
+    for item in items:
+        if item.scan is None:
+            continue
+        item.mask_key = mask_digest(item.mask)
+        try:
+            item.prediction = cached_prediction(model, item.digest, item.mask_key, item.scan, item.mask)
+        except predict_module.ScanError as error:
+            item.error, item.error_type = str(error), type(error).__name__
+
+
+def results_table(items: list[Item], model: str) -> None:
+    rows = []
+    for item in items:
+        p = item.prediction
+        rows.append({
+            "File": item.name,
+            "Class": p.label.capitalize() if p else "error",
+            **{c.capitalize(): (p.probabilities[c] if p else None) for c in CLASSES},
+            "Mode": MODE_LABEL.get(p.mode, p.mode) if p else "",
+            "Warnings": " | ".join(p.warnings + item.notes) if p else (item.error or ""),
+        })
+    probability = {c.capitalize(): st.column_config.ProgressColumn(c.capitalize(), min_value=0.0, max_value=1.0,
+                                                                    format="percent", width="small")
+                   for c in CLASSES}
+    st.dataframe(rows, hide_index=True, width="stretch", key="results_table",
+                 column_config={"File": st.column_config.TextColumn("File", width="medium"),
+                                "Class": st.column_config.TextColumn("Class", width="small"),
+                                **probability,
+                                "Mode": st.column_config.TextColumn("Mode", width="small"),
+                                "Warnings": st.column_config.TextColumn("Warnings / error", width="large")})
+    st.download_button("Download results (CSV)", results_csv([item.record() for item in items]),
+                       file_name=f"imagemasknet-{model}-results.csv", mime="text/csv", on_click="ignore",
+                       icon=":material/download:", key="download_csv")
+
+
+def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> None:
+    """One scan: the result and chart, then the scan (or the drawing canvas) beside its Grad-CAM."""
+    st.markdown(f"#### {md(item.name)}")
+    if item.scan is None:
+        st.error(md(item.error), icon=":material/error:")
+        return
+    result_col, chart_col = st.columns([2, 3], gap="large")
+    head_left, head_right = st.columns(2, gap="large")
+    scan_col, cam_col = st.columns(2, gap="large")
+    with head_right:
+        st.markdown("**Grad-CAM**")
+        cam_class_col, cam_opacity_col = st.columns(2)
+    with head_left:
+        st.markdown("**Scan**")
+        legend_box = st.container()
+    with scan_col:
+        if draw:
+            draw_tab, outline_box = st.tabs(["Draw the lesion", "Outlines"])
+            with draw_tab:
+                drawing_canvas(item, rendered_before)
+            # this run's drawing is the mask: attach it again before classifying
+            item.mask, item.mask_source, item.notes, item.prediction, item.error = None, "", [], None, None
+            attach_drawn_masks([item])
+        else:
+            outline_box = st.container()
+    classify([item], model)
+    prediction = item.prediction
+
+    with result_col:
+        if prediction is None:
+            st.error(md(item.error), icon=":material/error:")
+        else:
+            left, right = st.columns(2)
+            left.metric("Predicted class", prediction.label.capitalize())
+            right.metric("Calibrated probability", f"{prediction.confidence:.1%}")
+            source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
+            st.markdown(f"Mode: **{MODE_LABEL.get(prediction.mode, prediction.mode)}**{source}")
+            st.caption(f"Model {model}, version {load_predictor(model).version or 'unversioned'}")
+            report_box = st.container()
+        for note in item.notes:
+            st.info(md(note), icon=":material/info:")
+        for warning in prediction.warnings if prediction else []:
+            st.warning(md(warning), icon=":material/warning:")
+    with chart_col:
+        if prediction is not None:
+            st.plotly_chart(probability_chart(prediction), config={"displayModeBar": False},
+                            key=f"chart-{item.index}")
+
+    size_hw = display_size(item.scan.pixels.shape)
+    rgb = _resize_rgb(item.scan.rgb, size_hw)
+    outlined, legend, captions = rgb, [], []
+    if prediction is not None and prediction.mode == "mask" and item.mask is not None:
+        outlined = outline(outlined, _resize_mask(item.mask, size_hw), USER_MASK_RGB)
+        legend.append(f'<span style="color:{USER_MASK_CSS}">■</span> your mask')
+        captions.append("the user's mask (cyan)")
+    if prediction is not None and prediction.lesion_mask is not None:
+        outlined = outline(outlined, _resize_mask(prediction.lesion_mask, size_hw), LESION_RGB)
+        legend.append(f'<span style="color:{LESION_CSS}">■</span> lesion outlined by the model')
+        captions.append("the lesion outlined by the model (amber)")
+    with legend_box:
+        if legend:  # fixed strings, no user text
+            st.markdown('<span style="font-size:0.9rem">' + " &nbsp;&nbsp; ".join(legend) + "</span>",
+                        unsafe_allow_html=True)
+        elif prediction is not None:
+            st.caption("No outline: the model draws no lesion and no mask was used.")
+    with outline_box:
+        st.image(outlined, width="stretch")
+
+    overlay = target = None
+    if prediction is None:
+        with cam_col:
+            st.caption("No Grad-CAM without a prediction.")
+    else:
+        with cam_class_col:
+            choice = st.selectbox("Explain the score of", ["predicted", *CLASSES], key="cam_target",
+                                  format_func=lambda c: "the predicted class" if c == "predicted" else c)
+        with cam_opacity_col:
+            opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
+        target = prediction.label if choice == "predicted" else choice
+        with cam_col:
+            try:
+                heat = cached_grad_cam(model, item.digest, item.mask_key, target, size_hw, item.scan, item.mask)
+            except predict_module.ScanError as error:
+                st.error(md(str(error)))
+            else:
+                overlay = heatmap_overlay(rgb, heat, opacity)
+                st.image(overlay, width="stretch")
+                st.caption(f"Regions that raised the score of **{target}** (red: most). Not a lesion segmentation.")
+
+    if prediction is not None:
+        overlays = {"Scan": rgb}
+        if captions:
+            overlays["Outlines: " + " and ".join(captions)] = outlined
+        if overlay is not None:
+            overlays[f"Grad-CAM for {target} (opacity {opacity:.0%})"] = overlay
+        scan, version = item.scan, load_predictor(model).version
+        with report_box:  # the report is built only when the button is clicked
+            st.download_button("Download report (HTML)", lambda: html_report(scan, prediction, overlays, model, version),
+                               file_name=f"{PurePath(item.name).stem}-report.html", mime="text/html",
+                               on_click="ignore", icon=":material/description:", key=f"report-{item.index}")
+
+
+def main() -> None:
+    rendered_before = st.session_state.pop("classify_canvas_rendered", None)
+    st.title("Classify breast ultrasound scans")
+    st.caption("Normal, benign or malignant, with calibrated probabilities and Grad-CAM. "
+               "Research use only — not a diagnosis.")
+
+    upload_col, settings_col = st.columns([3, 2], gap="large")
+    with settings_col:
+        model, use_mask = model_controls()
+        mask_source, mask_files = None, []
+        if use_mask:
+            mask_source = st.radio("Lesion mask", [UPLOAD, DRAW], horizontal=True, key="mask_source")
+            if mask_source == UPLOAD:
+                mask_files = st.file_uploader(
+                    "Mask files", type=MASK_TYPES, accept_multiple_files=True, key="masks",
+                    help="White (or any bright/opaque) lesion on black. With several scans, name each mask after "
+                         "its scan: case.png ← case_mask.png.") or []
+    with upload_col:
+        files = st.file_uploader("Scans", type=SCAN_TYPES, accept_multiple_files=True, key="scans",
+                                 help="B-mode breast ultrasound: PNG, JPEG, BMP, TIFF or DICOM; one or several.")
+    if not files:
+        st.info("Drop one or several scans above to classify them.", icon=":material/upload_file:")
+        return
+
+    try:
+        load_predictor(model)
+    except Exception as error:  # noqa: BLE001 - missing/damaged weights: a message, never a traceback
+        st.error(md(f"The model '{model}' could not be loaded ({type(error).__name__}: {error})."))
+        return
+
+    items = read_uploads(files)
+    if use_mask and mask_source == UPLOAD:
+        attach_uploaded_masks(items, mask_files)
+    elif use_mask and mask_source == DRAW:
+        attach_drawn_masks(items)
+
+    for item in items:
+        if item.scan is None:
+            st.error(md(item.error), icon=":material/error:")
+
+    readable = [item for item in items if item.scan is not None]
+    if not readable:
+        return
+    table_box = st.container()
+    if len(items) > 1:
+        chosen = st.selectbox("Show details for", [item.index for item in readable], key="detail",
+                              format_func=lambda i: items[i].name)
+        st.divider()
+    else:
+        chosen = readable[0].index
+    # The detail scan first: in draw mode its canvas gives this run's mask, which the table must use too.
+    details(items[chosen], model, use_mask and mask_source == DRAW, rendered_before)
+    classify([item for item in items if item.prediction is None and item.error is None], model)
+    if len(items) > 1:
+        with table_box:
+            st.subheader("Results")
+            results_table(items, model)
+
+main()

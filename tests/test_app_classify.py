@@ -1,0 +1,340 @@
+"""The Classify page under Streamlit's AppTest (no browser), plus the chart and report builders it uses.
+
+Real BUSI scans; the app's results are compared with what the shipped Predictor says about the same
+files, so the tests hold whatever weights are shipped. The drawing canvas is replaced by a fake module
+that "draws" a rectangle.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+import types
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagemasknet import models as models_module
+from imagemasknet import predict as predict_module
+from imagemasknet.charts import probability_chart
+from imagemasknet.models import DEFAULT_MODEL, ModelSpec
+from imagemasknet.predict import Prediction, Predictor, mask_from_drawing, read_mask, read_scan
+from imagemasknet.report import CSV_COLUMNS, html_report, results_csv
+
+REPO = Path(__file__).resolve().parent.parent
+BUSI = Path("/work/shared/datasets/busi/Dataset_BUSI_with_GT")
+SCAN = BUSI / "malignant" / "images" / "malignant (1).png"
+MASK = BUSI / "malignant" / "masks" / "malignant (1)_mask.png"
+SECOND = BUSI / "benign" / "images" / "benign (1).png"
+TIMEOUT = 180  # AppTest run timeout (s): CPU inference on a busy machine
+DRAW = "Draw on the scan"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    if not SCAN.is_file():
+        pytest.skip(f"BUSI scans not found under {BUSI}")
+    return Predictor.shipped()
+
+
+@pytest.fixture
+def app():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def upload(at, *paths_or_items):
+    uploader = at.get("file_uploader")[0]
+    for item in paths_or_items:
+        name, data = (item.name, item.read_bytes()) if isinstance(item, Path) else item
+        uploader.upload(name, data, "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def markdown(at) -> list[str]:
+    return [m.value for m in at.markdown]
+
+
+def mode_line(at) -> str:
+    return next(text for text in markdown(at) if text.startswith("Mode:"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The page
+# ------------------------------------------------------------------------------------------------
+def test_server_config_is_hardened():
+    import tomllib
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["client"]["showErrorDetails"] in ("none", False)  # never a traceback in the browser
+    assert config["client"]["toolbarMode"] == "viewer"
+    assert config["server"] == {"maxUploadSize": 50, "fileWatcherType": "none", "enableXsrfProtection": True}
+    assert config["theme"]["base"] == "light"
+
+
+def test_app_frame_and_empty_page(app):
+    assert app.title[0].value == "Classify breast ultrasound scans"
+    assert any("Research use only" in w.value for w in app.sidebar.warning)
+    assert any("Drop one or several scans" in i.value for i in app.info)
+    uploader = app.get("file_uploader")[0]
+    assert uploader.accept_multiple_files
+    assert {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"} <= {t.lstrip(".") for t in uploader.allowed_type}
+
+
+def test_one_scan_image_only(app, predictor):
+    upload(app, SCAN)
+    expected = predictor.predict(read_scan(SCAN))
+    shown = metrics(app)
+    assert shown["Predicted class"] == expected.label.capitalize()
+    assert shown["Calibrated probability"] == f"{expected.confidence:.1%}"
+    assert mode_line(app) == "Mode: **image only**"
+    assert len(app.get("plotly_chart")) == 1
+    assert any("Regions that raised the score" in c.value for c in app.caption)
+    assert any(f"version {predictor.version}" in c.value for c in app.caption)
+    assert [b.label for b in app.get("download_button")] == ["Download report (HTML)"]
+    assert not app.error
+    # moving the opacity slider reruns without recomputing anything or failing
+    app.slider(key="cam_opacity").set_value(0.8).run()
+    assert not app.exception
+    assert metrics(app)["Predicted class"] == expected.label.capitalize()
+
+
+def test_mask_mode_with_uploaded_mask(app, predictor):
+    upload(app, SCAN)
+    app.toggle(key="use_mask").set_value(True).run()
+    assert not app.exception
+    # mask mode on, no mask yet: image only, and the page says why
+    assert mode_line(app) == "Mode: **image only**"
+    assert any("No mask file matched" in i.value for i in app.info)
+
+    app.get("file_uploader")[1].upload(MASK.name, MASK.read_bytes(), "image/png").run()
+    assert not app.exception
+    scan = read_scan(SCAN)
+    expected = predictor.predict(scan, read_mask(MASK, scan.pixels.shape))
+    assert mode_line(app) == "Mode: **with mask** (uploaded mask)"
+    assert metrics(app)["Calibrated probability"] == f"{expected.confidence:.1%}"
+    assert metrics(app)["Predicted class"] == expected.label.capitalize()
+    assert any("your mask" in text for text in markdown(app))
+
+    # toggling mask mode off again goes back to the image-only result
+    app.toggle(key="use_mask").set_value(False).run()
+    assert mode_line(app) == "Mode: **image only**"
+
+
+class FakeCanvas:
+    """Stands in for streamlit-drawable-canvas: returns a filled rectangle drawn on the canvas."""
+
+    def __init__(self, outline_only: bool = False):
+        self.calls: list[dict] = []
+        self.outline_only = outline_only  # a freehand trace of the rectangle's border
+
+    def st_canvas(self, **kwargs):
+        self.calls.append(kwargs)
+        height, width = kwargs["height"], kwargs["width"]
+        rgba = np.zeros((height, width, 4), np.uint8)
+        rgba[height // 4: height // 2, width // 4: 3 * width // 4] = (0, 213, 255, 64)
+        self.filled = rgba.copy()
+        if self.outline_only:
+            rgba[height // 4 + 3: height // 2 - 3, width // 4 + 3: 3 * width // 4 - 3] = 0
+        self.last = rgba
+        return types.SimpleNamespace(image_data=rgba, json_data={"objects": [{"type": "rect"}]})
+
+
+def fake_canvas(monkeypatch, outline_only: bool = False) -> FakeCanvas:
+    fake = FakeCanvas(outline_only)
+    module = types.ModuleType("streamlit_drawable_canvas")
+    module.st_canvas = fake.st_canvas
+    monkeypatch.setitem(sys.modules, "streamlit_drawable_canvas", module)
+    return fake
+
+
+def test_drawn_mask(app, predictor, monkeypatch):
+    fake = fake_canvas(monkeypatch)
+
+    upload(app, SCAN)
+    app.toggle(key="use_mask").set_value(True).run()
+    app.radio(key="mask_source").set_value(DRAW).run()
+    assert not app.exception
+    app.radio(key="draw_tool").set_value("Rectangle").run()
+    assert not app.exception
+
+    call = fake.calls[-1]
+    assert call["drawing_mode"] == "rect" and call["return_image_data"] is True
+    assert call["background_image"].size == (call["width"], call["height"])
+    scan = read_scan(SCAN)
+    height, width = scan.pixels.shape
+    assert abs(call["height"] / call["width"] - height / width) < 0.01  # the scan's aspect ratio
+
+    expected = predictor.predict(scan, mask_from_drawing(fake.last, scan.pixels.shape))
+    assert mode_line(app) == "Mode: **with mask** (drawn mask)"
+    assert metrics(app)["Calibrated probability"] == f"{expected.confidence:.1%}"
+    assert metrics(app)["Predicted class"] == expected.label.capitalize()
+    assert [t.label for t in app.tabs] == ["Draw the lesion", "Outlines"]
+
+
+def test_freehand_outline_encloses_the_lesion(app, predictor, monkeypatch):
+    fake = fake_canvas(monkeypatch, outline_only=True)
+    upload(app, SCAN)
+    app.toggle(key="use_mask").set_value(True).run()
+    app.radio(key="mask_source").set_value(DRAW).run()
+    assert not app.exception
+    assert fake.calls[-1]["drawing_mode"] == "freedraw"
+    scan = read_scan(SCAN)
+    # the traced border counts with everything inside it: the same result as the filled rectangle
+    expected = predictor.predict(scan, mask_from_drawing(fake.filled, scan.pixels.shape))
+    assert mode_line(app) == "Mode: **with mask** (drawn mask)"
+    assert metrics(app)["Calibrated probability"] == f"{expected.confidence:.1%}"
+
+
+def test_model_selector_lists_shipped_models(app):
+    selector = app.selectbox(key="model")
+    assert selector.options[0] == f"{DEFAULT_MODEL} (default)"
+    assert len(selector.options) == len(predict_module.available_models())
+    assert not app.toggle(key="use_mask").disabled  # the shipped default accepts a mask
+
+
+class ImageOnlyPredictor:
+    """A stand-in for a model that cannot take a mask."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.version = "test"
+        self.name = spec.name
+
+    def predict(self, scan, mask=None):
+        assert mask is None
+        return Prediction("benign", {"normal": 0.1, "benign": 0.7, "malignant": 0.2}, "image", self.name,
+                          list(scan.warnings), None)
+
+    def grad_cam(self, scan, target, mask=None):
+        return np.zeros(scan.pixels.shape, np.float32)
+
+
+def test_mask_toggle_disabled_for_models_without_masks(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    image_only = ModelSpec("image-only-test", lambda **kw: None, "A test model that looks at the image alone.",
+                           accepts_mask=False, needs_mask=False, predicts_lesion=False, image_channels=1,
+                           normalisation="unit")
+    monkeypatch.setitem(models_module._REGISTRY, image_only.name, image_only)
+    monkeypatch.setattr(predict_module, "available_models",
+                        lambda: [DEFAULT_MODEL, image_only.name, "imagemasknet"])
+    real_shipped = predict_module.Predictor.shipped.__func__
+
+    def shipped(cls, name=DEFAULT_MODEL, device="auto"):
+        return ImageOnlyPredictor(image_only) if name == image_only.name else real_shipped(cls, name, device)
+
+    monkeypatch.setattr(predict_module.Predictor, "shipped", classmethod(shipped))
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert at.selectbox(key="model").options == [f"{DEFAULT_MODEL} (default)", image_only.name, "imagemasknet"]
+    at.toggle(key="use_mask").set_value(True).run()
+
+    at.selectbox(key="model").set_value(image_only.name).run()
+    assert not at.exception
+    toggle = at.toggle(key="use_mask_unavailable")
+    assert toggle.disabled and toggle.value is False
+    assert "cannot use a mask" in toggle.help
+    assert any("cannot use a mask" in c.value for c in at.caption)
+    assert not at.get("radio")  # no mask source to choose
+    upload(at, SCAN)
+    assert metrics(at)["Predicted class"] == "Benign"
+    assert mode_line(at) == "Mode: **image only**"
+
+    # a model that needs a mask: the toggle is on, locked, and says why
+    at.selectbox(key="model").set_value("imagemasknet").run()
+    toggle = at.toggle(key="use_mask_required")
+    assert toggle.disabled and toggle.value is True
+    assert any("always needs a lesion mask" in c.value for c in at.caption)
+
+
+def test_batch_with_corrupt_file(app, predictor):
+    broken = ("broken <b>scan</b>.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    upload(app, SCAN, broken, SECOND)
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and "broken" in errors[0] and "scan" in errors[0]
+
+    table = app.dataframe[0].value
+    assert list(table["File"]) == [SCAN.name, broken[0], SECOND.name]
+    first, second = predictor.predict(read_scan(SCAN)), predictor.predict(read_scan(SECOND))
+    assert list(table["Class"]) == [first.label.capitalize(), "error", second.label.capitalize()]
+    assert table["Malignant"][0] == pytest.approx(first.probabilities["malignant"])
+    assert "damaged" in table["Warnings"][1] or "not" in table["Warnings"][1]
+    assert "Download results (CSV)" in [b.label for b in app.get("download_button")]
+
+    detail = app.selectbox(key="detail")
+    assert detail.options == [SCAN.name, SECOND.name]
+    assert metrics(app)["Predicted class"] == first.label.capitalize()
+    detail.set_value(2).run()
+    assert not app.exception
+    assert metrics(app)["Predicted class"] == second.label.capitalize()
+    assert metrics(app)["Calibrated probability"] == f"{second.confidence:.1%}"
+
+
+def test_only_bad_files(app):
+    upload(app, ("empty.png", b""), ("notes.png", b"just some text, not an image"))
+    assert len(app.error) == 2
+    assert any("empty" in e.value for e in app.error)
+    assert not app.metric and not app.dataframe
+
+
+# ------------------------------------------------------------------------------------------------
+# Chart and report builders
+# ------------------------------------------------------------------------------------------------
+def _prediction(label="malignant", mode="mask", warnings=()):
+    probabilities = {"normal": 0.05, "benign": 0.15, "malignant": 0.80}
+    if label != "malignant":
+        probabilities = {"normal": 0.1, "benign": 0.2, "malignant": 0.1} | {label: 0.7}
+    return Prediction(label, probabilities, mode, "lesion-resunet", list(warnings), None)
+
+
+def test_probability_chart():
+    figure = probability_chart(_prediction())
+    bar = figure.data[0]
+    assert list(bar.y) == ["Normal", "Benign", "Malignant"]
+    assert list(bar.x) == pytest.approx([0.05, 0.15, 0.80])
+    assert bar.marker.color[2] != bar.marker.color[0] == bar.marker.color[1]  # the predicted class stands out
+    assert tuple(figure.layout.xaxis.range) == (0, 1)
+
+
+def test_html_report_is_self_contained_and_escaped():
+    scan = read_scan(SCAN) if SCAN.is_file() else predict_module.Scan(
+        np.full((80, 100), 90, np.uint8), np.full((80, 100, 3), 90, np.uint8), "x.png", "PNG", [])
+    scan.name = '<img src=x onerror=alert(1)> "evil" & co.png'
+    prediction = _prediction(warnings=[f"'{scan.name}' is strongly coloured"])
+    overlays = {"Scan": scan.rgb, "<b>Grad-CAM</b>": scan.rgb[..., 0]}
+    when = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
+    page = html_report(scan, prediction, overlays, "lesion-resunet", "v1.2", generated=when)
+
+    assert "<img src=x" not in page and "<b>Grad-CAM</b>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt; &quot;evil&quot; &amp; co.png" in page
+    assert page.count('src="data:image/png;base64,') == 2
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing loaded from elsewhere
+    for text in ("Malignant", "80.0%", "15.0%", "5.0%", "lesion-resunet", "v1.2", "2026-01-02 03:04 UTC",
+                 "Research use only", "mask mode"):
+        assert text in page
+    assert "strongly coloured" in page
+
+
+def test_results_csv():
+    records = [_prediction().record("a.png"),
+               {"file": "=HYPERLINK(\"http://x\")", "error": {"type": "CorruptImageError", "message": "damaged"}}]
+    rows = list(csv.reader(io.StringIO(results_csv(records))))
+    assert rows[0] == CSV_COLUMNS
+    assert rows[1][:3] == ["a.png", "malignant", "0.050000"]
+    assert rows[2][0].startswith("'=")  # a formula-like file name stays text in a spreadsheet
+    assert rows[2][-2:] == ["CorruptImageError", "damaged"]

@@ -1,0 +1,139 @@
+"""End to end in a real browser: `streamlit run app.py` + headless Chromium (Playwright).
+
+Uploads real BUSI scans, checks the class against the Predictor, the chart, mask mode with an uploaded
+mask and with a rectangle drawn on the canvas with the mouse, a corrupt file in a batch, and that there is
+exactly one navigation menu. Saves the README screenshots to docs/screenshots/classify-*.png.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from e2e_helpers import (  # noqa: F401  (fixtures)
+    browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
+)
+
+pytestmark = pytest.mark.e2e
+
+BUSI = Path("/work/shared/datasets/busi/Dataset_BUSI_with_GT")
+SCAN = BUSI / "malignant" / "images" / "malignant (1).png"
+MASK = BUSI / "malignant" / "masks" / "malignant (1)_mask.png"
+SECOND = BUSI / "benign" / "images" / "benign (1).png"
+
+
+@pytest.fixture(scope="module")
+def expected():
+    """What the shipped Predictor says about the scans (the app must show the same)."""
+    if not SCAN.is_file() or not SECOND.is_file():
+        pytest.skip(f"BUSI scans not found under {BUSI}")
+    from imagemasknet.predict import Predictor, read_mask, read_scan
+
+    predictor = Predictor.shipped()
+    scan = read_scan(SCAN)
+    return {
+        "image": predictor.predict(scan),
+        "mask": predictor.predict(scan, read_mask(MASK, scan.pixels.shape)),
+        "second": predictor.predict(read_scan(SECOND)),
+    }
+
+
+def metric_values(page) -> list[str]:
+    return page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+
+
+def wait_for_mode(page, mode_text: str) -> None:
+    page.locator('[data-testid="stMarkdownContainer"]', has_text=re.compile(rf"Mode:\s*{mode_text}")).first.wait_for()
+    wait_idle(page)
+
+
+def test_one_navigation_menu(streamlit_server, browser_page):
+    page = browser_page
+    open_app(page, streamlit_server)
+    assert page.locator('[data-testid="stSidebarNav"]').count() == 1
+    links = [re.sub(r"\s+", " ", text).strip() for text in
+             page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+    assert [link.split(" ")[-1] for link in links] == ["Classify", "Gallery", "Training"]
+    # st.navigation replaces the automatic pages/ menu: no second list of page links anywhere
+    assert page.locator('[data-testid="stSidebarNavItems"]').count() <= 1
+    assert page.get_by_text("Research use only — not a diagnosis").first.is_visible()
+    assert page.get_by_text("Drop one or several scans above").is_visible()
+
+
+def test_classify_scan_then_mask_then_drawing(streamlit_server, browser_page, expected):
+    page = browser_page
+    open_app(page, streamlit_server)
+
+    # 1. image only
+    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(SCAN))
+    wait_for_mode(page, "image only")
+    prediction = expected["image"]
+    assert metric_values(page)[0] == prediction.label.capitalize()
+    assert metric_values(page)[1] == f"{prediction.confidence:.1%}"
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart.locator("svg").first.wait_for()
+    chart_text = chart.inner_text()
+    for name in ("Normal", "Benign", "Malignant"):
+        assert name in chart_text
+    assert f"{prediction.confidence:.1%}" in chart_text
+    assert page.get_by_text("Regions that raised the score").is_visible()
+    screenshot(page, "classify-result.png")
+
+    # 2. mask mode with an uploaded mask
+    page.get_by_text("Use a lesion mask").click()
+    wait_idle(page)
+    page.locator('[data-testid="stFileUploader"] input[type=file]').nth(1).set_input_files(str(MASK))
+    wait_for_mode(page, "with mask")
+    with_mask = expected["mask"]
+    assert page.get_by_text("(uploaded mask)").is_visible()
+    assert metric_values(page) == [with_mask.label.capitalize(), f"{with_mask.confidence:.1%}"]
+    assert page.get_by_text("your mask").first.is_visible()
+    screenshot(page, "classify-mask.png")
+
+    # 3. draw a rectangle on the canvas with the mouse
+    page.get_by_text("Draw on the scan").click()
+    wait_for_mode(page, "image only")  # nothing drawn yet
+    page.get_by_text("Rectangle").click()
+    wait_idle(page)
+    canvas = page.locator("canvas.upper-canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box and box["width"] > 100 and box["height"] > 100
+    page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.3 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.45 * box["height"], steps=8)
+    page.mouse.move(box["x"] + 0.85 * box["width"], box["y"] + 0.6 * box["height"], steps=8)
+    page.mouse.up()
+    page.get_by_text("(drawn mask)").wait_for()
+    wait_idle(page)
+    values = metric_values(page)
+    assert values[0] in ("Normal", "Benign", "Malignant")
+    assert re.fullmatch(r"\d{1,3}\.\d%", values[1])
+    screenshot(page, "classify-draw.png")
+
+
+def test_batch_with_a_corrupt_file(streamlit_server, browser_page, expected, tmp_path):
+    page = browser_page
+    broken = tmp_path / "broken scan.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"not really a png")
+    open_app(page, streamlit_server)
+    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(
+        [str(SCAN), str(broken), str(SECOND)])
+    page.get_by_text("Show details for").wait_for()
+    wait_for_mode(page, "image only")
+    error = page.locator('[data-testid="stAlertContentError"]', has_text="broken scan.png").first
+    error.wait_for()
+    assert "broken scan.png" in error.inner_text()
+    table = page.locator('[data-testid="stDataFrame"]').first
+    table.wait_for()
+    assert page.get_by_text("Download results (CSV)").is_visible()
+    assert metric_values(page)[0] == expected["image"].label.capitalize()  # the first good file's details
+
+    # open the other good file's details
+    page.locator('[data-testid="stSelectbox"]', has_text="Show details for").click()
+    page.get_by_role("option", name=SECOND.name).click()
+    page.locator("h4", has_text=SECOND.name).wait_for()
+    wait_idle(page)
+    assert metric_values(page)[0] == expected["second"].label.capitalize()
+    screenshot(page, "classify-batch.png")
