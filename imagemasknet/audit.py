@@ -34,7 +34,8 @@ from .data import CLASSES, Arrays, Busi, load_arrays, read_grey
 CANONICAL_HEIGHT = 32
 COARSE_TEMPLATE = 16  # side of the central square that is looked for in the other image
 COARSE_SHIFT_X, COARSE_SHIFT_Y = 8, 3  # offsets searched; lateral re-crops move images most
-COARSE_SCALES = (0.8, 0.89, 1.0, 1.12, 1.25)  # crops that change the height still change the scale
+# A fixed height undoes whole-image re-scaling; a crop that also cuts rows leaves a scale change.
+COARSE_SCALES = (0.8, 0.89, 1.0, 1.12, 1.25)
 COARSE_BLUR = 1.5  # sigma of the blur that the high-pass removes
 CANDIDATE_SCORE = 0.6  # coarse NCC a pair needs for the speckle check
 
@@ -105,7 +106,12 @@ class AuditResult:
 
 
 def audit(busi: Busi, arrays: Arrays | None = None, progress: bool = False) -> AuditResult:
-    """Count, measure and look for near-duplicates in ``busi``; ``arrays`` (its masks) is loaded if not given."""
+    """Count, measure and look for near-duplicates in ``busi``.
+
+    ``arrays`` supplies the merged masks for the empty-mask and lesion-size counts; without it they
+    are loaded (and cached) at 256 px. The duplicate search reads the image files itself, because
+    speckle needs more resolution than training arrays keep.
+    """
     if arrays is None:
         arrays = load_arrays(busi, 256, progress=progress)  # may drop unreadable cases from busi
     elif arrays.ids != busi.ids:
@@ -186,7 +192,8 @@ def _group(busi: Busi, pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur over the last two axes, edges reflected.
 
-    Plain numpy: these arrays are small, and threaded kernels lose more to start-up than they gain.
+    Plain numpy: the arrays are small, and on a busy machine torch's threaded kernels spend more
+    time waiting for each other than computing.
     """
     radius = math.ceil(3 * sigma)
     taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
@@ -277,7 +284,7 @@ def _coarse_search(features: list[_Coarse]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _patches(image: Image.Image, centre: tuple[float, float], steps: list[float], size: int) -> np.ndarray:
-    """Square size×size samples of ``image`` around ``centre``, ``step`` source pixels apart, high-passed.
+    """High-passed size×size samples of ``image`` around ``centre``, one per step (source pixels per sample).
 
     Overlays (calipers, boxes, text) and tissue edges are far brighter than speckle; clipping the
     high-passed values keeps them from deciding the correlation.
@@ -343,6 +350,8 @@ def _speckle_ncc(magnified: Image.Image, magnified_at: tuple[float, float], base
 def find_duplicate_pairs(busi: Busi, progress: bool = False) -> list[DuplicatePair]:
     """Every pair of scans that are copies of one frame, with their scores (see the module notes)."""
     cases = busi.cases
+    if len(cases) < 2:
+        return []
     halves, features = [], []
     for case in _progress(cases, progress, "reading scans for the duplicate search"):
         image = Image.fromarray(read_grey(case.image_path))
@@ -387,8 +396,8 @@ def _progress(items, enabled: bool, description: str):
 def format_table(result: AuditResult) -> str:
     lines = ["Classes", f"{'class':<10}{'images':>8}{'mask files':>12}{'multi-mask':>12}{'empty masks':>13}{'median lesion':>15}"]
     for name, c in result.counts.items():
-        lines.append(f"{name:<10}{c.images:>8}{c.mask_files:>12}{c.multi_mask_images:>12}{c.empty_masks:>13}"
-                     f"{c.median_lesion_fraction:>14.1%}")
+        lesion = f"{c.median_lesion_fraction:.1%}" if c.median_lesion_fraction else "-"
+        lines.append(f"{name:<10}{c.images:>8}{c.mask_files:>12}{c.multi_mask_images:>12}{c.empty_masks:>13}{lesion:>15}")
     lines += ["", "Native image size (px)",
               f"{'class':<10}{'width min / median / max (mean)':>34}{'height min / median / max (mean)':>36}"]
     for name, s in result.sizes.items():
@@ -405,7 +414,8 @@ def format_table(result: AuditResult) -> str:
               "group sizes: " + (", ".join(f"{n} of {size}" for size, n in sorted(by_size.items())) or "none")]
     compositions: dict[str, int] = {}
     for group in result.groups:
-        key = "+".join(sorted(set(group.labels), key=CLASSES.index))
+        present = sorted(set(group.labels), key=CLASSES.index)
+        key = " + ".join(present) if len(present) > 1 else f"{present[0]} only"
         compositions[key] = compositions.get(key, 0) + 1
     lines += [f"  {key:<22}{n:>5}" for key, n in sorted(compositions.items())]
     lines += ["", f"Label conflicts (one scan under several classes): {len(result.conflicts)}"]
