@@ -7,6 +7,7 @@ page = st.navigation([
     st.Page("pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
     st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
     st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
+    st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
 ])
 st.sidebar.warning("**Research use only — not a diagnosis.**", icon=":material/info:")
 page.run()

@@ -58,6 +58,27 @@ def available_models() -> list[str]:
     return sorted(names, key=lambda n: n != DEFAULT_MODEL)
 
 
+def active_model_dir() -> Path | None:
+    """The promoted model's folder (``runs_root()/active``, resolved, so its two files belong
+    together even while a promotion swaps the link), or None when the shipped model is active."""
+    from .runs import runs_root
+
+    link = runs_root() / "active"
+    try:
+        folder = link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not (folder / "model.json").is_file() or not (folder / "model.safetensors").is_file():
+        return None
+    return folder
+
+
+def active_model_key() -> str:
+    """Changes whenever a model is promoted or rolled back: key a cached Predictor.active() by it."""
+    folder = active_model_dir()
+    return f"active:{folder.name}" if folder is not None else f"shipped:{DEFAULT_MODEL}"
+
+
 class Predictor:
     """A registered model with its weights and calibration, ready to classify scans."""
 
@@ -83,6 +104,22 @@ class Predictor:
         card = read_json(weights.with_suffix(".json"), {}) or {}
         temperatures = {m: float(t) for m, t in card.get("temperature", {}).items()}
         return cls(name, weights, temperatures, card, card.get("config", {}).get("image_size", 256), device)
+
+    @classmethod
+    def active(cls, device: str = "auto") -> "Predictor":
+        """The model promoted on the Retrain page (``runs_root()/active``) if there is one and it
+        loads; otherwise the shipped default model. Key caches by :func:`active_model_key`."""
+        folder = active_model_dir()
+        if folder is not None:
+            card = read_json(folder / "model.json", {}) or {}
+            try:
+                return cls(card["arch"], folder / "model.safetensors",
+                           {m: float(t) for m, t in (card.get("temperature") or {}).items()}, card,
+                           int((card.get("config") or {}).get("image_size", 256)), device,
+                           version=str(card.get("version", "")))
+            except (WeightsError, KeyError, TypeError, ValueError):
+                pass  # a damaged promotion never takes the app down: fall back to the shipped model
+        return cls.shipped(DEFAULT_MODEL, device)
 
     @classmethod
     def from_run(cls, run_dir: Path, checkpoint: str = "best", device: str = "auto") -> "Predictor":

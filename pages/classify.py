@@ -69,18 +69,30 @@ class Item:
 # ------------------------------------------------------------------------------------------------
 # Cached work: one Predictor per model for every session; predictions and Grad-CAM per content hash.
 # ------------------------------------------------------------------------------------------------
+def model_key(name: str) -> str:
+    """The default model is whatever the Retrain page promoted last; its key changes with each promotion,
+    so cached Predictors and predictions never outlive the model that made them."""
+    return predict_module.active_model_key() if name == predict_module.DEFAULT_MODEL else f"shipped:{name}"
+
+
 @st.cache_resource(show_spinner="Loading the model…")
-def load_predictor(name: str) -> predict_module.Predictor:
+def _load_predictor(key: str, name: str) -> predict_module.Predictor:
+    if name == predict_module.DEFAULT_MODEL:
+        return predict_module.Predictor.active()
     return predict_module.Predictor.shipped(name)
 
 
+def load_predictor(name: str) -> predict_module.Predictor:
+    return _load_predictor(model_key(name), name)
+
+
 @st.cache_data(max_entries=512, ttl=6 * 3600, show_spinner="Classifying…")
-def cached_prediction(model: str, scan_digest: str, mask_digest: str | None, _scan, _mask):
+def cached_prediction(model: str, key: str, scan_digest: str, mask_digest: str | None, _scan, _mask):
     return load_predictor(model).predict(_scan, _mask)
 
 
 @st.cache_data(max_entries=48, ttl=6 * 3600, show_spinner="Computing Grad-CAM…")
-def cached_grad_cam(model: str, scan_digest: str, mask_digest: str | None, target: str, size_hw: tuple[int, int],
+def cached_grad_cam(model: str, key: str, scan_digest: str, mask_digest: str | None, target: str, size_hw: tuple[int, int],
                     _scan, _mask) -> np.ndarray:
     heat = load_predictor(model).grad_cam(_scan, target, _mask)
     return _resize_heat(heat, size_hw)
@@ -312,7 +324,7 @@ def classify(items: list[Item], model: str) -> None:
             continue
         item.mask_key = mask_digest(item.mask)
         try:
-            item.prediction = cached_prediction(model, item.digest, item.mask_key, item.scan, item.mask)
+            item.prediction = cached_prediction(model, model_key(model), item.digest, item.mask_key, item.scan, item.mask)
         except predict_module.ScanError as error:
             item.error, item.error_type = str(error), type(error).__name__
 
@@ -423,7 +435,7 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
         target = prediction.label if choice == "predicted" else choice
         with cam_col:
             try:
-                heat = cached_grad_cam(model, item.digest, item.mask_key, target, size_hw, item.scan, item.mask)
+                heat = cached_grad_cam(model, model_key(model), item.digest, item.mask_key, target, size_hw, item.scan, item.mask)
             except predict_module.ScanError as error:
                 st.error(md(str(error)))
             else:

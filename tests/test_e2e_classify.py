@@ -54,7 +54,7 @@ def test_one_navigation_menu(streamlit_server, browser_page):
     assert page.locator('[data-testid="stSidebarNav"]').count() == 1
     links = [re.sub(r"\s+", " ", text).strip() for text in
              page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
-    assert [link.split(" ")[-1] for link in links] == ["Classify", "Gallery", "Training"]
+    assert [link.split(" ")[-1] for link in links] == ["Classify", "Gallery", "Training", "Retrain"]
     # st.navigation replaces the automatic pages/ menu: no second list of page links anywhere
     assert page.locator('[data-testid="stSidebarNavItems"]').count() <= 1
     assert page.get_by_text("Research use only — not a diagnosis").first.is_visible()

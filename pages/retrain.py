@@ -1,0 +1,237 @@
+"""Retrain: launch a training job from the TrainConfig form, watch it live, cancel it, and promote a
+finished run to the active model (or roll back). Draws only; :mod:`imagemasknet.jobs` does the work,
+and the job runs as its own process, so it carries on when the browser closes.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+import streamlit as st
+
+from imagemasknet import jobs
+from imagemasknet import run_charts as rc
+from imagemasknet.config import PRESETS
+from imagemasknet.models import DEFAULT_MODEL
+
+PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+NO_PRESET = "(defaults)"
+STATE_TEXT = {
+    "starting": ":material/hourglass_top: starting — loading the data set",
+    "running": ":material/play_circle: running",
+    "cancelling": ":material/stop_circle: cancelling…",
+    "finished": ":material/check_circle: finished",
+    "failed": ":material/error: failed",
+    "cancelled": ":material/cancel: cancelled",
+    "crashed": ":material/heart_broken: crashed — the training process is gone",
+    "unknown": ":material/help: unknown",
+}
+
+
+def md(text: object) -> str:
+    """Escape text we did not write (run names, error messages) for Streamlit markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(text))
+
+
+def flash(kind: str, message: str) -> None:
+    """A message shown once, after the rerun that follows an action."""
+    st.session_state["retrain_flash"] = (kind, message)
+
+
+def models_changed() -> None:
+    """A promotion or roll back: drop every cached Predictor so the app loads the new active model."""
+    st.cache_resource.clear()
+
+
+# --- the form, drawn from TrainConfig ----------------------------------------------------------------
+
+
+def widget(field: jobs.FormField, value, key: str):
+    label, help_text = field.label, field.help or None
+    if field.kind == "choice":
+        options = list(field.choices)
+        return st.selectbox(label, options, index=options.index(value) if value in options else 0, help=help_text,
+                            key=key)
+    if field.kind == "fold":
+        options = list(field.choices)
+        return st.selectbox(label, options, index=options.index(value) if value in options else 0, key=key,
+                            format_func=lambda k: "all data (no test fold)" if k is None else f"fold {k} held out",
+                            help=help_text)
+    if field.kind == "bool":
+        return st.checkbox(label, value=bool(value), help=help_text, key=key)
+    if field.kind == "limit":
+        chosen = st.number_input(label, min_value=0, value=int(value or 0), step=1, key=key,
+                                 help=f"{help_text} — 0 uses every scan")
+        return int(chosen) or None
+    if field.kind == "int":
+        return int(st.number_input(label, min_value=int(field.min) if field.min is not None else None,
+                                   max_value=int(field.max) if field.max is not None else None, value=int(value),
+                                   step=1, help=help_text, key=key))
+    step = 10 ** round(math.log10(value)) / 10 if value else 0.01
+    return float(st.number_input(label, min_value=field.min, max_value=field.max, value=float(value),
+                                 step=float(step), format="%g", help=help_text, key=key))
+
+
+def launch_form(running: jobs.Job | None) -> None:
+    st.subheader("Launch")
+    preset = st.selectbox("Preset", [NO_PRESET, *PRESETS], index=1 + list(PRESETS).index(DEFAULT_MODEL)
+                          if DEFAULT_MODEL in PRESETS else 0, key="retrain_preset",
+                          help="fills the form with a preset's settings (the same presets as `imagemasknet train --preset`)")
+    preset_name = None if preset == NO_PRESET else preset
+    defaults = jobs.form_defaults(preset_name)
+    fields = jobs.form_fields()
+    with st.form("retrain_form", border=True):
+        values = {}
+        columns = st.columns(3)
+        for n, field in enumerate(fields):
+            with columns[n % 3]:
+                values[field.name] = widget(field, defaults[field.name], key=f"retrain:{preset}:{field.name}")
+        submitted = st.form_submit_button("Start training", type="primary", disabled=running is not None,
+                                          icon=":material/play_arrow:")
+    if running is not None:
+        st.info(f"A training job is already running: **{md(running.name)}** (process {running.pid}). One job runs "
+                "at a time on this machine; Start is available again when it ends or is cancelled.",
+                icon=":material/info:")
+    if not submitted:
+        return
+    try:
+        config = jobs.config_from_form(values, preset_name)
+        started = jobs.start(config, preset_name)
+    except jobs.JobRunningError as error:
+        st.warning(str(error), icon=":material/block:")
+    except (ValueError, FileNotFoundError, jobs.JobError, OSError) as error:
+        st.error(f"Not started: {error}", icon=":material/error:")
+    else:
+        st.session_state["retrain_watch"] = started.name
+        flash("success", f"Started {started.name}.")
+        st.rerun()
+
+
+# --- the active model --------------------------------------------------------------------------------
+
+
+def active_model() -> None:
+    card, previous = jobs.active_card(), jobs.previous_card()
+    with st.container(border=True, key="retrain_active"):
+        if card:
+            st.markdown(f"**Active model:** `{card['version']}` ({md(card['arch'])}), promoted {md(card.get('promoted_at', '?'))}"
+                        f" — {md(card.get('trained_on', ''))}")
+        else:
+            st.markdown(f"**Active model:** the shipped `{DEFAULT_MODEL}` (cross-validated; see the Training page)")
+        if card:
+            label = f"Roll back to {previous['version']}" if previous else "Roll back to the shipped model"
+            if st.button(label, icon=":material/undo:", key="retrain_rollback"):
+                try:
+                    restored = jobs.rollback()
+                except jobs.JobError as error:
+                    st.error(str(error))
+                else:
+                    models_changed()
+                    flash("success", f"Rolled back: {restored['version'] if restored else 'the shipped model'} is the "
+                                     "active model again.")
+                    st.rerun()
+
+
+# --- watching a run ----------------------------------------------------------------------------------
+
+
+def finished_panel(job: jobs.Job) -> None:
+    card = jobs.active_card()
+    rows = jobs.comparison(job.name)
+    active_title = f"promoted run {card['version']}" if card else f"shipped {DEFAULT_MODEL} (cross-validation mean)"
+    if rows:
+        table = pd.DataFrame(rows).rename(columns={"active": "active model", "run": "this run"})
+        st.markdown(f"**Held-out metrics** — this run beside the active model ({md(active_title)})")
+        st.dataframe(table, hide_index=True, width="stretch", column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c not in ("metric", "mode")})
+        st.caption("The shipped model's numbers are 5-fold cross-validation means on all of BUSI; a run's are its last "
+                   "epoch on its own held-out fold (a subset when `limit` was set) or its evaluation, so small "
+                   "differences are noise.")
+    if card and card.get("version") == job.name:
+        st.success(f"{job.name} is the active model.", icon=":material/verified:")
+        return
+    if st.button("Promote to active model", type="primary", icon=":material/upgrade:", key=f"promote:{job.name}"):
+        try:
+            jobs.promote(job.name)
+        except jobs.JobError as error:
+            st.error(str(error), icon=":material/error:")
+        else:
+            models_changed()
+            flash("success", f"Promoted: {job.name} is now the active model (the previous one is kept for roll back).")
+            st.rerun()
+
+
+@st.fragment(run_every=2)
+def watch() -> None:
+    st.subheader("Runs")
+    running = jobs.current_job()
+    recent = jobs.recent_jobs()
+    names = [j.name for j in recent]
+    if running is not None and running.name not in names:
+        names.insert(0, running.name)
+    if not names:
+        st.caption("No training runs yet. Start one above.")
+        return
+    chosen = st.session_state.get("retrain_watch")
+    if running is not None and st.session_state.get("retrain_seen_running") != running.name:
+        chosen = running.name  # a job started elsewhere (another tab, a reload): follow it
+        st.session_state["retrain_seen_running"] = running.name
+    if chosen not in names:
+        chosen = running.name if running is not None else names[0]
+    st.session_state["retrain_select"] = chosen
+    st.selectbox("Run", names, key="retrain_select", on_change=_select_changed)
+    job = jobs.job(chosen)
+    state = job.state
+    was_active = st.session_state.get("retrain_active_state", {}).get(job.name)
+    st.session_state.setdefault("retrain_active_state", {})[job.name] = state in jobs.ACTIVE_STATES
+
+    with st.container(border=True, key="retrain_run"):
+        st.markdown(f"**{md(job.name)}** — {STATE_TEXT.get(state, state)}")
+        progress = job.progress
+        st.progress(progress.fraction, text=progress.text)
+        if state in ("starting", "running"):
+            if st.button("Cancel", icon=":material/stop:", key=f"cancel:{job.name}"):
+                jobs.cancel(job.name)
+                st.toast(f"Cancelling {job.name}…")
+        elif state == "cancelling":
+            if st.button("Force stop", icon=":material/dangerous:", key=f"kill:{job.name}",
+                         help="SIGKILL: stops at once; the run folder keeps its last complete files"):
+                jobs.cancel(job.name, force=True)
+        history = job.history
+        if history:
+            left, right = st.columns(2)
+            left.plotly_chart(rc.curves_figure({job.name: history}, "loss", height=320), config=PLOT_CONFIG,
+                              key=f"loss:{job.name}:{len(history)}")
+            right.plotly_chart(rc.curves_figure({job.name: history}, "accuracy", height=320), config=PLOT_CONFIG,
+                               key=f"acc:{job.name}:{len(history)}")
+        elif state in jobs.ACTIVE_STATES:
+            st.caption("Curves appear after the first epoch.")
+        if state in ("failed", "crashed"):
+            reason = job.error or ("status.json says running, but the training process is gone (killed, out of "
+                                   "memory, or the machine restarted)" if state == "crashed" else "see the log")
+            st.error(f"The run {state}: {reason}", icon=":material/error:")
+            st.code(job.log_tail() or "(no log)", language=None)
+        elif state == "cancelled":
+            st.warning("The run was cancelled; its folder is consistent but it cannot be promoted.",
+                       icon=":material/cancel:")
+        elif state == "finished":
+            finished_panel(job)
+    if was_active and state not in jobs.ACTIVE_STATES:
+        st.rerun()  # the job ended: redraw the whole page (the form's Start button comes back)
+
+
+def _select_changed() -> None:
+    st.session_state["retrain_watch"] = st.session_state["retrain_select"]
+
+
+st.title("Retrain")
+st.caption("Train a model on this machine with the same settings as `imagemasknet train`, watch it, and promote "
+           "a finished run to the active model the Classify page uses. The job runs in the background: closing "
+           "the browser does not stop it.")
+if "retrain_flash" in st.session_state:
+    kind, message = st.session_state.pop("retrain_flash")
+    getattr(st, kind)(message)
+active_model()
+launch_form(jobs.current_job())
+watch()

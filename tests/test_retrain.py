@@ -1,0 +1,409 @@
+"""The Retrain page's logic (imagemasknet.jobs) with real trainings: one-epoch runs on a 20-scan subset at
+64 px, launched as background processes exactly as the page launches them; promotion and roll back of the
+active model; cancel; stale locks; a SIGKILL in mid-training; an interrupted promotion; server-side form
+validation; and the page itself through Streamlit's AppTest."""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imagemasknet import cli, jobs
+from imagemasknet.config import PRESETS, TrainConfig
+from imagemasknet.data import DatasetNotFoundError
+from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.predict import Predictor, active_model_key, read_scan
+from imagemasknet.runs import Run, read_json, runs_root, write_json
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = {"epochs": 1, "limit": 20, "image_size": 64, "fold": 0, "seed": 0}
+LONG = {**QUICK, "epochs": 400}  # long enough to be interrupted; each epoch takes well under a second
+
+
+def wait_until(predicate, timeout: float = 120, what: str = "condition", job: jobs.Job | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{job.log_tail()}" if job else ""))
+
+
+@pytest.fixture
+def env(monkeypatch, busi_root, shared_cache):
+    """The page's environment: data found by the server (never the form), a shared decode cache, one
+    thread per trainer (two shared cores). Subprocesses inherit it."""
+    monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_root))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return runs_root()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, busi_root, shared_cache_dir):
+    """A real one-epoch run launched through jobs.start and waited for; (runs root, run name)."""
+    root = tmp_path_factory.mktemp("module-runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMAGEMASKNET_RUNS", str(root))
+        patch.setenv("IMAGEMASKNET_CACHE", str(shared_cache_dir))
+        patch.setenv("IMAGEMASKNET_DATA", str(busi_root))
+        patch.setenv("OMP_NUM_THREADS", "1")
+        job = jobs.start(jobs.config_from_form(QUICK))
+        assert jobs.current_job().name == job.name
+        jobs.wait(job.name, timeout=180)
+    return root.resolve(), job.name
+
+
+def copy_run(finished_run, name: str | None = None) -> str:
+    """Put a copy of the finished run folder into this test's runs root (as another run)."""
+    root, source = finished_run
+    name = name or source
+    shutil.copytree(root / source, runs_root() / name)
+    return name
+
+
+# --- launch, finish, promote, roll back ---------------------------------------------------------------
+
+
+def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, env, monkeypatch, busi_root):
+    root, name = finished_run
+    monkeypatch.setenv("IMAGEMASKNET_RUNS", str(root))
+    job = jobs.job(name)
+    assert job.state == "finished"
+    assert jobs.current_job() is None and not jobs.lock_path().exists()  # the lock went with the job
+    assert job.record["returncode"] == 0
+    assert job.progress.fraction == 1.0 and "epoch 1/1" in job.progress.text
+    config = read_json(root / name / "config.json")
+    assert (config["epochs"], config["limit"], config["image_size"]) == (1, 20, 64)
+    assert config["out_dir"] == str(root / name)  # the folder jobs.py named, not one from the form
+    assert name.startswith("lesion-resunet-")
+    assert read_json(root / name / "status.json")["state"] == "finished"
+    assert len(job.history) == 1 and "finished" in job.log_tail()
+
+    # Before promotion the shipped model is the active one, and the comparison uses its card.
+    assert jobs.active_card() is None and active_model_key() == f"shipped:{DEFAULT_MODEL}"
+    rows = jobs.comparison(name)
+    shipped_card = json.loads((REPO / "weights" / f"{DEFAULT_MODEL}.json").read_text())
+    accuracy = next(r for r in rows if r["metric"] == "accuracy" and r["mode"] == "image")
+    assert accuracy["active"] == pytest.approx(shipped_card["cross_validation"]["image"]["accuracy"]["mean"])
+    assert accuracy["run"] == pytest.approx(job.history[-1]["heldout"]["image"]["accuracy"])
+
+    card = jobs.promote(name)
+    assert card["version"] == name and card["arch"] == "lesion-resunet"
+    assert card["temperature"] == read_json(root / name / "calibration.json")["temperature"]
+    assert (root / "active").is_symlink() and (root / "active" / "model.safetensors").is_file()
+    assert jobs.active_card()["version"] == name and jobs.previous_card() is None
+    predictor = Predictor.active(device="cpu")
+    assert predictor.version == name and predictor.image_size == 64
+    assert predictor.temperatures == pytest.approx(card["temperature"])
+    prediction = predictor.predict(read_scan(busi_root / "benign" / "images" / "benign (1).png"))
+    assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
+    key_promoted = active_model_key()
+    assert key_promoted.startswith("active:")
+    with pytest.raises(jobs.PromotionError):
+        jobs.rollback(root / "nowhere")  # another root has nothing to roll back
+
+    # A second run promoted over it keeps it as "previous"; roll back restores it, twice undoes.
+    other = "lesion-resunet-20990101-000000"
+    shutil.copytree(root / name, root / other)
+    jobs.promote(other)
+    assert jobs.active_card()["version"] == other and jobs.previous_card()["version"] == name
+    assert active_model_key() not in (key_promoted, f"shipped:{DEFAULT_MODEL}")
+    assert jobs.rollback()["version"] == name
+    assert Predictor.active(device="cpu").version == name and jobs.previous_card()["version"] == other
+    assert jobs.rollback()["version"] == other
+    assert jobs.rollback()["version"] == name
+
+    # Rolling back the first promotion returns to the shipped model.
+    (root / "active").unlink()
+    jobs.promote(name)
+    assert jobs.rollback() is None
+    assert jobs.active_card() is None and not (root / "active").exists()
+    shipped = Predictor.active(device="cpu")
+    assert shipped.version == shipped_card["version"] and shipped.image_size == 256
+    assert not [p for p in (root / ".models").iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_cli_arguments_reproduce_the_config():
+    config = jobs.config_from_form({**QUICK, "fold": None, "class_balanced": True, "lr": 3.3e-4}, "study-m1")
+    args = cli.build_parser().parse_args(["train", *jobs.cli_args(config)])
+    assert cli._config_from_args(args) == config
+    assert config.arch == "imagemasknet" and config.optimizer == "adam"  # the preset under the form's values
+
+
+# --- the form, validated on the server ----------------------------------------------------------------
+
+
+def test_form_is_built_from_the_dataclass():
+    form = {f.name: f for f in jobs.form_fields()}
+    expected = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in jobs.SERVER_ONLY]
+    assert list(form) == expected
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in form:
+            continue
+        entry = form[f.name]
+        assert entry.default == f.default and entry.help == f.metadata.get("help", "")
+        if "max" in f.metadata:
+            assert (entry.min, entry.max) == (f.metadata["min"], f.metadata["max"])
+        if "choices" in f.metadata:
+            assert entry.choices == tuple(f.metadata["choices"])
+    assert {"epochs", "lr", "weight_decay", "batch_size", "seed", "fold", "mask_schedule", "arch", "limit",
+            "image_size"} <= set(form)
+    assert not {"out_dir", "data", "split_file"} & set(form)
+    assert jobs.form_defaults("study-m2")["arch"] == "imagemasknet2" and jobs.form_defaults()["epochs"] == 60
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"epochs": 0}, "epochs"), ({"epochs": 501}, "epochs"), ({"epochs": 2.5}, "epochs"), ({"epochs": "ten"}, "epochs"),
+    ({"lr": 2.0}, "lr"), ({"lr": 0.0}, "lr"), ({"lr": float("nan")}, "lr"), ({"weight_decay": -0.1}, "weight_decay"),
+    ({"batch_size": 0}, "batch_size"), ({"batch_size": 10_000}, "batch_size"), ({"image_size": 100}, "image_size"),
+    ({"image_size": 32}, "image_size"), ({"seed": -1}, "seed"), ({"fold": 7}, "fold"), ({"limit": 0}, "limit"),
+    ({"limit": -5}, "limit"), ({"mask_schedule": "sometimes"}, "mask_schedule"), ({"arch": "resnet-9000"}, "arch"),
+    ({"class_balanced": "yes"}, "class_balanced"), ({"val_fraction": 0.9}, "val_fraction"),
+    ({"out_dir": "/etc"}, "out_dir"), ({"data": "/"}, "data"), ({"device": "cuda"}, "device"),
+])
+def test_out_of_bounds_form_values_are_refused(env, values, field):
+    with pytest.raises(ValueError, match=field):
+        jobs.config_from_form({**QUICK, **values})
+    assert not jobs.lock_path().exists() and not list(runs_root().iterdir())
+
+
+def test_start_refuses_bad_configs_missing_data_and_full_disk(env, monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="out_dir"):
+        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "out_dir": str(tmp_path / "x")}))
+    with pytest.raises(ValueError, match="epochs"):
+        jobs.start(TrainConfig(epochs=0))
+    with pytest.raises(DatasetNotFoundError, match="BUSI folder not found"):
+        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "data": str(tmp_path / "missing")}))
+    monkeypatch.setattr(jobs, "free_bytes", lambda path: 5 * 2**20)
+    with pytest.raises(jobs.JobError, match="Only 5 MB free"):
+        jobs.start(jobs.config_from_form(QUICK))
+    assert not jobs.lock_path().exists() and jobs.recent_jobs() == []
+
+
+# --- failures, cancel, locks, crashes -----------------------------------------------------------------
+
+
+def test_failed_run_shows_its_log_and_takes_over_a_stale_lock(env, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_json(jobs.lock_path(), {"pid": dead.pid, "run": "ghost-run", "started": "long ago"})
+    assert jobs.read_lock().run == "ghost-run" and not jobs.read_lock().alive
+    assert jobs.current_job() is None  # a stale lock announces nothing
+
+    empty = tmp_path / "not-busi"
+    empty.mkdir()  # exists, so the launch goes ahead; the trainer then finds no scans in it
+    config = TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "data": str(empty)})
+    job = jobs.start(config)
+    assert jobs.read_lock().run == job.name  # the stale lock was taken over
+    job = jobs.wait(job.name, timeout=120)
+    assert job.state == "failed", job.log_tail()
+    assert "holds no BUSI images" in job.error and "holds no BUSI images" in job.log_tail()
+    assert job.record["returncode"] == 2
+    assert not jobs.lock_path().exists()
+    with pytest.raises(jobs.PromotionError, match="no run folder"):
+        jobs.promote(job.name)
+
+
+def test_pid_reuse_and_live_locks(env):
+    me = os.getpid()
+    write_json(jobs.lock_path(), {"pid": me, "pid_start": jobs.process_start(me), "run": "busy-run"})
+    assert jobs.read_lock().alive and jobs.current_job().name == "busy-run"
+    with pytest.raises(jobs.JobRunningError, match="busy-run"):
+        jobs.start(jobs.config_from_form(QUICK))
+    assert jobs.read_lock().run == "busy-run"  # untouched
+    start = jobs.process_start(me)
+    if start is not None:  # Linux: the same pid with another start time is another process
+        write_json(jobs.lock_path(), {"pid": me, "pid_start": start + 1, "run": "old-run"})
+        assert not jobs.read_lock().alive
+        taken = jobs._acquire_lock(runs_root(), "new-run")
+        assert taken.run == "new-run" and jobs.read_lock().run == "new-run"
+        jobs._release_lock(runs_root(), "new-run")
+        assert not jobs.lock_path().exists()
+    # A lock file that O_EXCL finds must never be overwritten by a second creator.
+    jobs._acquire_lock(runs_root(), "first")
+    with pytest.raises(jobs.JobRunningError, match="first"):
+        jobs._acquire_lock(runs_root(), "second")
+
+
+def test_cancel_stops_the_job_cleanly(env):
+    job = jobs.start(jobs.config_from_form(LONG))
+    with pytest.raises(jobs.JobRunningError, match=job.name):  # one job at a time
+        jobs.start(jobs.config_from_form(QUICK))
+    wait_until(lambda: len(job.history) >= 1, what="the first epoch", job=job)
+    assert job.state == "running" and 0 < job.progress.fraction < 1
+    assert jobs.cancel().name == job.name  # default: the job holding the lock
+    job = jobs.wait(job.name, timeout=60)
+    assert job.state == "cancelled", job.log_tail()
+    status = read_json(job.path / "status.json")
+    assert status["state"] == "cancelled" and status["epoch"] == len(job.history) >= 1
+    assert isinstance(read_json(job.path / "history.json"), list)
+    assert not list(job.path.glob(".*.tmp"))
+    assert "cancelled" in job.log_tail()
+    assert jobs.current_job() is None and not jobs.lock_path().exists()
+    assert jobs.cancel(job.name) is None  # nothing left to stop
+    with pytest.raises(jobs.PromotionError, match="cancelled"):
+        jobs.promote(job.name)
+
+
+def test_cancel_while_starting_is_recorded_as_cancelled(env):
+    job = jobs.start(jobs.config_from_form(LONG))
+    assert job.state == "starting"  # python and torch are still importing
+    jobs.cancel(job.name)  # the trainer's SIGTERM handler is not installed yet: the signal kills it
+    job = jobs.wait(job.name, timeout=60)
+    assert job.state == "cancelled"
+    status = read_json(job.path / "status.json")
+    assert status is None or status["state"] == "cancelled"
+    assert not jobs.lock_path().exists()
+
+
+def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run):
+    promoted = copy_run(finished_run)
+    jobs.promote(promoted)
+    job = jobs.start(jobs.config_from_form(LONG))
+    wait_until(lambda: len(job.history) >= 1 and job.status.get("state") == "running", what="training", job=job)
+    os.killpg(job.pid, signal.SIGKILL)
+    job = jobs.wait(job.name, timeout=30)
+    assert job.state == "crashed"
+    assert read_json(job.path / "status.json")["state"] == "running"  # what the trainer last wrote...
+    assert Run(job.path).state == "crashed"  # ...and what every reader makes of it
+    assert job.record["returncode"] == -signal.SIGKILL
+    assert jobs.current_job() is None
+    assert Predictor.active(device="cpu").version == promoted
+    with pytest.raises(jobs.PromotionError, match="crashed"):
+        jobs.promote(job.name)
+    # a crashed job's lock (had its launcher died too) is stale: the next launch may take it over
+    write_json(jobs.lock_path(), {"pid": job.pid, "run": job.name})
+    assert jobs.current_job() is None
+    jobs._acquire_lock(runs_root(), "next")
+    assert jobs.read_lock().run == "next"
+
+
+def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run, monkeypatch):
+    first = copy_run(finished_run, "lesion-resunet-20990101-000001")
+    second = copy_run(finished_run, "lesion-resunet-20990101-000002")
+    jobs.promote(first)
+    key = active_model_key()
+
+    def copy_half_then_fail(source, target):
+        data = Path(source).read_bytes()
+        Path(target).write_bytes(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(jobs, "_copy_file", copy_half_then_fail)
+        with pytest.raises(jobs.PromotionError, match="disk is full"):
+            jobs.promote(second)
+    assert active_model_key() == key and jobs.active_card()["version"] == first
+    assert Predictor.active(device="cpu").version == first
+    assert not [p for p in (runs_root() / ".models").iterdir() if p.name.startswith(".")]
+
+    # A crash after staging but before the link swap: the old link still stands.
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(jobs, "_swap_active", crash)
+        with pytest.raises(KeyboardInterrupt):
+            jobs.promote(second)
+    assert jobs.active_card()["version"] == first and Predictor.active(device="cpu").version == first
+    jobs.promote(second)  # and the next promotion works
+    assert jobs.active_card()["version"] == second and jobs.previous_card()["version"] == first
+
+
+def test_only_finished_loadable_runs_are_promoted(env, finished_run):
+    broken = copy_run(finished_run, "lesion-resunet-20990101-000003")
+    best = runs_root() / broken / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:1000])
+    with pytest.raises(jobs.PromotionError, match="does not load"):
+        jobs.promote(broken)
+    running = copy_run(finished_run, "lesion-resunet-20990101-000004")
+    status = read_json(runs_root() / running / "status.json")
+    write_json(runs_root() / running / "status.json", {**status, "state": "running", "pid": os.getpid()})
+    with pytest.raises(jobs.PromotionError, match="running"):
+        jobs.promote(running)
+    assert jobs.active_card() is None and not (runs_root() / "active").exists()
+
+
+# --- the page ------------------------------------------------------------------------------------------
+
+
+def app(timeout: float = 60):
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(REPO / "pages" / "retrain.py"), default_timeout=timeout)
+
+
+def test_page_form_renders_from_the_dataclass(env):
+    at = app().run()
+    assert not at.exception
+    numbers = {n.label: n for n in at.number_input}
+    selects = {s.label: s for s in at.selectbox}
+    checks = {c.label: c for c in at.checkbox}
+    for field in jobs.form_fields():
+        if field.kind in ("int", "float"):
+            widget = numbers[field.label]
+            assert widget.min == field.min and widget.max == field.max and widget.help == field.help
+        elif field.kind == "limit":
+            assert numbers[field.label].min == 0
+        elif field.kind == "choice":
+            assert list(selects[field.label].options) == [str(c) for c in field.choices]
+        elif field.kind == "fold":
+            assert len(selects[field.label].options) == len(field.choices)
+        else:
+            assert field.label in checks
+    assert numbers["epochs"].value == PRESETS["lesion-resunet"].get("epochs", 60)
+    start = next(b for b in at.button if b.label == "Start training")
+    assert not start.disabled
+    # choosing a preset refills the form with its values
+    at.selectbox(key="retrain_preset").set_value("study-m1").run()
+    assert {n.label: n.value for n in at.number_input}["epochs"] == 10
+    assert {s.label: s.value for s in at.selectbox}["arch"] == "imagemasknet"
+
+
+def test_page_announces_a_running_job_and_disables_start(env):
+    me = os.getpid()
+    write_json(jobs.lock_path(), {"pid": me, "pid_start": jobs.process_start(me), "run": "lesion-resunet-20990101-1"})
+    at = app().run()
+    assert not at.exception
+    start = next(b for b in at.button if b.label == "Start training")
+    assert start.disabled
+    assert any("already running" in i.value and "lesion\\-resunet\\-20990101\\-1" in i.value for i in at.info)
+
+
+def test_page_promotes_and_rolls_back(env, finished_run):
+    name = copy_run(finished_run)
+    at = app().run()
+    assert not at.exception
+    assert any("finished" in m.value for m in at.markdown)
+    assert at.dataframe  # the side-by-side table
+    at.button(key=f"promote:{name}").click().run()
+    assert jobs.active_card()["version"] == name
+    assert any("is now the active model" in s.value for s in at.success)
+    at.button(key="retrain_rollback").click().run()
+    assert jobs.active_card() is None
+    assert any("Rolled back" in s.value for s in at.success)
+
+
+def test_page_shows_a_crashed_run_with_its_log(env, finished_run):
+    name = copy_run(finished_run)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    status = read_json(runs_root() / name / "status.json")
+    write_json(runs_root() / name / "status.json", {**status, "state": "running", "pid": dead.pid})
+    at = app().run()
+    assert not at.exception
+    assert any("crashed" in e.value for e in at.error)
+    assert any("finished" in c.value or "epoch 1" in c.value for c in at.code)  # the log's tail
+    assert not [b for b in at.button if b.label.startswith("Promote")]
