@@ -1,0 +1,292 @@
+"""Gallery: browse the BUSI copy with its masks, folds, audit flags and the shipped model's results.
+
+Draws only; everything it shows is computed in :mod:`imagemasknet.gallery`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from imagemasknet import gallery as g
+from imagemasknet.charts import probability_chart
+from imagemasknet.data import CLASSES, DatasetNotFoundError, find_data_root, listing_fingerprint, load_arrays, load_busi
+from imagemasknet.data import read_mask as read_mask_files
+from imagemasknet.explain import heatmap_overlay
+from imagemasknet.predict import Prediction, Predictor, ScanError, read_scan, shipped_weights
+from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.runs import WeightsError
+from imagemasknet.splits import SplitError, load_folds
+
+MODE_TEXT = {"image": "scan only", "mask": "scan + reference mask"}
+ORDER_TEXT = {"dataset": "dataset order", "confidence": "least confident first", "wrong first": "wrong first"}
+
+
+# --- cached data -----------------------------------------------------------------------------------
+
+
+def _data_key(root: Path) -> str:
+    """Changes when files are added to or removed from the class folders, or the cache moves."""
+    parts = [os.environ.get("IMAGEMASKNET_CACHE", "")]
+    for folder in sorted([root, *root.glob("*"), *root.glob("*/*")]):
+        if folder.is_dir():
+            parts.append(f"{folder.name}:{folder.stat().st_mtime_ns}")
+    return "|".join(parts)
+
+
+@st.cache_resource(show_spinner="Indexing and decoding the scans (cached after the first time)…", max_entries=4)
+def dataset(root: str, key: str):
+    busi = load_busi(root)
+    arrays = load_arrays(busi, 256)  # drops unreadable scans from busi.cases too
+    return busi, arrays, {i: n for n, i in enumerate(arrays.ids)}, listing_fingerprint(busi)
+
+
+@st.cache_resource(show_spinner="Loading the shipped model…", max_entries=2)
+def predictor(weights_sha: str) -> Predictor:
+    return Predictor.shipped(DEFAULT_MODEL)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def stored_predictions(path: str, mtime_ns: int, root: str, key: str) -> dict | None:
+    return g.cached_predictions(Path(path), dataset(root, key)[1].ids)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def duplicates(root: str, key: str, audit_mtime: int) -> g.DuplicateInfo:
+    return g.duplicate_info(dataset(root, key)[0])
+
+
+@st.cache_data(show_spinner=False)
+def folds() -> dict[str, int]:
+    try:
+        return g.fold_of(load_folds())
+    except SplitError:
+        return {}
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def thumb(root: str, key: str, image_id: str, style: str) -> str:
+    """A thumbnail as an inline data URI (no extra request per tile)."""
+    _, arrays, index, _ = dataset(root, key)
+    return g.data_uri(g.thumbnail_bytes(arrays, image_id, style, index=index))
+
+
+@st.cache_data(show_spinner="Drawing the case…", max_entries=32)
+def case_view(image_path: str, mask_paths: tuple[str, ...], weights_sha: str | None, mode: str, target: str | None):
+    """The scan at its own size, its merged reference mask, and (with a model) Grad-CAM and the model's lesion."""
+    scan = read_scan(Path(image_path))
+    mask = read_mask_files(tuple(Path(p) for p in mask_paths), scan.pixels.shape)
+    heat = lesion = None
+    if weights_sha is not None and target is not None:
+        model = predictor(weights_sha)
+        given = mask if mode == "mask" else None
+        heat = model.grad_cam(scan, target, given)
+        lesion = model.predict(scan, given).lesion_mask
+    return scan.rgb, mask, heat, lesion
+
+
+# --- page ------------------------------------------------------------------------------------------
+
+st.title("Gallery")
+
+try:
+    root = find_data_root()
+    key = _data_key(root)
+    busi, arrays, index, fingerprint = dataset(str(root), key)
+except DatasetNotFoundError as error:
+    st.error(f"**The BUSI data set was not found.**\n\n{error}", icon=":material/folder_off:")
+    st.markdown(
+        "The gallery browses the *Breast Ultrasound Images* data set (BUSI, Al-Dhabyani et al. 2020, 780 scans "
+        "with lesion masks). Download `Dataset_BUSI_with_GT` from Kaggle, unpack it so that "
+        "`./data/Dataset_BUSI_with_GT/benign`, `…/malignant` and `…/normal` exist, or set the environment variable "
+        "`IMAGEMASKNET_DATA` to the folder, then reload this page."
+    )
+    st.stop()
+
+cases = busi.by_id()
+st.caption(f"{len(busi.cases)} scans of BUSI from `{root}` ({busi.layout} layout). Reference masks in green; "
+           "folds are the committed 5-fold split.")
+if busi.report:
+    with st.expander(f"{len(busi.report.problems)} problems while loading the data"):
+        st.dataframe(pd.DataFrame([p.__dict__ for p in busi.report.problems]), hide_index=True)
+
+# The shipped model and its predictions over every scan (computed once, then read from disk).
+model, weights_sha, predictions = None, None, {}
+weights = shipped_weights(DEFAULT_MODEL)
+try:
+    weights_sha = g.file_sha256(weights)
+    model = predictor(weights_sha)
+except (OSError, WeightsError) as error:
+    weights_sha = None
+    st.warning(f"No shipped model to show predictions with ({error}); the model filters are off.",
+               icon=":material/warning:")
+
+modes = list(model.spec.modes) if model else []
+top = st.columns([1, 1, 1, 1.2])
+fill_masks = top[0].toggle("Fill the masks", key="g_fill", help="Off: the mask's outline; on: a tinted area.")
+style = "filled" if fill_masks else "outline"
+mode = top[1].selectbox("Model input", modes or ["image"], key="g_mode", format_func=MODE_TEXT.get,
+                        disabled=len(modes) < 2, help="What the model was given when it classified each scan.")
+order = top[2].selectbox("Order", list(ORDER_TEXT), key="g_order", format_func=ORDER_TEXT.get)
+
+if model is not None:
+    temperature = float(model.temperatures.get(mode, 1.0))
+    path = g.predictions_path(weights_sha, fingerprint, mode, temperature)
+    stored = stored_predictions(str(path), path.stat().st_mtime_ns, str(root), key) if path.exists() else None
+    if stored is None:
+        bar = st.progress(0.0, text=f"Running the shipped model over all {len(arrays.ids)} scans "
+                                    "(once; the results are cached on disk)…")
+        g.predict_all(busi, arrays, model, mode,
+                      progress=lambda done, total: bar.progress(done / total, text=f"Classified {done} of {total} scans…"))
+        bar.empty()
+        stored = stored_predictions(str(path), path.stat().st_mtime_ns, str(root), key)
+    predictions = stored or {}
+
+audit_file = g.audit_path(busi)
+dups = duplicates(str(root), key, audit_file.stat().st_mtime_ns if audit_file.exists() else 0)
+fold_index = folds()
+rows = g.case_rows(busi, fold_index, dups, predictions)
+by_id = {r.id: r for r in rows}
+
+# --- audit summary ---
+with st.expander(f"Audit summary — {len(dups.groups)} near-duplicate groups, {len(dups.conflicts)} label conflicts"):
+    in_groups = sum(len(ids) for ids in dups.groups.values())
+    st.markdown(f"**{len(dups.groups)}** near-duplicate groups holding **{in_groups}** scans "
+                f"(**{in_groups - len(dups.groups)}** redundant copies); **{len(dups.conflicts)}** groups carry "
+                "more than one label (label conflicts).")
+    st.dataframe(pd.DataFrame(g.audit_summary(busi, dups, arrays)), hide_index=True)
+    st.caption(f"Near-duplicate groups from {g.SOURCE_TEXT[dups.source]}.")
+    if dups.groups:
+        st.dataframe(pd.DataFrame(dups.group_table()), hide_index=True, height=220,
+                     column_config={"label conflict": st.column_config.CheckboxColumn()})
+    if dups.source != "audit":
+        if st.button("Run the near-duplicate audit on this copy",
+                     help="Compares every pair of scans; minutes on all of BUSI. The result is cached."):
+            with st.spinner("Auditing… (cached after this)"):
+                g.run_audit(busi, arrays)
+            duplicates.clear()
+            st.rerun()
+
+
+# --- detail view ---
+def open_case(image_id: str) -> None:
+    st.query_params["case"] = image_id
+
+
+def close_case() -> None:
+    st.query_params.pop("case", None)
+
+
+def tile_text(row: g.CaseRow) -> str:
+    fold = f" · fold {row.fold}" if row.fold is not None else ""
+    lines = [f"**{row.id}**{fold}"]
+    if row.predicted is not None:
+        verdict = f"✓ {row.predicted} {row.confidence:.0%}" if row.correct else f"✗ {row.predicted} {row.confidence:.0%}"
+        lines.append(f":{'green' if row.correct else 'red'}[{verdict}]")
+    badges = []
+    if row.low_confidence:
+        badges.append(":orange-badge[low confidence]")
+    if row.group:
+        badges.append(f":violet-badge[dup {row.group}]")
+    if row.conflict:
+        badges.append(":red-badge[label conflict]")
+    if badges:
+        lines.append(" ".join(badges))
+    return "  \n".join(lines)
+
+
+selected = st.query_params.get("case")
+if selected and selected in cases:
+    row, case = by_id[selected], cases[selected]
+    with st.container(border=True, key="case_detail"):
+        head = st.columns([5, 1])
+        head[0].subheader(f"{row.id} — {row.label}")
+        head[1].button("Close", on_click=close_case, icon=":material/close:", key="close_case", width="stretch")
+        target = row.predicted if model is not None else None
+        try:
+            rgb, mask, heat, lesion = case_view(str(case.image_path), tuple(map(str, case.mask_paths)),
+                                                weights_sha if model is not None else None, mode, target)
+        except ScanError as error:
+            st.error(f"Cannot read {case.image_path.name}: {error}")
+        else:
+            left, middle, right = st.columns([1, 1, 1])
+            left.image(g.overlay(rgb, mask, style), width="stretch",
+                       caption=f"Reference mask ({style}); {rgb.shape[1]}×{rgb.shape[0]} px")
+            if heat is not None:
+                cam = heatmap_overlay(rgb, heat)
+                if lesion is not None:
+                    cam = g.overlay(cam, lesion, "outline", g.MODEL_COLOUR)
+                middle.image(cam, width="stretch",
+                             caption=f"Grad-CAM for '{target}'" + ("; the model's lesion in orange" if lesion is not None else ""))
+            else:
+                middle.info("No model, so no Grad-CAM.")
+            with right:
+                if row.probabilities:
+                    st.markdown(f"**Model:** {row.predicted} ({row.confidence:.0%}) — "
+                                + (":green[correct]" if row.correct else ":red[wrong]")
+                                + (" · :orange[low confidence]" if row.low_confidence else ""))
+                    st.plotly_chart(probability_chart(Prediction(row.predicted, row.probabilities, mode, model.name)),
+                                    config={"displayModeBar": False}, key="case_probabilities")
+                facts = {
+                    "label": row.label,
+                    "fold": "—" if row.fold is None else str(row.fold),
+                    "near-duplicate group": row.group or "none",
+                    "label conflict": "yes" if row.conflict else "no",
+                    "mask files": str(len(case.mask_paths)),
+                    "file": case.image_path.name,
+                }
+                st.dataframe(pd.DataFrame({"": list(facts), "value": list(facts.values())}), hide_index=True)
+        members = [i for i in dups.members(row.id) if i != row.id and i in by_id]
+        if members:
+            st.markdown(f"**Other members of near-duplicate group {row.group}**"
+                        + (" — :red[the group holds more than one label]" if row.conflict else ""))
+            strip = st.columns(max(len(members), 4))
+            for column, member in zip(strip, members):
+                with column:
+                    st.image(thumb(str(root), key, member, style), width="stretch")
+                    st.markdown(tile_text(by_id[member]))
+                    st.button("Open", key=f"open_dup_{member}", on_click=open_case, args=(member,))
+
+# --- filters, grid and pages ---
+@st.fragment
+def browse(rows: list[g.CaseRow], order: str, style: str, with_predictions: bool, root: str, key: str) -> None:
+    """Filters, the grid and its pager. A fragment: paging and filtering rerun only this part."""
+    fold_values = sorted({r.fold for r in rows if r.fold is not None})
+    row1 = st.columns([1.2, 1, 1.2, 1.2, 1.2])
+    chosen_classes = row1[0].multiselect("Class", list(CLASSES), key="g_classes", placeholder="all classes")
+    chosen_folds = row1[1].multiselect("Fold", fold_values, key="g_folds", placeholder="all folds")
+    chosen_flags = row1[2].multiselect("Audit flags", list(g.FLAGS), key="g_flags", placeholder="any",
+                                       help="Keeps scans that have every chosen flag.")
+    chosen_results = row1[3].multiselect("Model's result", list(g.RESULTS), key="g_results", placeholder="any",
+                                         disabled=not with_predictions,
+                                         help=f"Keeps scans with any chosen result; low confidence: top probability "
+                                              f"under {g.LOW_CONFIDENCE:.0%}.")
+    query = row1[4].text_input("Search file name", key="g_query", placeholder="e.g. malignant (12)")
+
+    shown = g.sort_rows(g.filter_rows(rows, chosen_classes, chosen_folds, chosen_flags, chosen_results, query), order)
+    pages = g.page_count(len(shown))
+    # The pager's key follows the filters, so a new filter starts again at page 1.
+    signature = hashlib.sha1(repr((chosen_classes, chosen_folds, chosen_flags, chosen_results, query, order)).encode())
+
+    st.markdown(f"**{len(shown)} of {len(rows)} scans** match")
+    grid_slot = st.container(key="gallery_grid")
+    with st.container(horizontal_alignment="center"):
+        page = st.pagination(pages, key=f"g_page_{signature.hexdigest()[:10]}")
+
+    with grid_slot:
+        if not shown:
+            st.info("No scan matches these filters.")
+        grid = st.grid(6, gap="small")
+        for row in g.page_of(shown, page):
+            with grid.container(border=True):
+                st.image(thumb(root, key, row.id, style), width="stretch")
+                st.markdown(tile_text(row))
+                if st.button("Open", key=f"open_{row.id}", icon=":material/zoom_in:", type="tertiary"):
+                    open_case(row.id)
+                    st.rerun(scope="app")  # the case view sits outside this fragment
+
+
+browse(rows, order, style, bool(predictions), str(root), key)

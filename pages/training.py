@@ -1,0 +1,232 @@
+"""Training: the shipped model's card, every run folder, per-epoch curves, evaluation charts and the
+per-fold spread of cross-validation runs. Draws only; :mod:`imagemasknet.run_charts` computes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from imagemasknet import run_charts as rc
+from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.predict import WEIGHTS_DIR
+from imagemasknet.runs import runs_root
+
+PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+SPLIT_NAMES = {"train": "train", "heldout": "held-out (test fold)", "validation": "validation (inner)"}
+
+
+def _stamp(root: Path) -> tuple:
+    """Changes whenever a run folder gains, loses or rewrites a file (so live runs refresh)."""
+    stamp = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for file in folder.iterdir():
+            if file.suffix in (".json", ".txt", ".safetensors"):
+                try:
+                    info = file.stat()
+                except OSError:
+                    continue
+                stamp.append((folder.name, file.name, info.st_size, info.st_mtime_ns))
+    return tuple(stamp)
+
+
+@st.cache_data(show_spinner="Reading run folders…", max_entries=8)
+def load_runs(root: str, stamp: tuple) -> list[rc.RunFolder]:
+    return rc.scan_runs(root)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_card(path: str, mtime_ns: int) -> tuple[dict | None, str | None]:
+    return rc.read_json_checked(Path(path), dict)
+
+
+st.title("Training")
+
+# --- shipped model -----------------------------------------------------------------------------------
+card_path = WEIGHTS_DIR / f"{DEFAULT_MODEL}.json"
+card, card_problem = load_card(str(card_path), card_path.stat().st_mtime_ns if card_path.exists() else 0)
+with st.container(border=True, key="model_card"):
+    if card is None:
+        st.warning(f"No model card for the shipped model: {card_problem}.")
+    else:
+        st.subheader(f"Shipped model: {card.get('name', DEFAULT_MODEL)}"
+                     + (f" · version {card['version']}" if card.get("version") else ""))
+        if str(card.get("version", "")).lower() == "provisional" or card.get("note"):
+            st.info(card.get("note") or "This model card is provisional.", icon=":material/info:")
+        architecture = card.get("architecture")
+        facts = {}
+        if isinstance(architecture, dict):
+            facts["architecture"] = architecture.get("name", "?") + (
+                f" ({architecture['parameters']:,} parameters)" if isinstance(architecture.get("parameters"), int) else "")
+            if architecture.get("description"):
+                facts["design"] = architecture["description"]
+        elif architecture:
+            facts["architecture"] = str(architecture)
+        for key in ("trained_on", "date"):
+            if card.get(key):
+                facts[key.replace("_", " ")] = card[key]
+        if isinstance(card.get("temperature"), dict):
+            facts["temperature"] = ", ".join(f"{m} {t:.2f}" for m, t in card["temperature"].items()
+                                             if isinstance(t, (int, float)))
+        if facts:
+            st.markdown("  \n".join(f"**{k}:** {v}" for k, v in facts.items()))
+        card_table = rc.card_rows(card)
+        if card_table:
+            st.markdown("**5-fold cross-validation on BUSI** (duplicate-aware folds; mean ± std over folds)")
+            st.dataframe(pd.DataFrame(card_table).rename(columns={"metric": "cross-validation metric"}),
+                         hide_index=True)
+        protocol = rc.card_protocol_rows(card)
+        external = rc.card_external_rows(card)
+        if protocol or external:
+            left, right = st.columns(2)
+            if protocol:
+                left.markdown("**Study protocol** (tested on the images it trained on; optimistic, for comparison)")
+                left.dataframe(pd.DataFrame(protocol).rename(columns={"metric": "study-protocol metric"}),
+                               hide_index=True)
+            if external:
+                right.markdown("**External data** (never trained on)")
+                right.dataframe(pd.DataFrame(external), hide_index=True)
+        for key, title in (("intended_use", "Intended use"), ("limitations", "Limitations")):
+            value = card.get(key)
+            if value:
+                with st.expander(title):
+                    if isinstance(value, list):
+                        st.markdown("\n".join(f"- {item}" for item in value))
+                    elif isinstance(value, dict):
+                        st.json(value)
+                    else:
+                        st.markdown(str(value))
+
+# --- results folder ----------------------------------------------------------------------------------
+root_text = st.text_input("Results folder", value=str(runs_root()), key="t_root",
+                          help="A folder of run folders (default: $IMAGEMASKNET_RUNS or ./runs), or one run folder.")
+root = Path(root_text.strip() or ".").expanduser()
+runs: list[rc.RunFolder] = []
+if not root.exists():
+    st.error(f"`{root}` does not exist. Enter a folder that holds run folders.")
+elif not root.is_dir():
+    st.error(f"`{root}` is a file, not a folder. Enter a folder that holds run folders.")
+else:
+    try:
+        runs = load_runs(str(root.resolve()), _stamp(root))
+    except OSError as error:
+        st.error(f"Cannot read `{root}`: {error}")
+    if not runs:
+        st.info(f"No run folders in `{root}` yet. Train one with `imagemasknet train --preset lesion-resunet "
+                f"--out-dir {root}/my-run`, or point this at another results folder.")
+
+if not runs:
+    st.stop()
+
+by_name = {r.name: r for r in runs}
+st.subheader(f"Runs ({len(runs)})")
+st.dataframe(pd.DataFrame([r.summary() for r in runs]), hide_index=True,
+             column_config={"problems": st.column_config.TextColumn(width="large")})
+incomplete = [r for r in runs if r.problems or r.state != "finished"]
+for run in incomplete:
+    what = "; ".join(run.problems) or f"state: {run.state}"
+    shown = [part for part, present in (("config", bool(run.config)), (f"{run.epochs_done} epochs", bool(run.history)),
+                                         ("metrics", bool(run.metrics))) if present]
+    st.warning(f"**{run.name}** is incomplete ({run.state}): {what}. Showing what it has"
+               + (f": {', '.join(shown)}." if shown else " — nothing readable yet."), icon=":material/construction:")
+
+# --- curves -----------------------------------------------------------------------------------------
+st.subheader("Curves per epoch")
+with_history = [r.name for r in runs if r.history]
+if not with_history:
+    st.info("No run has finished an epoch yet.")
+else:
+    controls = st.columns([3, 1.4, 1])
+    default = [n for n in with_history if n.endswith("fold0")][:3] or with_history[:2]
+    chosen = controls[0].multiselect("Runs to compare", with_history, default=default, key="t_runs")
+    splits = controls[1].multiselect("Splits", list(SPLIT_NAMES), default=["train", "heldout"], key="t_splits",
+                                     format_func=SPLIT_NAMES.get)
+    all_modes = sorted({m for n in chosen for m in by_name[n].modes}, key=lambda m: (m != "image", m))
+    modes = controls[2].multiselect("Modes", all_modes, default=all_modes, key="t_modes",
+                                    help="Inference modes: image only, or image + lesion mask.")
+    histories = {n: by_name[n].history for n in chosen}
+    if histories:
+        loss_tab, scores_tab, extra_tab = st.tabs(["Loss & accuracy", "Precision, recall, F1", "AUC & lesion Dice"])
+        with loss_tab:
+            left, right = st.columns(2)
+            left.plotly_chart(rc.curves_figure(histories, "loss", splits, modes), config=PLOT_CONFIG, key="c_loss")
+            right.plotly_chart(rc.curves_figure(histories, "accuracy", splits, modes), config=PLOT_CONFIG,
+                               key="c_accuracy")
+        with scores_tab:
+            st.caption("Precision, recall and F1 are macro averages over the three classes (not recorded for training).")
+            columns = st.columns(3)
+            for column, metric in zip(columns, ("macro_precision", "macro_recall", "macro_f1")):
+                column.plotly_chart(rc.curves_figure(histories, metric, splits, modes, height=360), config=PLOT_CONFIG,
+                                    key=f"c_{metric}")
+        with extra_tab:
+            left, right = st.columns(2)
+            left.plotly_chart(rc.curves_figure(histories, "macro_auc", splits, modes), config=PLOT_CONFIG, key="c_auc")
+            right.plotly_chart(rc.curves_figure(histories, "lesion_dice", splits, modes), config=PLOT_CONFIG,
+                               key="c_dice")
+
+# --- one run's evaluation ----------------------------------------------------------------------------
+st.subheader("Evaluation of a run")
+names = [r.name for r in runs]
+# Default: the first run evaluated on its own test fold, else the first with any evaluation.
+first = next((n for n in names if {"metrics-test", "metrics"} & set(by_name[n].metrics) and by_name[n].fold is not None),
+             next((n for n in names if by_name[n].metrics), names[0]))
+name = st.selectbox("Run", names, index=names.index(first), key="t_run")
+run = by_name[name]
+status = run.status
+st.caption(" · ".join(part for part in (
+    f"model {run.arch}", f"state {run.state}",
+    f"epoch {run.epochs_done}" + (f" of {run.epochs_total}" if run.epochs_total else ""),
+    f"started {status['started']}" if status.get("started") else "",
+    f"updated {status['updated']}" if status.get("updated") else "",
+    f"fold {run.fold}" if run.fold is not None else "",
+) if part))
+if run.problems:
+    st.warning(f"This run folder is incomplete — it shows what it has. {'; '.join(run.problems)}.",
+               icon=":material/construction:")
+if not run.metrics:
+    st.info(f"No evaluation yet. Make one with `imagemasknet evaluate --run {run.path}` "
+            "(writes metrics.json to the run folder).")
+else:
+    report_name = st.selectbox("Evaluation", sorted(run.metrics, key=lambda f: (f != "metrics-test", f)), key="t_report",
+                               format_func=lambda f: f"{f}.json — {run.metrics[f].get('evaluated_on', '')}")
+    report = run.metrics[report_name]
+    st.caption(f"{report.get('n', '?')} scans; 95 % bootstrap confidence intervals in brackets.")
+    st.dataframe(pd.DataFrame(rc.metrics_wide(report)), hide_index=True)
+    for mode, result in report.get("modes", {}).items():
+        st.markdown(f"**Mode: {mode}**" + (f" — temperature {result['temperature']:.2f}"
+                                           if isinstance(result.get("temperature"), (int, float)) else ""))
+        left, middle, right = st.columns(3)
+        if result.get("confusion"):
+            left.plotly_chart(rc.confusion_figure(result["confusion"], title=f"Confusion matrix ({mode})"),
+                              config=PLOT_CONFIG, key=f"cm_{mode}")
+        aucs = {c: rc._value(result.get("metrics", {}).get(f"auc_{c}")) for c in result.get("roc", {})}
+        if result.get("roc"):
+            middle.plotly_chart(rc.roc_figure(result["roc"], aucs, title=f"ROC, one class vs rest ({mode})"),
+                                config=PLOT_CONFIG, key=f"roc_{mode}")
+        if result.get("reliability"):
+            ece = rc._value(result.get("metrics", {}).get("ece"))
+            right.plotly_chart(rc.reliability_figure(result["reliability"], f"Reliability ({mode})", ece),
+                               config=PLOT_CONFIG, key=f"rel_{mode}")
+log = ""
+try:
+    log = "\n".join((run.path / "log.txt").read_text(errors="replace").splitlines()[-30:])
+except OSError:
+    pass
+if log:
+    with st.expander("Log (last 30 lines)"):
+        st.code(log, language=None)
+
+# --- cross-validation spread -------------------------------------------------------------------------
+groups = rc.cv_groups(runs)
+card_folds = rc.card_fold_values(card or {})
+if groups or card_folds:
+    st.subheader("Cross-validation: per-fold spread")
+    metric = st.selectbox("Metric", list(rc.METRIC_NAMES), key="t_cv_metric", format_func=rc.METRIC_NAMES.get)
+    rows = [row for members in groups.values() for row in rc.fold_values(members, metric)]
+    rows += rc.card_fold_values(card or {}, metric)
+    st.plotly_chart(rc.fold_spread_figure(rows, metric), config=PLOT_CONFIG, key="cv_spread")
+    if rows:
+        st.dataframe(pd.DataFrame(rc.spread_summary(rows)), hide_index=True)
+        sources = sorted({r["source"] for r in rows})
+        st.caption("Each point is one fold's test result; from " + ", ".join(sources) + ".")
