@@ -41,20 +41,83 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from . import distributed
+    from .train import Terminated, resume_config, train
 
-    config = _config_from_args(args)
+    if args.resume:
+        given = [f.name for f in fields(TrainConfig) if getattr(args, f.name, None) is not None]
+        if given or args.preset:
+            raise ValueError("--resume continues a run with its own config.json; leave out "
+                             + ", ".join(["--preset"] * bool(args.preset) + ["--" + g.replace("_", "-") for g in given]))
+        config = resume_config(args.resume)
+    else:
+        config = _config_from_args(args)
+    launched, main = distributed.launched(), distributed.env_world().is_main
+    if launched:  # under torchrun: a failing rank's traceback goes into torchrun's failure summary
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        train = record(train)
     try:
-        run_dir = train(config, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print("training cancelled; the run folder is consistent", file=sys.stderr)
+        run_dir = train(config, progress=not args.no_progress, resume=args.resume)
+    except KeyboardInterrupt as stop:
+        if main:
+            what = "stopped by the launcher" if launched and isinstance(stop, Terminated) else "cancelled"
+            print(f"training {what}; the run folder is consistent (continue it: imagemasknet train --resume RUN_DIR)",
+                  file=sys.stderr)
         return 130
-    print(run_dir)
+    if main:
+        print(run_dir)
+    return 0
+
+
+def cmd_evaluate_cv(args: argparse.Namespace) -> int:
+    """``evaluate --cv RUN ...``: each fold run on its own test split, merged into one CV report."""
+    from .data import load_arrays
+    from .evaluate import cross_validation_report, format_cv_report, predict_arrays
+    from .models import get_spec
+    from .owndata import load_training_data
+    from .runs import load_model, read_json, run_temperatures, write_json
+    from .train import pick_device
+
+    device = pick_device(args.device)
+    decoded: dict[tuple, object] = {}
+    folds, archs = [], set()
+    for run in args.cv:
+        run_dir = Path(run)
+        config = read_json(run_dir / "config.json")
+        if not config:
+            raise SystemExit(f"{run_dir} is not a run folder (no config.json)")
+        ids = (read_json(run_dir / "split.json", {}) or {}).get("test") or []
+        if not ids:
+            raise SystemExit(f"{run_dir} has no test split (trained on all data?), so it is no cross-validation fold")
+        key = (config.get("data"), config.get("data_mode", "replace"), config["image_size"])
+        if key not in decoded:
+            decoded[key] = load_arrays(load_training_data(key[0], key[1]), key[2], progress=True)
+        spec = get_spec(config["arch"])
+        archs.add(spec.name)
+        model = load_model(spec.name, run_dir / f"{args.checkpoint}.safetensors", config["image_size"], device)
+        modes = [m for m in spec.modes if args.mode in ("both", m)]
+        arrays = decoded[key].take(ids)
+        folds.append({"run": str(run_dir), "fold": config.get("fold"),
+                      "predictions": {m: predict_arrays(model, spec, arrays, m, device) for m in modes},
+                      "temperatures": {} if args.uncalibrated else run_temperatures(run_dir)})
+    if len(archs) > 1:
+        raise SystemExit(f"--cv merges the folds of one model; these runs train {', '.join(sorted(archs))}")
+    arch = archs.pop()
+    result = {"model": arch, "checkpoint": args.checkpoint,
+              "cross_validation": cross_validation_report(folds, resamples=args.resamples)}
+    print(format_cv_report(result["cross_validation"], title=f"{arch}: {len(folds)}-fold cross-validation, "
+                                                              f"{result['cross_validation']['n']} scans"))
+    if args.json:
+        write_json(Path(args.json), result)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
+
+    if getattr(args, "cv", None):
+        return cmd_evaluate_cv(args)
 
     from .data import load_arrays, load_dataset
     from .evaluate import evaluate_model, format_report
@@ -86,9 +149,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if unsupported:
         raise SystemExit(f"{arch} has no '{unsupported[0]}' mode; it supports: {', '.join(spec.modes)}")
 
-    data = load_dataset(args.data or (config.get("data") if args.run else None))
+    if args.run and not args.data:
+        from .owndata import load_training_data
+
+        data = load_training_data(config.get("data"), config.get("data_mode", "replace"))
+    else:
+        data = load_dataset(args.data)
     for problem in data.report.problems:
         print(f"warning: {problem.message}", file=sys.stderr)
+    if args.data and "mask" in modes:
+        from .owndata import lesions_without_masks
+
+        unmasked = lesions_without_masks(data)
+        if unmasked and args.mode == "both" and len(modes) > 1:
+            modes = tuple(m for m in modes if m != "mask")
+            print(f"warning: {len(unmasked)} lesion scans have no mask (e.g. {unmasked[0]}); mask mode left out",
+                  file=sys.stderr)
+        elif unmasked:
+            print(f"warning: {len(unmasked)} lesion scans have no mask (e.g. {unmasked[0]}); their mask-mode "
+                  "figures are not meaningful", file=sys.stderr)
     arrays = load_arrays(data, image_size, progress=True)
     if args.data:
         ids, source = data.ids, f"data {args.data}"
@@ -112,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         clusters = np.array([by_id[i] for i in ids])
     model = load_model(arch, weights, image_size, device)
     reports = evaluate_model(model, spec, arrays, list(modes), temperatures, device, clusters=clusters,
-                             resamples=args.resamples)
+                             resamples=args.resamples, sensitivity=args.sensitivity)
     result = {"model": arch, "weights": str(weights), "evaluated_on": source, "n": len(ids), "modes": reports}
     print(format_report(reports, title=f"{arch} on {source} ({len(ids)} scans)"))
     for mode, r in reports.items():
@@ -120,10 +199,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             lesions = r["lesions"]
             print(f"{mode}: benign-vs-malignant AUC {lesions['benign_vs_malignant_auc']:.3f}; "
                   f"lesion scans called normal {lesions['lesions_called_normal']:.1%}")
+        point = r.get("operating_point") or {}
+        if point.get("threshold") is not None:
+            specificity = "n/a" if point["specificity"] is None else f"{point['specificity']:.1%}"
+            print(f"{mode}: P(malignant) >= {point['threshold']:.4f} flags {point['sensitivity']:.1%} of "
+                  f"{point['n_malignant']} malignant scans (target {point['target_sensitivity']:.0%}); "
+                  f"specificity on {point['n_benign']} benign: {specificity}")
+            if point.get("note"):
+                print(f"{mode}: note: {point['note']}")
     if args.json:
         write_json(Path(args.json), result)
-    if args.run and not args.json:
+    if args.data:
+        from .owndata import write_owndata_report
+
+        print(f"report: {write_owndata_report(result, Path(args.data).resolve(), arch, str(weights))}")
+    elif args.run and not args.json:
         write_json(run_dir / "metrics.json", result)
+    if args.save_threshold is not None:
+        from .owndata import save_site_threshold, site_threshold_record
+
+        record = site_threshold_record(result, Path(args.data).resolve() if args.data else source, arch, str(weights))
+        print(f"site threshold ({record['mode']} mode, P(malignant) >= {record['threshold']:.4f}) saved to "
+              f"{save_site_threshold(record, args.save_threshold or None)}")
     return 0
 
 
@@ -162,75 +259,76 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scan_files(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded (sorted, recursively) to the image and DICOM files inside."""
-    from .data import IMAGE_SUFFIXES
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    from .data import find_data_root
+    from .runs import write_json
+    from .verify import verify
 
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES | {".dcm", ".dicom"}))
-        else:
-            files.append(path)
-    return files
+    report = verify(find_data_root(args.data))
+    print(report.format())
+    if args.json:
+        write_json(Path(args.json), report.to_json())
+    return 0 if report.ok else 1
+
+
+def _describe(record: dict) -> str:
+    """A record as one line of text (``predict`` without --json/--csv/--out)."""
+    if "error" in record:
+        return f"{record['file']}: ERROR {record['error']['message']}"
+    p = record["probabilities"]
+    warn = f"  [{'; '.join(record['warnings'])}]" if record["warnings"] else ""
+    return (f"{record['file']}: {record['label']} ({p[record['label']]:.1%}; normal {p['normal']:.2f}, benign "
+            f"{p['benign']:.2f}, malignant {p['malignant']:.2f}; {record['mode']} mode){warn}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import csv
     from tqdm import tqdm
 
-    from .explain import heatmap_overlay
-    from .predict import Predictor, ScanError, read_mask, read_scan
+    from .predict import Predictor
     from .runs import WeightsError
+    from .stream import RecordWriter, iter_records, predict_to_file, read_file_list, scan_files
 
+    if args.resume and not args.out:
+        print("error: --resume continues an --out file; give --out FILE", file=sys.stderr)
+        return 2
+    files = scan_files(args.inputs) + (read_file_list(args.files_from) if args.files_from else [])
+    if not files:
+        print("error: no scans to predict (give files, folders or --files-from LIST)", file=sys.stderr)
+        return 2
+    masks = args.mask or None
+    if masks and len(masks) != len(files):
+        print(f"error: {len(masks)} masks for {len(files)} scans; give one --mask per scan, in order", file=sys.stderr)
+        return 2
     try:
         predictor = Predictor.from_run(Path(args.run)) if args.run else Predictor.shipped(args.model)
     except (WeightsError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    files = _scan_files(args.inputs)
-    masks = args.mask or []
-    if masks and len(masks) != len(files):
-        print(f"error: {len(masks)} masks for {len(files)} scans; give one --mask per scan, in order", file=sys.stderr)
-        return 2
     if args.grad_cam:
         Path(args.grad_cam).mkdir(parents=True, exist_ok=True)
-    records = []
-    for n, file in enumerate(tqdm(files, desc="predicting", unit="scan", disable=args.no_progress or not files)):
-        try:
-            scan = read_scan(file, name=file.name)
-            mask = read_mask(masks[n], scan.pixels.shape, name=Path(masks[n]).name) if masks else None
-            prediction = predictor.predict(scan, mask)
-            records.append(prediction.record(str(file)))
-            if args.grad_cam:
-                from PIL import Image
-
-                heat = predictor.grad_cam(scan, prediction.label, mask)
-                Image.fromarray(heatmap_overlay(scan.rgb, heat)).save(Path(args.grad_cam) / f"{file.stem}.gradcam.png")
-        except ScanError as error:
-            records.append({"file": str(file), "error": {"type": type(error).__name__, "message": str(error)}})
-    if args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["file", "label", "p_normal", "p_benign", "p_malignant", "mode", "model", "warnings",
-                         "error_type", "error_message"])
-        for r in records:
-            p = r.get("probabilities", {})
-            writer.writerow([r["file"], r.get("label", ""), *(f"{p[c]:.6f}" if p else "" for c in ("normal", "benign", "malignant")),
-                             r.get("mode", ""), r.get("model", ""), " | ".join(r.get("warnings", [])),
-                             r.get("error", {}).get("type", ""), r.get("error", {}).get("message", "")])
-    elif args.json:
+    bar = tqdm(total=len(files), desc="predicting", unit="scan", disable=args.no_progress)
+    if args.out:  # streamed to a file as records come; memory stays flat however many files
+        summary = predict_to_file(predictor, files, args.out, resume=args.resume, masks=masks, workers=args.workers,
+                                  grad_cam_dir=args.grad_cam, on_record=lambda record: bar.update())
+        bar.close()
+        print(f"{summary.predicted} predicted, {summary.errors} unreadable"
+              + (f", {summary.skipped} already in the file" if args.resume else "") + f": {args.out}", file=sys.stderr)
+        return 0 if summary.predicted + summary.predicted_before else 1
+    records, predicted = [], 0
+    writer = RecordWriter(sys.stdout, "csv") if args.csv else None
+    for record in iter_records(predictor, files, masks, args.workers, args.grad_cam):
+        bar.update()
+        predicted += "error" not in record
+        if args.json:
+            records.append(record)  # one JSON list, printed whole at the end
+        elif writer is not None:
+            writer.write(record)
+        else:
+            print(_describe(record), flush=True)
+    bar.close()
+    if args.json:
         print(json.dumps(records, indent=2))
-    else:
-        for r in records:
-            if "error" in r:
-                print(f"{r['file']}: ERROR {r['error']['message']}")
-            else:
-                p = r["probabilities"]
-                warn = f"  [{'; '.join(r['warnings'])}]" if r["warnings"] else ""
-                print(f"{r['file']}: {r['label']} ({p[r['label']]:.1%}; normal {p['normal']:.2f}, benign {p['benign']:.2f}, "
-                      f"malignant {p['malignant']:.2f}; {r['mode']} mode){warn}")
-    return 0 if any("error" not in r for r in records) else 1
+    return 0 if predicted else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -248,9 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model; writes a run folder",
-                                description="Train a registered model. A preset sets the study's settings; flags override it.")
+                                description="Train a registered model. A preset sets the study's settings; flags override it. "
+                                            "Under torchrun (torchrun --nproc_per_node N -m imagemasknet train ...) it trains "
+                                            "data-parallel over the N processes; --batch-size is the global batch.")
     train.add_argument("--preset", choices=list(PRESETS), help="start from a preset (study-m1, study-m2, lesion-resunet)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to log.txt)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint (its own settings)")
+    train.add_argument("--no-verify", action="store_true", help="load a data copy even if it fails its checksums")
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -258,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Evaluate a run folder or a weights file; prints a table, writes JSON.")
     source = evaluate.add_argument_group("model")
     source.add_argument("--run", help="run folder")
+    source.add_argument("--cv", nargs="+", metavar="RUN", help="cross-validation fold runs (e.g. trained as separate "
+                        "jobs with --fold K): each is evaluated on its own test split, merged into one report")
     source.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of the run")
     source.add_argument("--weights", help="a .safetensors file (with --arch)")
     source.add_argument("--arch", help="registered model name for --weights")
@@ -271,7 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mode", default="both", choices=("image", "mask", "both"))
     evaluate.add_argument("--uncalibrated", action="store_true", help="ignore the fitted temperature")
     evaluate.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
-    evaluate.add_argument("--json", help="write the report here (default with --run: RUN/metrics.json)")
+    evaluate.add_argument("--json", help="write the report here (default with --run: RUN/metrics.json; with --data "
+                                         "the report also goes to a folder runs/owndata-NAME-TIME the Training page lists)")
+    evaluate.add_argument("--sensitivity", type=float, default=0.95,
+                          help="target malignant sensitivity for the suggested P(malignant) threshold (default: 0.95)")
+    evaluate.add_argument("--save-threshold", nargs="?", const="", default=None, metavar="PATH",
+                          help="save that threshold as the site's (default PATH: runs/site_threshold.json), "
+                               "so the app can flag scans above it")
+    evaluate.add_argument("--no-verify", action="store_true", help="load a data copy even if it fails its checksums")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -279,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--data", help="BUSI folder (default: found automatically)")
     audit.add_argument("--format", choices=("table", "json"), default="table")
     audit.add_argument("--json", help="also write the JSON report to this file")
+    audit.add_argument("--no-verify", action="store_true", help="load a data copy even if it fails its checksums")
     audit.set_defaults(func=cmd_audit)
 
     data = commands.add_parser("data", help="dataset tools")
@@ -287,18 +399,31 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--data")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--out", help="default: splits/busi-5fold.json")
+    split.add_argument("--no-verify", action="store_true", help="load a data copy even if it fails its checksums")
     split.set_defaults(func=cmd_split)
+    verify = data_commands.add_parser(
+        "verify", help="check a data copy against its checksums.sha256 (missing, changed, extra files)",
+        description="Hash every file checksums.sha256 lists and look for files it does not list; "
+                    "exit 0 when the copy matches, 1 when it does not.")
+    verify.add_argument("--data", help="the busi/ folder or the Dataset_BUSI_with_GT inside it "
+                                       "(default: the copy the loader would use)")
+    verify.add_argument("--json", help="also write the report to this file")
+    verify.set_defaults(func=cmd_data_verify)
 
     predict = commands.add_parser("predict", help="classify scans (files or folders)",
                                   description="Classify scans with the shipped model (or a run's). Unreadable files are "
                                               "reported and the batch goes on; exit 0 when at least one scan was predicted.")
-    predict.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER")
+    predict.add_argument("inputs", nargs="*", metavar="FILE_OR_FOLDER")
+    predict.add_argument("--files-from", metavar="LIST", help="also predict the files listed here, one per line ('-': stdin)")
     predict.add_argument("--mask", action="append", help="lesion mask for a scan (repeat: one per scan, in order)")
     predict.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name")
     predict.add_argument("--run", help="use a run folder's best checkpoint instead of a shipped model")
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON list, a record per file")
     output.add_argument("--csv", action="store_true", help="print CSV rows")
+    output.add_argument("--out", metavar="FILE", help="write records to FILE as they come: CSV for .csv, JSONL otherwise")
+    predict.add_argument("--resume", action="store_true", help="with --out: skip files already in FILE, append the rest")
+    predict.add_argument("--workers", type=int, default=0, help="processes reading scans in parallel (default: 0)")
     predict.add_argument("--grad-cam", metavar="OUTDIR", help="also save a Grad-CAM overlay per scan here")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=cmd_predict)
@@ -311,11 +436,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import os
+
+    from .verify import SKIP_ENV
+
+    previous = os.environ.get(SKIP_ENV)
+    if getattr(args, "no_verify", False):
+        os.environ[SKIP_ENV] = "1"  # for this command (and the processes it starts) only
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if getattr(args, "no_verify", False):
+            if previous is None:
+                os.environ.pop(SKIP_ENV, None)
+            else:
+                os.environ[SKIP_ENV] = previous
 
 
 if __name__ == "__main__":

@@ -15,19 +15,25 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .verify import DataIntegrityError  # noqa: F401  (re-exported: the loader raises it)
+
 CLASSES = ("normal", "benign", "malignant")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _MASK_NAME = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<k>\d+))?$")
 SHARED_COPY = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
+# The copy that ships with the project (data/busi/ in the repository, with its checksums.sha256).
+BUNDLED_COPY = Path(__file__).resolve().parent.parent / "data" / "busi" / "Dataset_BUSI_with_GT"
 LOCAL_COPY = Path("data") / "Dataset_BUSI_with_GT"
 BUSI_HELP = (
-    "Download BUSI ('Breast Ultrasound Images Dataset', Al-Dhabyani et al. 2020, Kaggle folder "
+    "The project ships BUSI in data/busi/Dataset_BUSI_with_GT (restore it with `git checkout -- data/busi`), "
+    "or download BUSI ('Breast Ultrasound Images Dataset', Al-Dhabyani et al. 2020, Kaggle folder "
     "Dataset_BUSI_with_GT) and unpack it to ./data/Dataset_BUSI_with_GT, or point IMAGEMASKNET_DATA at it."
 )
 
@@ -88,7 +94,8 @@ class Busi:
 
 
 def find_data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """The BUSI folder: an explicit path, else $IMAGEMASKNET_DATA, else ./data/…, else the shared copy."""
+    """The BUSI folder: an explicit path, else $IMAGEMASKNET_DATA, else the bundled copy
+    (``<repository>/data/busi/Dataset_BUSI_with_GT``), else ./data/…, else the shared copy."""
     if explicit is not None:
         path = Path(explicit)
         if not path.is_dir():
@@ -98,7 +105,7 @@ def find_data_root(explicit: str | os.PathLike | None = None) -> Path:
     env = os.environ.get("IMAGEMASKNET_DATA")
     if env:
         candidates.append(("IMAGEMASKNET_DATA", Path(env)))
-    candidates += [("local copy", LOCAL_COPY), ("shared copy", SHARED_COPY)]
+    candidates += [("bundled copy", BUNDLED_COPY), ("local copy", LOCAL_COPY), ("shared copy", SHARED_COPY)]
     for _, path in candidates:
         if path.is_dir():
             return path
@@ -113,9 +120,19 @@ def _sort_key(name: str) -> tuple:
     return (int(number.group(1)) if number else 10**9, name)
 
 
-def load_busi(root: str | os.PathLike | None = None) -> Busi:
-    """Index the images and masks of a BUSI folder in either layout (pixels are read later)."""
+def load_busi(root: str | os.PathLike | None = None, verify: bool | None = None) -> Busi:
+    """Index the images and masks of a BUSI folder in either layout (pixels are read later).
+
+    A copy with a ``checksums.sha256`` beside it (the bundled and the shared copy) is checked against
+    it first and refused with :class:`DataIntegrityError` when files are missing, changed or extra;
+    ``verify=False`` (or ``$IMAGEMASKNET_SKIP_VERIFY=1``, or the CLI's ``--no-verify``) loads it anyway."""
+    from .verify import ensure_verified, skip_requested
+
     root = find_data_root(root)
+    if not any((root / c).is_dir() for c in CLASSES) and (root / "Dataset_BUSI_with_GT").is_dir():
+        root = root / "Dataset_BUSI_with_GT"  # given the busi/ folder that holds the data set
+    if verify if verify is not None else not skip_requested():
+        ensure_verified(root)
     report = LoadReport()
     cases: list[Case] = []
     layouts = set()
@@ -144,6 +161,7 @@ def load_busi(root: str | os.PathLike | None = None) -> Busi:
     if not cases:
         raise DatasetNotFoundError(f"{root} holds no BUSI images (expected folders {', '.join(CLASSES)}). {BUSI_HELP}")
     cases.sort(key=lambda c: (CLASSES.index(c.label), _sort_key(c.id)))
+    cases = _unique_ids(cases, lambda c: f"{c.label}/{c.id}")
     layout = "bundled" if layouts == {"bundled"} else ("kaggle" if layouts == {"kaggle"} else "mixed")
     return Busi(root, layout, cases, report)
 
@@ -329,11 +347,23 @@ def load_labelled_csv(path: str | os.PathLike) -> Busi:
         cases.append(Case(image_path.stem, label, image_path, mask_paths, patient))
     if not cases:
         raise DatasetNotFoundError(f"{path} lists no usable scans")
-    return Busi(path.parent.resolve(), "csv", cases, report)
+    root = path.parent.resolve()
+    cases = _unique_ids(cases, lambda c: c.image_path.relative_to(root).with_suffix("").as_posix()
+                        if c.image_path.is_relative_to(root) else str(c.image_path.with_suffix("")))
+    return Busi(root, "csv", cases, report)
 
 
-def load_dataset(path: str | os.PathLike | None = None) -> Busi:
+def _unique_ids(cases: list[Case], qualified) -> list[Case]:
+    """Ids are file stems; where two scans share one (``benign/a.png``, ``malignant/a.png`` in a user's
+    folder) both get ``qualified(case)`` instead, so every id names one scan."""
+    counts = Counter(c.id for c in cases)
+    if all(n == 1 for n in counts.values()):
+        return cases
+    return [replace(c, id=qualified(c)) if counts[c.id] > 1 else c for c in cases]
+
+
+def load_dataset(path: str | os.PathLike | None = None, verify: bool | None = None) -> Busi:
     """BUSI (either layout), a labelled folder with class sub-folders, or a CSV manifest."""
     if path is not None and Path(path).is_file():
         return load_labelled_csv(path)
-    return load_busi(path)
+    return load_busi(path, verify=verify)

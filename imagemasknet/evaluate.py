@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -112,8 +113,11 @@ def lesion_summary(predictions: Predictions, temperature: float = 1.0) -> dict:
 
 def evaluate_model(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, modes: list[str],
                    temperatures: dict[str, float], device: torch.device, clusters: np.ndarray | None = None,
-                   resamples: int = 1000) -> dict[str, dict]:
-    """A full report per mode, with the lesion summary."""
+                   resamples: int = 1000, sensitivity: float | None = 0.95) -> dict[str, dict]:
+    """A full report per mode, with the lesion summary and (unless ``sensitivity`` is None) the
+    P(malignant) operating point that reaches that malignant sensitivity on these scans."""
+    from .owndata import operating_point
+
     reports = {}
     for mode in modes:
         predictions = predict_arrays(model, spec, arrays, mode, device)
@@ -121,4 +125,72 @@ def evaluate_model(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, mode
         reports[mode] = report(predictions, temperature, resamples=resamples, clusters=clusters)
         reports[mode]["lesions"] = lesion_summary(predictions, temperature)
         reports[mode]["uncalibrated_ece"] = expected_calibration_error(softmax(predictions.logits), predictions.labels)
+        if sensitivity is not None:
+            reports[mode]["operating_point"] = operating_point(
+                predictions.labels, softmax(predictions.logits, temperature), sensitivity)
     return reports
+
+
+def cross_validation_report(folds: list[dict], resamples: int = 1000) -> dict:
+    """Merge cross-validation folds trained as independent jobs into one report.
+
+    ``folds``: one dict per fold run, ``{"run": str, "fold": int | None, "predictions": {mode:
+    Predictions on that run's own test split}, "temperatures": {mode: float}}``. Per mode it gives
+    each fold's point metrics, their mean ± SD over folds (the README's cross-validation figures),
+    and the pooled out-of-fold predictions (each calibrated by its own fold's temperature) with
+    bootstrap CIs. Test splits that overlap are refused: they would count a scan twice.
+    """
+    from .metrics import point_metrics
+
+    if not folds:
+        raise ValueError("no folds to merge")
+    owner: dict[str, str] = {}
+    for fold in folds:
+        for image_id in next(iter(fold["predictions"].values())).ids:
+            if image_id in owner:
+                raise ValueError(f"folds overlap: {image_id} is in the test split of both {owner[image_id]} and {fold['run']}")
+            owner[image_id] = fold["run"]
+    modes = [m for m in folds[0]["predictions"] if all(m in f["predictions"] for f in folds)]
+    result: dict = {"n": len(owner), "folds": [], "modes": {}}
+    for fold in folds:
+        result["folds"].append({"run": fold["run"], "fold": fold["fold"],
+                                "n": len(next(iter(fold["predictions"].values())).ids),
+                                "temperature": {m: fold["temperatures"].get(m, 1.0) for m in modes}})
+    for mode in modes:
+        rows, calibrated = [], []
+        for fold in folds:
+            p, t = fold["predictions"][mode], fold["temperatures"].get(mode, 1.0)
+            row = {"run": fold["run"], "fold": fold["fold"], "n": len(p.ids), **point_metrics(softmax(p.logits, t), p.labels)}
+            if not np.isnan(p.dice).all():
+                row["lesion_dice"] = float(np.nanmean(p.dice))
+            rows.append(row)
+            calibrated.append(Predictions(p.ids, p.labels, p.logits / t, p.dice))
+        summary = {}
+        for key in [k for k in rows[0] if k not in ("run", "fold", "n")]:
+            values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+            values = values[~np.isnan(values)]
+            if len(values):
+                summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                                "folds": int(len(values))}
+        pooled = Predictions([i for p in calibrated for i in p.ids], np.concatenate([p.labels for p in calibrated]),
+                             np.concatenate([p.logits for p in calibrated]), np.concatenate([p.dice for p in calibrated]))
+        result["modes"][mode] = {"per_fold": rows, "mean_sd": summary,
+                                 "pooled": {**report(pooled, 1.0, resamples=resamples), "lesions": lesion_summary(pooled)}}
+    return result
+
+
+def format_cv_report(cv: dict, title: str = "") -> str:
+    """Plain-text table of :func:`cross_validation_report`: mean ± SD over folds and the pooled
+    out-of-fold value [95 % CI], per mode."""
+    lines = [title] if title else []
+    lines.append("folds: " + ", ".join(f"{Path(f['run']).name} (fold {f['fold']}, {f['n']} scans)" for f in cv["folds"]))
+    for mode, entry in cv["modes"].items():
+        lines.append(f"{mode} mode{'':<12}mean ± SD over {len(cv['folds'])} folds    pooled out-of-fold [95% CI]")
+        for key in ("accuracy", "macro_auc", "macro_f1", "recall_malignant", "ece", "lesion_dice"):
+            if key not in entry["mean_sd"]:
+                continue
+            m = entry["mean_sd"][key]
+            pooled = entry["pooled"]["metrics"].get(key)
+            cell = f"{pooled['value']:.3f} [{pooled['ci_low']:.3f}, {pooled['ci_high']:.3f}]" if pooled else "–"
+            lines.append(f"  {key:<20}{m['mean']:.3f} ± {m['std']:.3f}{'':<16}{cell}")
+    return "\n".join(lines)

@@ -35,7 +35,9 @@ CURVE_METRICS = {
     "lesion_dice": "Lesion Dice",
 }
 SPLITS = {"train": "train", "heldout": "held-out", "validation": "validation"}
-SPLIT_DASH = {"train": "solid", "heldout": "dash", "validation": "dot"}
+#: Line style per (split, mode): the colour says which run, the style which split and mode.
+LINE_STYLE = {("train", ""): "solid", ("heldout", "image"): "dash", ("heldout", "mask"): "dot",
+              ("validation", "image"): "dashdot", ("validation", "mask"): "longdashdot"}
 PALETTE = ("#3A6EA5", "#E07B39", "#3C9D5D", "#B03A48", "#7E57C2", "#8C6D31", "#00838F", "#C2185B", "#5D6D7E",
            "#AFB42B")
 CLASS_COLOURS = {"normal": "#3C9D5D", "benign": "#3A6EA5", "malignant": "#B03A48"}
@@ -436,24 +438,24 @@ def curve_points(history: list[dict], metric: str) -> dict[tuple[str, str], tupl
 def curves_figure(histories: dict[str, list[dict]], metric: str = "loss",
                   splits: Iterable[str] = ("train", "heldout"), modes: Iterable[str] | None = None,
                   height: int = 380) -> go.Figure:
-    """Per-epoch ``metric`` of several runs on one chart: a colour per run and mode, a dash per split."""
+    """Per-epoch ``metric`` of several runs on one chart: a colour per run, a line style per split and mode."""
     splits, modes = list(splits), (None if modes is None else set(modes))
     figure = go.Figure()
-    colour_of: dict[tuple[str, str], str] = {}
-    for run_name, history in histories.items():
+    for number, (run_name, history) in enumerate(histories.items()):
+        colour = PALETTE[number % len(PALETTE)]
         for (split, mode), (xs, ys) in curve_points(history, metric).items():
             if split not in splits or (mode and modes is not None and mode not in modes):
                 continue
-            colour = colour_of.setdefault((run_name, mode), PALETTE[len(colour_of) % len(PALETTE)])
             label = " · ".join(part for part in (run_name, SPLITS[split], mode) if part)
             figure.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines+markers" if len(xs) < 2 else "lines", name=label,
-                line={"color": colour, "dash": SPLIT_DASH[split], "width": 2}, marker={"size": 6},
+                x=xs, y=ys, mode="lines+markers" if len(xs) < 2 else "lines", name=label, legendgroup=run_name,
+                line={"color": colour, "dash": LINE_STYLE.get((split, mode), "dash"), "width": 2}, marker={"size": 6},
                 hovertemplate=f"{label}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
             ))
     title = CURVE_METRICS.get(metric, metric)
-    figure.update_layout(title=f"{title} per epoch", height=height, xaxis_title="epoch", yaxis_title=title,
-                         **LAYOUT)
+    # No x-axis title ("per epoch" is in the chart's title): the legend below would cover it.
+    figure.update_layout(title=f"{title} per epoch", height=height + 18 * max(0, len(figure.data) - 3),
+                         yaxis_title=title, **LAYOUT)
     if metric != "loss":
         figure.update_yaxes(rangemode="tozero")
     if not figure.data:

@@ -70,6 +70,20 @@ def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | 
     _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {}))
 
 
+def save_state(path: Path, state: dict) -> None:
+    """Training state beside ``last.safetensors`` (optimizer, scheduler, epoch, RNG): tensors, dicts,
+    lists and numbers only, so :func:`load_state` can read it with ``weights_only=True``."""
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: Path) -> dict:
+    """Read a :func:`save_state` file without unpickling arbitrary objects (no code runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable state is the same refusal
+        raise WeightsError(f"cannot read training state {path}: {error}") from error
+
+
 class WeightsError(RuntimeError):
     """A weights file that is missing, unreadable, or does not fit the model."""
 

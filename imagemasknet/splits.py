@@ -35,6 +35,11 @@ def manifest_groups(data: Busi) -> dict[str, str]:
     return groups
 
 
+def patient_groups(data: Busi) -> dict[str, str]:
+    """image id → patient, for data that names patients (a CSV manifest's ``patient`` column)."""
+    return {c.id: f"patient:{c.patient}" for c in data.cases if c.patient}
+
+
 def merge_groups(ids: list[str], *groupings: dict[str, str]) -> list[list[str]]:
     """Connected components over every grouping: ids that share a group in any of them end up together."""
     parent = {i: i for i in ids}
@@ -133,6 +138,10 @@ def resolve_split(data: Busi, fold: int | None, split_file: str | None) -> tuple
     if fold is None:
         return list(data.ids), []
     folds = load_folds()
+    if not known & {i for f in folds for i in f}:
+        # Not BUSI, so the committed folds do not apply: build 5 on the fly, each patient in one fold.
+        labels = {c.id: c.label for c in data.cases}
+        folds = make_folds(labels, merge_groups(data.ids, manifest_groups(data), patient_groups(data)), k=5, seed=0)
     test = [i for i in folds[fold] if i in known]
     test_set = set(test)
     train = [i for i in data.ids if i not in test_set]
@@ -143,7 +152,7 @@ def inner_validation(train: list[str], labels: dict[str, str], data: Busi, fract
     """Hold out whole duplicate groups of the training ids for checkpoint choice and calibration."""
     if fraction <= 0:
         return train, []
-    groups = merge_groups(train, manifest_groups(data), committed_groups())
+    groups = merge_groups(train, manifest_groups(data), committed_groups(), patient_groups(data))
     k = max(2, round(1 / fraction))
     folds = make_folds({i: labels[i] for i in train}, groups, k=k, seed=seed + 1)
     val = set(folds[0])

@@ -22,6 +22,7 @@ from imagemasknet.charts import probability_chart
 from imagemasknet.data import CLASSES
 from imagemasknet.explain import heatmap_overlay, outline
 from imagemasknet.models import DEFAULT_MODEL, get_spec
+from imagemasknet.owndata import load_site_threshold, site_threshold_for
 from imagemasknet.report import html_report, results_csv
 
 SCAN_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
@@ -392,6 +393,13 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
             source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
             st.markdown(f"Mode: **{MODE_LABEL.get(prediction.mode, prediction.mode)}**{source}")
             st.caption(f"Model {model}, version {load_predictor(model).version or 'unversioned'}")
+            site = load_site_threshold()
+            threshold = site_threshold_for(prediction.mode, model, site)
+            if threshold is not None:
+                p_malignant = prediction.probabilities["malignant"]
+                verdict = "**above** the site's threshold" if p_malignant >= threshold else "below the site's threshold"
+                st.markdown(f"P(malignant) {p_malignant:.1%} is {verdict} of {threshold:.1%} "
+                            f"(chosen for sensitivity {site.get('sensitivity', 0):.0%} on {md(str(site.get('data', 'site data')))}).")
             report_box = st.container()
         for note in item.notes:
             st.info(md(note), icon=":material/info:")

@@ -137,7 +137,7 @@ with_history = [r.name for r in runs if r.history]
 if not with_history:
     st.info("No run has finished an epoch yet.")
 else:
-    controls = st.columns([3, 1.4, 1])
+    controls = st.columns([2.6, 1.7, 1.3])
     default = [n for n in with_history if n.endswith("fold0")][:3] or with_history[:2]
     chosen = controls[0].multiselect("Runs to compare", with_history, default=default, key="t_runs")
     splits = controls[1].multiselect("Splits", list(SPLIT_NAMES), default=["train", "heldout"], key="t_splits",

@@ -17,8 +17,9 @@ import imagemasknet.data as data_module
 torch.set_num_threads(int(os.environ.get("IMAGEMASKNET_TEST_THREADS", "1")))
 
 _SHARED = Path("/work/shared/datasets")
-# The package's own idea of the shared copy first (it follows the checkout), then the fixed location.
-_BUSI_CANDIDATES = [data_module.SHARED_COPY, _SHARED / "busi" / "Dataset_BUSI_with_GT"]
+# The copy bundled with the project first (data/busi/), then the package's idea of the shared copy (it
+# follows the checkout), then the fixed location.
+_BUSI_CANDIDATES = [data_module.BUNDLED_COPY, data_module.SHARED_COPY, _SHARED / "busi" / "Dataset_BUSI_with_GT"]
 _BUSBRA_CANDIDATES = [data_module.SHARED_COPY.parent.parent / "busbra", _SHARED / "busbra"]
 
 

@@ -23,9 +23,10 @@ from imagemasknet.charts import probability_chart
 from imagemasknet.models import DEFAULT_MODEL, ModelSpec
 from imagemasknet.predict import Prediction, Predictor, mask_from_drawing, read_mask, read_scan
 from imagemasknet.report import CSV_COLUMNS, html_report, results_csv
+from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
 
 REPO = Path(__file__).resolve().parent.parent
-BUSI = Path("/work/shared/datasets/busi/Dataset_BUSI_with_GT")
+BUSI = BUNDLED_COPY if BUNDLED_COPY.is_dir() else SHARED_COPY
 SCAN = BUSI / "malignant" / "images" / "malignant (1).png"
 MASK = BUSI / "malignant" / "masks" / "malignant (1)_mask.png"
 SECOND = BUSI / "benign" / "images" / "benign (1).png"
@@ -92,6 +93,23 @@ def test_app_frame_and_empty_page(app):
     uploader = app.get("file_uploader")[0]
     assert uploader.accept_multiple_files
     assert {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"} <= {t.lstrip(".") for t in uploader.allowed_type}
+
+
+def test_site_threshold_is_flagged(predictor, isolated_env):
+    """A saved site threshold (from `evaluate --data ... --save-threshold`) is shown against P(malignant)."""
+    from streamlit.testing.v1 import AppTest
+
+    from imagemasknet.owndata import save_site_threshold
+
+    p_malignant = predictor.predict(read_scan(SCAN)).probabilities["malignant"]
+    threshold = p_malignant / 2
+    save_site_threshold({"threshold": threshold, "sensitivity": 0.95, "specificity": 0.5, "data": "site-scans",
+                         "model": predictor.name, "mode": "image"})
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    upload(at, SCAN)
+    line = next(text for text in markdown(at) if "site's threshold" in text)
+    assert "**above**" in line and f"{threshold:.1%}" in line and "site" in line and "scans" in line
 
 
 def test_one_scan_image_only(app, predictor):

@@ -216,8 +216,6 @@ def test_load_report_lists_problems_and_the_rest_loads(busi_root, make_busi_copy
     assert not list(isolated_env.cache.glob("busi-*.npz"))
 
 
-@pytest.mark.xfail(strict=True, reason="data.load_busi reports any extra entry of a bundled class folder, "
-                                       "folders included, with kind 'stray-file' (should be 'stray-folder')")
 def test_stray_folder_in_bundled_class_folder_is_a_stray_folder(make_busi_copy):
     root = make_busi_copy(["benign (11)"], "bundled")
     (root / "benign" / "extras").mkdir()
@@ -242,7 +240,9 @@ def test_clean_copy_is_cached_and_reused(make_busi_copy, isolated_env):
 
 def test_find_data_root_error_names_every_place(tmp_path, monkeypatch):
     missing_shared = tmp_path / "nowhere" / "Dataset_BUSI_with_GT"
+    missing_bundled = tmp_path / "no-bundled" / "busi" / "Dataset_BUSI_with_GT"
     monkeypatch.setattr(data_module, "SHARED_COPY", missing_shared)
+    monkeypatch.setattr(data_module, "BUNDLED_COPY", missing_bundled)
     monkeypatch.delenv("IMAGEMASKNET_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetNotFoundError) as error:
@@ -251,6 +251,7 @@ def test_find_data_root_error_names_every_place(tmp_path, monkeypatch):
     assert "IMAGEMASKNET_DATA" in message
     assert "./data/Dataset_BUSI_with_GT" in message
     assert str(missing_shared) in message
+    assert str(missing_bundled) in message and "git checkout -- data/busi" in message
     with pytest.raises(DatasetNotFoundError):
         load_busi()
 
@@ -259,10 +260,12 @@ def test_find_data_root_error_names_every_place(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match="typo"):
         find_data_root()
 
-    # And each place is used when it exists, in order: env, ./data/…, shared.
+    # And each place is used when it exists, in order: env, bundled, ./data/…, shared.
     local = tmp_path / "data" / "Dataset_BUSI_with_GT"
     local.mkdir(parents=True)
     assert find_data_root().resolve() == local.resolve()
+    missing_bundled.mkdir(parents=True)
+    assert find_data_root() == missing_bundled
     env_dir = tmp_path / "elsewhere"
     env_dir.mkdir()
     monkeypatch.setenv("IMAGEMASKNET_DATA", str(env_dir))
@@ -276,6 +279,7 @@ def test_find_data_root_error_names_every_place(tmp_path, monkeypatch):
 
 def test_find_data_root_falls_back_to_shared_copy(busi_root, tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "SHARED_COPY", busi_root)
+    monkeypatch.setattr(data_module, "BUNDLED_COPY", tmp_path / "no-bundled-copy")
     monkeypatch.chdir(tmp_path)
     assert find_data_root() == busi_root
 

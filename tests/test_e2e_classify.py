@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import (  # noqa: F401  (fixtures)
+from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
     browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
 )
 
 pytestmark = pytest.mark.e2e
 
-BUSI = Path("/work/shared/datasets/busi/Dataset_BUSI_with_GT")
+BUSI = BUNDLED_COPY if BUNDLED_COPY.is_dir() else SHARED_COPY
 SCAN = BUSI / "malignant" / "images" / "malignant (1).png"
 MASK = BUSI / "malignant" / "masks" / "malignant (1)_mask.png"
 SECOND = BUSI / "benign" / "images" / "benign (1).png"

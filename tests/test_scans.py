@@ -29,10 +29,14 @@ from imagemasknet.scans import (
     read_scan,
 )
 
-BUSI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
+BUSI = Path(__file__).resolve().parents[1] / "data" / "busi" / "Dataset_BUSI_with_GT"  # bundled with the project
+if not BUSI.is_dir():
+    BUSI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
 if not BUSI.is_dir():
     BUSI = Path("/work/shared/datasets/busi/Dataset_BUSI_with_GT")
-BUSBRA = BUSI.parent.parent / "busbra" / "images"
+BUSBRA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "busbra" / "images"
+if not BUSBRA.is_dir():
+    BUSBRA = Path("/work/shared/datasets/busbra/images")
 SAMPLES = ["benign/images/benign (1).png", "malignant/images/malignant (1).png", "normal/images/normal (1).png"]
 MASK_SAMPLE = ("benign/images/benign (10).png", "benign/masks/benign (10)_mask.png")
 

@@ -273,8 +273,6 @@ def test_interrupt_mid_epoch_marks_run_cancelled(busi_root, shared_cache, monkey
     assert not list(run_dir.glob("*.safetensors")) and not list(run_dir.glob(".*.tmp"))
 
 
-@pytest.mark.xfail(strict=True, reason="cli.cmd_evaluate loads load_dataset(args.data) and ignores the run's "
-                                       "config['data'], so `evaluate --run` looks for BUSI elsewhere")
 def test_evaluate_run_uses_the_runs_own_data_folder(busi_root, make_busi_copy, monkeypatch, tmp_path):
     import imagemasknet.data as data_module
 
@@ -283,6 +281,7 @@ def test_evaluate_run_uses_the_runs_own_data_folder(busi_root, make_busi_copy, m
     run_dir = train(quick_config(busi_root, tmp_path / "run", data=str(root), val_fraction=0.0, limit=None),
                     progress=False)
     monkeypatch.setattr(data_module, "SHARED_COPY", tmp_path / "no-shared-copy")
+    monkeypatch.setattr(data_module, "BUNDLED_COPY", tmp_path / "no-bundled-copy")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "eval.json"
     assert cli.main(["evaluate", "--run", str(run_dir), "--resamples", "10", "--json", str(out),

@@ -1,0 +1,378 @@
+"""AppTest of the Gallery and Training pages on real data: a 31-case copy of BUSI, a real 1-epoch training
+run (evaluated), real cross-validation folders when the checkout has them under results/ (else a second
+real 1-epoch fold), and deliberately half-written run folders (truncated JSON, an empty history, a crashed
+run)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import imagemasknet.data as data_module
+from conftest import copy_cases
+from imagemasknet import gallery as g
+from imagemasknet import run_charts as rc
+from imagemasknet.splits import load_folds
+
+REPO = Path(__file__).resolve().parent.parent
+GALLERY = str(REPO / "pages" / "gallery.py")
+TRAINING = str(REPO / "pages" / "training.py")
+
+
+
+def find_cv_results() -> Path | None:
+    """A cross-validation results folder of this checkout (results/ is not committed): one holding
+    ``<preset>-fold<k>`` run folders of at least two presets, else of one."""
+    candidates = sorted(p for p in (REPO / "results").glob("*") if p.is_dir()) if (REPO / "results").is_dir() else []
+    scored = [(len(rc.cv_groups(rc.scan_runs(p))), p) for p in candidates]
+    scored = [(n, p) for n, p in scored if n]
+    return max(scored, key=lambda item: item[0])[1] if scored else None
+
+
+CV_RESULTS = find_cv_results()
+NO_WEIGHTS = shutil.ignore_patterns("*.safetensors")
+TIMEOUT = 180
+
+#: Three label-conflict groups, same-label near-duplicates, and singletons of every class over all five folds.
+SUBSET = (["normal (1)", "benign (269)", "benign (399)", "malignant (93)", "benign (131)", "benign (42)", "malignant (51)",
+           "benign (1)", "benign (318)"]
+          + [f"normal ({i})" for i in range(2, 9)] + [f"benign ({i})" for i in range(5, 12)]
+          + [f"malignant ({i})" for i in range(1, 9)])
+CONFLICTS = {"normal (1)", "benign (269)", "benign (399)", "malignant (93)", "benign (131)", "benign (42)", "malignant (51)"}
+DUPLICATES = CONFLICTS | {"benign (1)", "benign (318)", "malignant (4)", "malignant (5)", "malignant (7)", "malignant (8)"}
+
+
+# --- fixtures -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def busi_subset(busi_root, tmp_path_factory) -> Path:
+    return copy_cases(busi_root, tmp_path_factory.mktemp("busi-subset") / "Dataset_BUSI_with_GT", SUBSET)
+
+
+@pytest.fixture(scope="session")
+def gallery_cache(tmp_path_factory) -> Path:
+    """One cache for the session: the shipped model classifies the subset once."""
+    return tmp_path_factory.mktemp("gallery-cache")
+
+
+@pytest.fixture
+def gallery_env(monkeypatch, isolated_env, busi_subset, gallery_cache):
+    monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_subset))
+    monkeypatch.setenv("IMAGEMASKNET_CACHE", str(gallery_cache))
+    return busi_subset
+
+
+def _cli(*args: str, env: dict) -> None:
+    result = subprocess.run([sys.executable, "-m", "imagemasknet", *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    text = path.read_text()
+    path.write_text(text[: int(len(text) * keep)])
+
+
+@pytest.fixture(scope="session")
+def runs_folder(busi_subset, tmp_path_factory) -> Path:
+    """A results folder: a real 1-epoch run (trained and evaluated here), real CV folds when the checkout
+    has results/cv-run1-oldarch (else a second real 1-epoch fold), and three half-written folders."""
+    root = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "IMAGEMASKNET_CACHE": str(tmp_path_factory.mktemp("train-cache")),
+           "IMAGEMASKNET_RUNS": str(root)}
+    env.pop("IMAGEMASKNET_DATA", None)
+    folds = ["1"] if CV_RESULTS else ["1", "2"]
+    for fold in folds:
+        run = root / f"tiny-fold{fold}"
+        _cli("train", "--preset", "lesion-resunet", "--epochs", "1", "--limit", "20", "--fold", fold, "--data",
+             str(busi_subset), "--no-progress", "--num-workers", "0", "--out-dir", str(run), env=env)
+        _cli("evaluate", "--run", str(run), "--data", str(busi_subset), "--resamples", "50", "--json",
+             str(run / "metrics.json"), env=env)
+    if CV_RESULTS:
+        groups = rc.cv_groups(rc.scan_runs(CV_RESULTS))
+        for members in groups.values():
+            for run in members[:3]:
+                shutil.copytree(run.path, root / run.name, ignore=NO_WEIGHTS)
+        source = root / next(iter(groups.values()))[0].name
+    else:
+        source = root / "tiny-fold1"
+    # A run that crashed mid-write: truncated history and metrics, status "running" with a dead pid.
+    broken = root / "broken-fold9"
+    shutil.copytree(source, broken)
+    _truncate(broken / "history.json")
+    metrics = sorted(broken.glob("metrics*.json"))[0]
+    _truncate(metrics, 0.3)
+    (broken / "status.json").write_text(json.dumps({"state": "running", "pid": 2**22 + 12345, "epoch": 3}))
+    # A run that has just started: config and status, an empty history, nothing else.
+    started = root / "just-started"
+    started.mkdir()
+    shutil.copyfile(source / "config.json", started / "config.json")
+    (started / "history.json").write_text("[]")
+    (started / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(), "epoch": 0}))
+    # A folder whose config is cut off and whose history is not a list.
+    garbage = root / "garbage"
+    garbage.mkdir()
+    (garbage / "config.json").write_text('{"arch": "lesion-')
+    (garbage / "history.json").write_text('{"epoch": 1}')
+    (garbage / "log.txt").write_text("started\n")
+    return root
+
+
+def _app(path: str) -> AppTest:
+    return AppTest.from_file(path, default_timeout=TIMEOUT)
+
+
+def _count(at: AppTest) -> tuple[int, int]:
+    """(shown, total) from the "**N of M scans** match" line."""
+    line = next(m.value for m in at.markdown if "scans** match" in m.value)
+    shown, total = line.split("**")[1].split(" of ")
+    return int(shown), int(total.split()[0])
+
+
+def _tiles(at: AppTest) -> list[str]:
+    return [b.key.removeprefix("open_") for b in at.button if b.key and b.key.startswith("open_") and not
+            b.key.startswith("open_dup_")]
+
+
+def _no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+# --- gallery ------------------------------------------------------------------------------------------
+
+
+def test_gallery_grid_filters_and_pages(gallery_env):
+    at = _app(GALLERY)
+    at.run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert not at.error
+    assert _count(at) == (31, 31)
+    assert len(_tiles(at)) == 24  # first page
+    assert len(at.get("pagination")) == 1
+
+    at.get("pagination")[0].set_value(2).run(timeout=TIMEOUT)
+    assert len(_tiles(at)) == 7
+
+    at.multiselect(key="g_classes").set_value(["malignant"]).run(timeout=TIMEOUT)
+    assert _count(at) == (sum(i.startswith("malignant") for i in SUBSET), 31)
+    assert all(t.startswith("malignant") for t in _tiles(at))  # the pager went back to page 1
+
+    at.multiselect(key="g_classes").set_value([]).run(timeout=TIMEOUT)
+    at.multiselect(key="g_flags").set_value(["label conflict"]).run(timeout=TIMEOUT)
+    assert set(_tiles(at)) == CONFLICTS
+    at.multiselect(key="g_flags").set_value(["near-duplicate"]).run(timeout=TIMEOUT)
+    assert set(_tiles(at)) == DUPLICATES
+    at.multiselect(key="g_flags").set_value([]).run(timeout=TIMEOUT)
+
+    fold_of = g.fold_of(load_folds())
+    at.multiselect(key="g_folds").set_value([3]).run(timeout=TIMEOUT)
+    assert set(_tiles(at)) == {i for i in SUBSET if fold_of[i] == 3}
+    at.multiselect(key="g_folds").set_value([]).run(timeout=TIMEOUT)
+
+    at.text_input(key="g_query").set_value("benign (1").run(timeout=TIMEOUT)
+    assert set(_tiles(at)) == {i for i in SUBSET if "benign (1" in i} == {"benign (1)", "benign (10)", "benign (11)",
+                                                                         "benign (131)"}
+    at.text_input(key="g_query").set_value("MALIGNANT (93).png").run(timeout=TIMEOUT)  # file names, any case
+    assert _tiles(at) == ["malignant (93)"]
+    at.text_input(key="g_query").set_value("").run(timeout=TIMEOUT)
+
+    # The model's results split the data: correct + wrong = all; low confidence is a subset.
+    at.multiselect(key="g_results").set_value(["correct"]).run(timeout=TIMEOUT)
+    correct = _count(at)[0]
+    at.multiselect(key="g_results").set_value(["wrong"]).run(timeout=TIMEOUT)
+    wrong = _count(at)[0]
+    assert correct + wrong == 31
+    at.multiselect(key="g_results").set_value(["low confidence"]).run(timeout=TIMEOUT)
+    assert _count(at)[0] <= 31
+    _no_errors(at)
+
+
+def test_gallery_detail_view_and_audit_summary(gallery_env):
+    at = _app(GALLERY)
+    at.run(timeout=TIMEOUT)
+    assert not [s for s in at.subheader if "—" in s.value]  # no case open yet
+    at.text_input(key="g_query").set_value("malignant (93)").run(timeout=TIMEOUT)
+    at.button(key="open_malignant (93)").click().run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert at.query_params["case"] == ["malignant (93)"] or at.query_params["case"] == "malignant (93)"
+    assert any(s.value == "malignant (93) — malignant" for s in at.subheader)
+    captions = " ".join(c for image in at.image for c in image.captions)
+    assert "Reference mask" in captions and "Grad-CAM" in captions
+    assert len(at.get("plotly_chart")) == 1  # the probabilities
+    assert any("near-duplicate group" in m.value and "more than one label" in m.value for m in at.markdown)
+    assert at.button(key="open_dup_benign (399)")  # the other member of its group, side by side
+
+    at.button(key="open_dup_benign (399)").click().run(timeout=TIMEOUT)
+    assert any(s.value == "benign (399) — benign" for s in at.subheader)
+    at.button(key="close_case").click().run(timeout=TIMEOUT)
+    assert not any("—" in s.value for s in at.subheader)
+
+    # Audit summary: per-class counts with duplicates and conflicts.
+    table = at.dataframe[0].value
+    assert list(table["class"]) == ["normal", "benign", "malignant", "all"]
+    assert table.set_index("class").loc["all", "images"] == 31
+    assert table.set_index("class").loc["all", "in label conflicts"] == len(CONFLICTS)
+    assert table.set_index("class").loc["all", "in near-duplicate groups"] == len(DUPLICATES)
+
+
+def test_gallery_runs_the_audit_on_request(gallery_env, gallery_cache, monkeypatch, tmp_path):
+    fresh = tmp_path / "cache"  # the session's decoded scans and predictions, but no audit yet
+    shutil.copytree(gallery_cache, fresh)
+    for stale in fresh.glob("audit-*.json"):
+        stale.unlink()
+    monkeypatch.setenv("IMAGEMASKNET_CACHE", str(fresh))
+    at = _app(GALLERY)
+    at.run(timeout=TIMEOUT)
+    assert any("committed split" in c.value for c in at.caption)
+    button = next(b for b in at.button if b.label.startswith("Run the near-duplicate audit"))
+    button.click().run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert any("near-duplicate audit of this copy" in c.value for c in at.caption)
+    at.multiselect(key="g_flags").set_value(["label conflict"]).run(timeout=TIMEOUT)
+    assert set(_tiles(at)) <= DUPLICATES  # the audit finds the same copies (or a subset of them)
+
+
+def test_gallery_missing_dataset_message(monkeypatch, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("IMAGEMASKNET_DATA", str(empty))
+    at = _app(GALLERY)
+    at.run(timeout=TIMEOUT)
+    _no_errors(at)
+    message = at.error[0].value
+    assert "BUSI" in message and "Dataset_BUSI_with_GT" in message and "IMAGEMASKNET_DATA" in message
+    assert not _tiles(at)
+
+    # No copy anywhere: the message lists where it looked.
+    monkeypatch.delenv("IMAGEMASKNET_DATA")
+    monkeypatch.setattr(data_module, "SHARED_COPY", tmp_path / "nowhere")
+    monkeypatch.setattr(data_module, "BUNDLED_COPY", tmp_path / "no-bundled-copy")
+    monkeypatch.chdir(tmp_path)
+    at = _app(GALLERY)
+    at.run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert "No BUSI data found" in at.error[0].value and "data/Dataset_BUSI_with_GT" in at.error[0].value
+
+
+def test_gallery_predictions_are_cached_on_disk(gallery_env, gallery_cache, monkeypatch):
+    from imagemasknet.data import load_arrays, load_busi
+    from imagemasknet.predict import Predictor
+
+    busi = load_busi(gallery_env)
+    arrays = load_arrays(busi)
+    model = Predictor.shipped(device="cpu")
+    first = g.predict_all(busi, arrays, model, "image")
+    assert list(first) == busi.ids
+    assert all(abs(sum(p.values()) - 1) < 1e-4 for p in first.values())
+    import imagemasknet.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "predict_arrays", lambda *a, **k: pytest.fail("recomputed instead of cached"))
+    again = g.predict_all(busi, arrays, model, "image")
+    assert {i: pytest.approx(p) for i, p in again.items()} == first
+    assert len(list(gallery_cache.glob("gallery-predictions-image-*.json"))) == 1
+
+
+def test_gallery_second_view_is_quick(gallery_env):
+    at = _app(GALLERY)
+    at.run(timeout=TIMEOUT)
+    started = time.perf_counter()
+    at.run(timeout=TIMEOUT)
+    elapsed = time.perf_counter() - started
+    _no_errors(at)
+    assert elapsed < 3.0, f"a cached gallery page took {elapsed:.2f} s"
+
+
+def test_thumbnail_styles_differ():
+    image = np.full((256, 256), 90, np.uint8)
+    mask = np.zeros((256, 256), bool)
+    mask[80:160, 60:200] = True
+    outline, filled = g.thumbnail(image, mask, "outline"), g.thumbnail(image, mask, "filled")
+    assert outline.shape == filled.shape == (g.THUMB_SIZE, g.THUMB_SIZE, 3)
+    centre = g.THUMB_SIZE // 2
+    assert tuple(outline[centre, centre]) == (90, 90, 90)  # an outline leaves the lesion's inside alone
+    assert tuple(filled[centre, centre]) != (90, 90, 90)
+    assert (outline != [90, 90, 90]).any(axis=2).sum() > 0
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+def test_training_page_shows_runs_charts_and_survives_broken_folders(runs_folder, monkeypatch):
+    monkeypatch.setenv("IMAGEMASKNET_RUNS", str(runs_folder))
+    at = _app(TRAINING)
+    at.run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert at.text_input(key="t_root").value == str(runs_folder)
+    runs_table = next(d.value for d in at.dataframe if "run" in d.value.columns)
+    assert {"tiny-fold1", "broken-fold9", "just-started", "garbage"} <= set(runs_table["run"])
+    warnings = " ".join(w.value for w in at.warning)
+    assert "broken-fold9" in warnings and "not valid JSON" in warnings and "crashed" in warnings
+    assert "just-started" in warnings and "no finished epoch" in warnings
+    assert "garbage" in warnings
+    subheaders = [s.value for s in at.subheader]
+    assert "Curves per epoch" in subheaders and "Evaluation of a run" in subheaders
+    assert "Cross-validation: per-fold spread" in subheaders
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 7 + 3  # curves + confusion, ROC and reliability of the first evaluated run + spread
+
+    # Every run can be selected, broken ones included, without breaking the page.
+    for name in runs_table["run"]:
+        at.selectbox(key="t_run").set_value(name).run(timeout=TIMEOUT)
+        _no_errors(at)
+    at.selectbox(key="t_run").set_value("broken-fold9").run(timeout=TIMEOUT)
+    assert any("incomplete" in w.value for w in at.warning)
+    at.selectbox(key="t_run").set_value("tiny-fold1").run(timeout=TIMEOUT)
+    table = next(d.value for d in at.dataframe if "metric" in d.value.columns and "image" in d.value.columns)
+    assert "accuracy" in list(table["metric"])
+    assert "(" in table.set_index("metric").loc["accuracy", "image"]  # value with its CI
+
+    # Comparing runs on one chart; the broken run's truncated history is simply not offered.
+    at.multiselect(key="t_runs").set_value(["tiny-fold1"] + [n for n in at.multiselect(key="t_runs").options
+                                                              if n != "tiny-fold1"][:2]).run(timeout=TIMEOUT)
+    _no_errors(at)
+
+
+def test_training_page_other_folder(runs_folder, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMAGEMASKNET_RUNS", str(tmp_path / "none-yet"))
+    at = _app(TRAINING)
+    at.run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert any("does not exist" in e.value for e in at.error)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    at.text_input(key="t_root").set_value(str(a_file)).run(timeout=TIMEOUT)
+    assert any("not a folder" in e.value for e in at.error)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at.text_input(key="t_root").set_value(str(empty)).run(timeout=TIMEOUT)
+    assert any("No run folders" in i.value for i in at.info)
+    at.text_input(key="t_root").set_value(str(runs_folder / "tiny-fold1")).run(timeout=TIMEOUT)  # one run folder
+    _no_errors(at)
+    assert not at.error
+    assert len(at.get("plotly_chart")) >= 7
+
+
+def test_run_reader_reports_what_is_wrong(runs_folder):
+    broken = rc.read_run(runs_folder / "broken-fold9")
+    assert broken.state == "crashed"
+    assert any("history.json is not valid JSON" in p for p in broken.problems)
+    assert broken.history == [] and broken.config  # what it has
+    assert rc.read_run(runs_folder / "garbage").config == {}
+    started = rc.read_run(runs_folder / "just-started")
+    assert started.state == "running" and "history.json has no finished epoch yet" in started.problems
+    figure = rc.curves_figure({"just-started": started.history}, "loss")
+    assert not figure.data and figure.layout.annotations
+    tiny = rc.read_run(runs_folder / "tiny-fold1")
+    assert tiny.complete and "metrics" in tiny.metrics
+    assert rc.metrics_wide(tiny.metrics["metrics"])[0]["metric"] == "accuracy"
+    rows = rc.fold_values([tiny], "accuracy")
+    assert {r["mode"] for r in rows} == {"image", "mask"} and all(r["fold"] == 1 for r in rows)

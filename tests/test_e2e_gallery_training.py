@@ -1,0 +1,216 @@
+"""End to end in a real browser: `streamlit run app.py` + headless Chromium (Playwright).
+
+Gallery: filter to malignant, open a case, and check its overlay (the reference mask drawn in green on the
+scan, Grad-CAM beside it). Training: a results folder with real runs shows its curves and charts. Saves the
+README screenshots to docs/screenshots/gallery-*.png and training-*.png (1400×900 viewport).
+
+The server runs on a 31-case copy of BUSI (so the shipped model classifies it in seconds, not minutes) and
+on a results folder of real runs: the checkout's cross-validation results when present, else a real
+1-epoch training made here.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BUSI_ROOT, copy_cases
+from e2e_helpers import (  # noqa: F401  (fixtures)
+    REPO, browser, browser_page, chromium_executable, free_port, open_app, screenshot, wait_for_health, wait_idle,
+)
+from test_app_gallery_training import CV_RESULTS, NO_WEIGHTS, SUBSET
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def results_folder(tmp_path_factory, gallery_data) -> Path:
+    root = tmp_path_factory.mktemp("e2e-runs")
+    if CV_RESULTS:
+        for run in sorted(CV_RESULTS.iterdir()):
+            if run.is_dir():
+                shutil.copytree(run, root / run.name, ignore=NO_WEIGHTS)
+        return root
+    env = {**os.environ, "IMAGEMASKNET_CACHE": str(tmp_path_factory.mktemp("e2e-train-cache")),
+           "IMAGEMASKNET_RUNS": str(root)}  # `evaluate --data` also files a report under the runs folder
+    run = root / "tiny-fold1"
+    for args in (["train", "--preset", "lesion-resunet", "--epochs", "1", "--limit", "20", "--fold", "1", "--data",
+                  str(gallery_data), "--no-progress", "--num-workers", "0", "--out-dir", str(run)],
+                 ["evaluate", "--run", str(run), "--data", str(gallery_data), "--resamples", "50", "--json",
+                  str(run / "metrics.json")]):
+        subprocess.run([sys.executable, "-m", "imagemasknet", *args], cwd=REPO, env=env, check=True,
+                       capture_output=True, timeout=600)
+    return root
+
+
+@pytest.fixture(scope="module")
+def gallery_data(tmp_path_factory) -> Path:
+    if BUSI_ROOT is None:
+        pytest.skip("BUSI data set not found")
+    return copy_cases(BUSI_ROOT, tmp_path_factory.mktemp("e2e-busi") / "Dataset_BUSI_with_GT", SUBSET)
+
+
+@pytest.fixture(scope="module")
+def server(chromium_executable, tmp_path_factory, gallery_data, results_folder):
+    """``streamlit run app.py`` (as e2e_helpers.streamlit_server) with the data and runs of this module."""
+    work = tmp_path_factory.mktemp("gallery-server")
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, IMAGEMASKNET_CACHE=str(work / "cache"), IMAGEMASKNET_RUNS=str(results_folder),
+               IMAGEMASKNET_DATA=str(gallery_data), PYTHONUNBUFFERED="1")
+    log = work / "streamlit.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+             "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for_health(base_url, process, log)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def match_count(page) -> tuple[int, int]:
+    text = page.get_by_text(re.compile(r"\d+ of \d+ scans")).first.inner_text()
+    shown, total = re.search(r"(\d+) of (\d+) scans", text).groups()
+    return int(shown), int(total)
+
+
+def wait_images(page, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+        .every(img => img.complete && img.naturalWidth > 0)""", timeout=timeout_ms)
+
+
+def image_pixels(page, locator) -> np.ndarray:
+    """The pixels of an <img> as the server sent them (a media URL or an inline data: URI)."""
+    src = locator.get_attribute("src")
+    if src.startswith("data:"):
+        body = base64.b64decode(src.split(",", 1)[1])
+    else:
+        origin = re.match(r"^https?://[^/]+", page.url).group(0)
+        body = page.request.get(src if src.startswith("http") else origin + src).body()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def open_page(page, base_url: str, title: str) -> None:
+    """Open the app at its root, then the page through the sidebar menu, as a user does. (A fresh server
+    asked first for a deep link like /gallery runs the file under pages/ on its own, without app.py's
+    st.navigation and page config, so the tests go through the root.)"""
+    open_app(page, base_url)
+    page.locator(f'[data-testid="stSidebarNav"] a[href$="/{title.lower()}"]').click()
+    page.wait_for_url(re.compile(rf"/{title.lower()}"))
+    wait_idle(page)
+
+
+#: In the page: click the pager's button ``label`` and resolve to the milliseconds until ``count`` tiles
+#: (other than the ones shown before) are in the page and decoded; -1 after 20 s.
+CLICK_AND_TIME = """async ([label, count]) => {
+    const images = () => [...document.querySelectorAll('[data-testid="stImage"] img')];
+    const before = images().map(i => i.getAttribute('src')).join('|');
+    const button = [...document.querySelectorAll('button')].find(b => b.innerText.trim() === label);
+    const start = performance.now();
+    button.click();
+    while (performance.now() - start < 20000) {
+        await new Promise(resolve => requestAnimationFrame(resolve));
+        const now = images();
+        if (now.length === count && now.map(i => i.getAttribute('src')).join('|') !== before
+            && now.every(i => i.complete && i.naturalWidth > 0)) return performance.now() - start;
+    }
+    return -1;
+}"""
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the multiselect labelled ``label``."""
+    page.locator('[data-testid="stMultiSelect"]').filter(has_text=label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+    page.locator("h1").first.click()  # leave the field, so the screenshot shows it at rest
+    wait_idle(page)
+
+
+def test_gallery_filter_open_case_and_overlay(server, browser_page):
+    page = browser_page
+    open_page(page, server, "Gallery")
+    page.get_by_text(re.compile(r"\d+ of \d+ scans")).first.wait_for()
+    wait_images(page)
+    shown, total = match_count(page)
+    assert shown == total == len(SUBSET)
+    assert page.locator('[data-testid="stImage"]').count() == 24  # the first page of the grid
+    assert page.get_by_text("Research use only").first.is_visible()  # inside app.py's navigation
+
+    # Paging: page 2 (7 tiles), then back to a full page of 24, timed inside the browser from the click
+    # to the last thumbnail decoded.
+    page.evaluate(CLICK_AND_TIME, ["2", 7])
+    wait_idle(page)
+    elapsed_ms = page.evaluate(CLICK_AND_TIME, ["1", 24])
+    print(f"\npage of 24 thumbnails shown {elapsed_ms:.0f} ms after the click (browser, cached)")
+    assert 0 < elapsed_ms < 5000
+    wait_idle(page)
+
+    choose(page, "Class", "malignant")
+    page.get_by_text(re.compile(rf"{sum(i.startswith('malignant') for i in SUBSET)} of {total} scans")).wait_for()
+    wait_images(page)
+    screenshot(page, "gallery-grid.png", whole_page=True)
+    assert match_count(page)[0] == sum(i.startswith("malignant") for i in SUBSET)
+    captions = page.locator('[data-testid="stMarkdownContainer"] strong').all_inner_texts()
+    assert not [c for c in captions if c.startswith(("benign (", "normal ("))]
+
+    page.locator('[data-testid="stButton"] button', has_text="Open").first.click()
+    wait_idle(page)
+    heading = page.get_by_role("heading", name=re.compile(r"malignant \(\d+\) — malignant"))
+    heading.wait_for()
+    wait_images(page)
+    assert "case=" in page.url  # the open case is in the URL (shareable)
+    overlay = page.locator('[data-testid="stImage"]').filter(has_text="Reference mask").locator("img").first
+    pixels = image_pixels(page, overlay)
+    green = (pixels[..., 1] > 180) & (pixels[..., 0] < 90) & (pixels[..., 2] < 170)
+    assert green.sum() > 50, "the mask outline is not drawn on the scan"
+    assert page.locator('[data-testid="stImage"]').filter(has_text="Grad-CAM").count() == 1
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for()  # the probabilities
+    screenshot(page, "gallery-case.png", whole_page=False)
+
+    # The filled style, and the audit summary.
+    page.get_by_text("Fill the masks").click()
+    wait_idle(page)
+    wait_images(page)
+    page.get_by_text(re.compile(r"Audit summary")).click()
+    wait_idle(page)
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    screenshot(page, "gallery-filled-audit.png", whole_page=True)
+
+
+def test_training_page_charts(server, browser_page):
+    page = browser_page
+    open_page(page, server, "Training")
+    page.get_by_role("heading", name="Curves per epoch").wait_for()
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    charts.first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=60_000)
+    assert charts.count() >= 7
+    # A curve was drawn (a trace path with points), not just empty axes.
+    assert page.locator(".js-plotly-plot .scatterlayer .trace path.js-line").count() >= 1
+    screenshot(page, "training-overview.png", whole_page=False)
+    for name, target in (("training-curves.png", page.get_by_role("heading", name="Curves per epoch")),
+                         ("training-evaluation.png", page.get_by_text(re.compile(r"^Mode: ")).first),
+                         ("training-cv-spread.png", page.get_by_role("heading", name=re.compile("Cross-validation")))):
+        if target.count():
+            target.evaluate("element => element.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(800)
+            screenshot(page, name, whole_page=False)
