@@ -157,6 +157,8 @@ def run_once(folder: Path, out: Path, workers: int, count: int, extra: list[str]
         "peak_tree_pss_first_half_mib": mib(max(pss_halves[0])) if pss_halves[0] else None,
         "peak_tree_pss_second_half_mib": mib(max(pss_halves[1])) if pss_halves[1] else None,
         "peak_tree_rss_mib": mib(max(s[5] for s in samples)) if samples else None,
+        # PSS of the tree at each tenth of the records written: flat, or growing with the files?
+        "tree_pss_by_tenth_mib": [mib(next((s[4] for s in samples if s[2] >= records * k // 10), 0)) for k in range(1, 11)],
         "peak_process_rss_mib": mib(peak_hwm),
         "processes": max((s[3] for s in samples), default=1),
         "summary": stderr.strip().splitlines()[-1] if stderr.strip() else "",

@@ -292,7 +292,7 @@ def is_comm_error(error: BaseException) -> bool:
                             "peer", "process group"))
 
 
-def test_fault(epoch: int, batch: int) -> None:
+def injected_fault(epoch: int, batch: int) -> None:
     """Fault injection for the tests: ``IMAGEMASKNET_TEST_KILL=RANK:EPOCH:BATCH`` makes that rank
     SIGKILL itself when it reaches that batch (1-based) of that epoch (1-based), like an OOM kill."""
     spec = os.environ.get("IMAGEMASKNET_TEST_KILL")

@@ -451,7 +451,7 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
         loss_sum, correct, seen = 0.0, 0, 0
         batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False, disable=not progress)
         for batch_index, (images, masks, y) in enumerate(batches):
-            distributed.test_fault(epoch + 1, batch_index + 1)
+            distributed.injected_fault(epoch + 1, batch_index + 1)
             y = y.to(device)
             given, mode = None, "mask"
             if config.mask_schedule == "random" and spec.per_scan_mask_choice:

@@ -247,19 +247,19 @@ def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(busi_r
                                                                           tmp_path, capsys):
     flags = train_flags(busi_root, tmp_path / "full")
     assert cli.main(["train", *flags]) == 0
-    real_fault = distributed.test_fault
+    real_fault = distributed.injected_fault
 
     def ctrl_c_at_epoch_2(epoch: int, batch: int) -> None:
         if (epoch, batch) == (2, 1):
             raise KeyboardInterrupt
         real_fault(epoch, batch)
 
-    monkeypatch.setattr(train_module.distributed, "test_fault", ctrl_c_at_epoch_2)
+    monkeypatch.setattr(train_module.distributed, "injected_fault", ctrl_c_at_epoch_2)
     cut = tmp_path / "cut"
     assert cli.main(["train", *train_flags(busi_root, cut)]) == 130
     assert read_json(cut / "status.json")["state"] == "cancelled"
     assert len(read_json(cut / "history.json")) == 1
-    monkeypatch.setattr(train_module.distributed, "test_fault", real_fault)
+    monkeypatch.setattr(train_module.distributed, "injected_fault", real_fault)
 
     assert cli.main(["train", "--resume", str(cut), "--epochs", "5"]) == 2  # its own settings only
     assert "leave out --epochs" in capsys.readouterr().err

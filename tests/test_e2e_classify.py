@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import (  # noqa: F401  (fixtures)
-from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
     browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
 )
+from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
 
 pytestmark = pytest.mark.e2e
 
