@@ -341,6 +341,28 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_set_password(args: argparse.Namespace) -> int:
+    from . import access
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("New administrator password: ")
+        if getpass.getpass("The same again: ") != password:
+            raise ValueError("the two passwords differ; nothing was written")
+    hashed = access.hash_password(password)
+    if args.print:
+        print(hashed)
+        print(f"set it as {access.HASH_ENV} in the app's environment", file=sys.stderr)
+        return 0
+    path = access.write_password_hash(hashed, Path(args.secrets) if args.secrets else None)
+    print(f"wrote the administrator password's hash (not the password) to {path}, permissions 600; "
+          "restart the app to use it", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagemasknet", description="Breast-ultrasound classification with lesion masks.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -427,6 +449,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--grad-cam", metavar="OUTDIR", help="also save a Grad-CAM overlay per scan here")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=cmd_predict)
+
+    admin = commands.add_parser("admin", help="administrator settings (who may retrain and promote in the app)")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    set_password = admin_commands.add_parser(
+        "set-password", help="set the administrator password (stores a salted scrypt hash, never the password)",
+        description="Prompts for the password twice and writes its salted hash as admin_password_hash to "
+                    ".streamlit/secrets.toml (or $IMAGEMASKNET_SECRETS, or --secrets) with permissions 600.")
+    set_password.add_argument("--secrets", metavar="PATH", help="the secrets file to write (other keys are kept)")
+    set_password.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    set_password.add_argument("--print", action="store_true",
+                              help="print the hash (for IMAGEMASKNET_ADMIN_HASH) instead of writing a file")
+    set_password.set_defaults(func=cmd_admin_set_password)
 
     models = commands.add_parser("models", help="list registered models")
     models.set_defaults(func=cmd_models)

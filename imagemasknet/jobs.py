@@ -42,6 +42,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import audit_log
+from .access import AdminSession, require_admin
 from .config import PRESETS, TrainConfig
 from .runs import Run, now, read_json, runs_root, write_json
 
@@ -138,6 +140,8 @@ def _reap(process: subprocess.Popen, root: Path, name: str) -> None:
                                                      "note": f"stopped by a signal (exit code {code})"})
     with contextlib.suppress(OSError):
         _release_lock(root, name, process.pid)
+    with contextlib.suppress(OSError):
+        log_endings(root, only=name)
     _CHILDREN.pop(name, None)
     _REAPERS.pop(name, None)
 
@@ -175,7 +179,7 @@ def read_lock(root: Path | None = None) -> LockInfo | None:
 
 
 @contextlib.contextmanager
-def _guard(root: Path, name: str) -> Iterator[None]:
+def guard(root: Path, name: str) -> Iterator[None]:
     """An advisory lock (flock) around check-then-act sequences on the lock file or the active link."""
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -196,7 +200,7 @@ def _acquire_lock(root: Path, run: str) -> LockInfo:
     taking over a stale one; raises :class:`JobRunningError` when a live job holds it."""
     path = lock_path(root)
     me = LockInfo(os.getpid(), run, now(), process_start(os.getpid()))
-    with _guard(root, LOCK_NAME):
+    with guard(root, LOCK_NAME):
         for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -226,7 +230,7 @@ def _lock_payload(lock: LockInfo) -> dict:
 
 def _release_lock(root: Path, run: str, pid: int | None = None) -> None:
     """Remove the lock if it still names ``run`` (and ``pid``, when given)."""
-    with _guard(root, LOCK_NAME):
+    with guard(root, LOCK_NAME):
         held = read_lock(root)
         if held is not None and held.run == run and (pid is None or held.pid in (pid, os.getpid())):
             with contextlib.suppress(FileNotFoundError):
@@ -268,7 +272,7 @@ def form_fields() -> list[FormField]:
         elif f.name == "fold":
             out.append(FormField(kind="fold", choices=(None, 0, 1, 2, 3, 4), **common))
         elif f.name == "limit":
-            out.append(FormField(kind="limit", min=1, **common))
+            out.append(FormField(kind="limit", min=meta.get("min", 1), max=meta.get("max"), **common))
         elif "choices" in meta:
             out.append(FormField(kind="choice", choices=tuple(meta["choices"]), **common))
         elif kind_name in ("bool", "<class 'bool'>"):
@@ -314,10 +318,7 @@ def _coerce(field: FormField, value: Any) -> Any:
             raise ValueError(f"{name}: expected a whole number, got {value!r}") from None
         if not math.isfinite(number) or number != int(number):
             raise ValueError(f"{name}: expected a whole number, got {value!r}")
-        number = int(number)
-        if name == "seed" and number < 0:
-            raise ValueError(f"seed: {number} is below the minimum 0")
-        return number
+        return int(number)
     if field.kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(f"{name}: expected a number, got {value!r}")
@@ -398,19 +399,32 @@ def check_can_start(config: TrainConfig, root: Path | None = None) -> None:
                        f"least {MIN_FREE_BYTES / 2**20:.0f} MB for its checkpoints and logs. Free some space first.")
 
 
-def start(config: TrainConfig, preset: str | None = None) -> "Job":
+def start(config: TrainConfig, preset: str | None = None, *, admin: AdminSession | None = None) -> "Job":
     """Launch ``imagemasknet train`` for ``config`` in the background and return its :class:`Job`.
 
-    The config is validated again here; its run folder name is generated (``config.out_dir`` must be
-    unset). Raises ValueError (bad config), DatasetNotFoundError, :class:`JobError` (disk) or
-    :class:`JobRunningError` (another job holds the lock).
+    Only for a signed-in administrator (``admin``). The config is validated again here; its run folder
+    name is generated (``config.out_dir`` must be unset). Raises AccessError, ValueError (bad config),
+    DatasetNotFoundError, :class:`JobError` (disk) or :class:`JobRunningError` (another job holds the
+    lock). Every launch, refused ones included, goes to the audit log.
     """
+    require_admin(admin)
+    root = runs_root().resolve()
+    try:
+        job_started = _start(config, preset, root)
+    except Exception as error:
+        audit_log.append("launch", outcome="refused", session=admin, detail=str(error), root=root)
+        raise
+    audit_log.append("launch", run=job_started.name, session=admin, root=root,
+                     detail=f"preset {preset or 'none'}: " + " ".join(cli_args(config)))
+    return job_started
+
+
+def _start(config: TrainConfig, preset: str | None, root: Path) -> "Job":
     if not isinstance(config, TrainConfig):
         raise TypeError("start() takes a TrainConfig; build one with config_from_form()")
     config.validated()
     if config.out_dir:
         raise ValueError("out_dir: run folders are named by the job launcher, not by the caller")
-    root = runs_root().resolve()
     check_can_start(config, root)
     (root / JOBS_DIR).mkdir(parents=True, exist_ok=True)
     name = new_run_name(config.arch, root)
@@ -631,12 +645,44 @@ def wait(name: str, timeout: float = 300, poll: float = 0.5, root: Path | None =
     return found
 
 
-def cancel(name: str | None = None, force: bool = False, root: Path | None = None) -> Job | None:
-    """Ask the job (default: the one holding the lock) to stop: SIGTERM to its process group, which
-    the trainer turns into a "cancelled" run folder; ``force`` sends SIGKILL. Returns the job, or
-    None when nothing was running."""
+END_ACTIONS = {"finished": ("finish", "finished"), "failed": ("failure", "failed"), "crashed": ("failure", "crashed"),
+               "cancelled": ("cancel", "cancelled")}
+
+
+def log_endings(root: Path | None = None, only: str | None = None) -> int:
+    """Write the audit entry for every launched job that has ended since (finished, failed, crashed or
+    cancelled) and has none yet; returns how many. The reaper calls it when its trainer exits, and
+    the pages call it too, so a job that outlived the server that launched it is logged all the same."""
     root = Path(root or runs_root()).resolve()
-    target = job(name, root) if name else current_job(root)
+    logged = 0
+    with guard(root, "audit"):
+        paths = [_record_path(root, only)] if only else sorted((root / JOBS_DIR).glob("*.json"))
+        for path in paths:
+            record = read_json(path)
+            if not isinstance(record, dict) or record.get("end_logged") or not record.get("run"):
+                continue
+            if not only and record["run"] in _CHILDREN:
+                continue  # launched by this process: its reaper logs the ending with the exit code
+            found = Job(str(record["run"]), root)
+            state = found.state
+            if state not in END_ACTIONS:
+                continue
+            action, outcome = END_ACTIONS[state]
+            audit_log.append(action, run=found.name, outcome=outcome, detail=found.error if action == "failure" else None,
+                             root=root)
+            write_json(path, {**record, "end_logged": now()})
+            logged += 1
+    return logged
+
+
+def cancel(name: str | None = None, force: bool = False, root: Path | None = None, *,
+           admin: AdminSession | None = None) -> Job | None:
+    """Ask the job (default: the one holding the lock) to stop: SIGTERM to its process group, which
+    the trainer turns into a "cancelled" run folder; ``force`` sends SIGKILL. Only for a signed-in
+    administrator. Returns the job, or None when nothing was running."""
+    require_admin(admin)
+    root = Path(root or runs_root()).resolve()
+    target = job(name, root) if name is not None else current_job(root)
     if target is None or not target.alive:
         return None
     record = target.record
@@ -649,6 +695,8 @@ def cancel(name: str | None = None, force: bool = False, root: Path | None = Non
     with contextlib.suppress(ProcessLookupError):
         # start_new_session made the trainer its own group leader: the group id is its pid.
         os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
+    audit_log.append("cancel", run=target.name, outcome="force stop sent" if force else "requested", session=admin,
+                     root=root)
     return target
 
 
@@ -754,17 +802,38 @@ def check_promotable(name: str, root: Path | None = None) -> Run:
     return run
 
 
-def promote(name: str, root: Path | None = None) -> dict:
+def promote(name: str, root: Path | None = None, *, admin: AdminSession | None = None) -> dict:
     """Make a finished run the active model; the model it replaces becomes ``active/previous``.
 
     The new model is staged in a fresh folder under ``.models/``, checked to load, and only then is
     the ``active`` link swapped with one ``os.replace``: a crash or a full disk at any point leaves
-    the previous active model in place and loadable. Returns the new ``model.json``.
+    the previous active model in place and loadable. Only for a signed-in administrator; audited.
+    Returns the new ``model.json``.
     """
+    require_admin(admin)
+    root = Path(root or runs_root()).resolve()
+    with _audited("promote", name, admin, root):
+        return _promote(name, root)
+
+
+@contextlib.contextmanager
+def _audited(action: str, run: str | None, admin: AdminSession, root: Path) -> Iterator[None]:
+    """Log ``action`` with the active model's hash before and after, whether it succeeds or not."""
+    before = audit_log.active_model_hash(root)
+    try:
+        yield
+    except Exception as error:
+        audit_log.append(action, run=run, outcome="failed", session=admin, model_before=before,
+                         model_after=audit_log.active_model_hash(root), detail=str(error), root=root)
+        raise
+    audit_log.append(action, run=run, session=admin, model_before=before,
+                     model_after=audit_log.active_model_hash(root), root=root)
+
+
+def _promote(name: str, root: Path) -> dict:
     from .models import get_spec
     from .runs import run_temperatures
 
-    root = Path(root or runs_root()).resolve()
     run = check_promotable(name, root)
     config = run.config
     spec = get_spec(config["arch"])
@@ -777,7 +846,7 @@ def promote(name: str, root: Path | None = None) -> dict:
                                                              if config.get("limit") else ""),
         "heldout": run_metrics(run.path),
     }
-    with _guard(root, ACTIVE_NAME):
+    with guard(root, ACTIVE_NAME):
         current = active_card(root)
         staging = _stage(root, name, lambda folder: _fill_new(folder, run.path, card, root if current else None))
         _swap_active(root, staging)
@@ -853,11 +922,19 @@ def _prune(root: Path, keep: Path | None, spare: int = 2) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def rollback(root: Path | None = None) -> dict | None:
+def rollback(root: Path | None = None, *, admin: AdminSession | None = None) -> dict | None:
     """Restore the model the active one replaced. Returns the card now active, or None when that is the
-    shipped model. The rolled-back model becomes ``previous``, so a second roll back undoes the first."""
+    shipped model. The rolled-back model becomes ``previous``, so a second roll back undoes the first.
+    Only for a signed-in administrator; audited."""
+    require_admin(admin)
     root = Path(root or runs_root()).resolve()
-    with _guard(root, ACTIVE_NAME):
+    card = active_card(root)
+    with _audited("rollback", card.get("version") if card else None, admin, root):
+        return _rollback(root)
+
+
+def _rollback(root: Path) -> dict | None:
+    with guard(root, ACTIVE_NAME):
         current = active_card(root)
         if current is None:
             raise PromotionError("nothing to roll back: the shipped model is the active model")

@@ -10,7 +10,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from imagemasknet import jobs
+from imagemasknet import access, jobs
 from imagemasknet import run_charts as rc
 from imagemasknet.config import PRESETS
 from imagemasknet.models import DEFAULT_MODEL
@@ -61,7 +61,8 @@ def widget(field: jobs.FormField, value, key: str):
     if field.kind == "bool":
         return st.checkbox(label, value=bool(value), help=help_text, key=key)
     if field.kind == "limit":
-        chosen = st.number_input(label, min_value=0, value=int(value or 0), step=1, key=key,
+        chosen = st.number_input(label, min_value=0, max_value=int(field.max) if field.max else None,
+                                 value=int(value or 0), step=1, key=key,
                                  help=f"{help_text} — 0 uses every scan")
         return int(chosen) or None
     if field.kind == "int":
@@ -73,8 +74,53 @@ def widget(field: jobs.FormField, value, key: str):
                                  step=float(step), format="%g", help=help_text, key=key))
 
 
-def launch_form(running: jobs.Job | None) -> None:
+def admin_panel() -> access.AdminSession | None:
+    """Sign in, or say why this page is read-only. Returns the administrator's session, or None."""
+    if not access.is_configured():
+        st.info("**Read-only.** No administrator password is configured on this server, so nobody can launch "
+                "training, promote or roll back here. To enable it, run `imagemasknet admin set-password` in the "
+                f"app's folder (or set `{access.HASH_ENV}`) and restart the app.", icon=":material/lock:")
+        return None
+    session = st.session_state.get("admin_session")
+    if session is not None:
+        try:
+            access.require_admin(session)
+        except (access.AccessError, access.ConfigError) as error:
+            del st.session_state["admin_session"]
+            st.warning(str(error), icon=":material/lock_clock:")
+            session = None
+    if session is not None:
+        left, right = st.columns([4, 1])
+        left.success("Signed in as administrator: you can launch, cancel, promote and roll back.",
+                     icon=":material/admin_panel_settings:")
+        if right.button("Sign out", icon=":material/logout:", key="admin_sign_out"):
+            del st.session_state["admin_session"]
+            st.rerun()
+        return session
+    with st.form("admin_sign_in", border=True):
+        st.markdown("**Administrator sign-in** — everyone can watch runs; launching, cancelling, promoting and "
+                    "rolling back need the administrator password.")
+        password = st.text_input("Administrator password", type="password", max_chars=access.MAX_PASSWORD_LENGTH)
+        submitted = st.form_submit_button("Sign in", icon=":material/login:")
+    if submitted:
+        try:
+            st.session_state["admin_session"] = access.login(password)
+        except (access.AccessError, access.ConfigError) as error:
+            st.error(str(error), icon=":material/block:")
+        else:
+            st.rerun()
+    return None
+
+
+def admin() -> access.AdminSession | None:
+    return st.session_state.get("admin_session")
+
+
+def launch_form(running: jobs.Job | None, session: access.AdminSession | None) -> None:
     st.subheader("Launch")
+    if session is None:
+        st.caption("Sign in as administrator to launch a training run.")
+        return
     preset = st.selectbox("Preset", [NO_PRESET, *PRESETS], index=1 + list(PRESETS).index(DEFAULT_MODEL)
                           if DEFAULT_MODEL in PRESETS else 0, key="retrain_preset",
                           help="fills the form with a preset's settings (the same presets as `imagemasknet train --preset`)")
@@ -97,10 +143,10 @@ def launch_form(running: jobs.Job | None) -> None:
         return
     try:
         config = jobs.config_from_form(values, preset_name)
-        started = jobs.start(config, preset_name)
+        started = jobs.start(config, preset_name, admin=session)
     except jobs.JobRunningError as error:
         st.warning(str(error), icon=":material/block:")
-    except (ValueError, FileNotFoundError, jobs.JobError, OSError) as error:
+    except (ValueError, FileNotFoundError, jobs.JobError, OSError, access.AccessError) as error:
         st.error(f"Not started: {error}", icon=":material/error:")
     else:
         st.session_state["retrain_watch"] = started.name
@@ -111,7 +157,7 @@ def launch_form(running: jobs.Job | None) -> None:
 # --- the active model --------------------------------------------------------------------------------
 
 
-def active_model() -> None:
+def active_model(session: access.AdminSession | None) -> None:
     card, previous = jobs.active_card(), jobs.previous_card()
     with st.container(border=True, key="retrain_active"):
         if card:
@@ -119,12 +165,12 @@ def active_model() -> None:
                         f" — {md(card.get('trained_on', ''))}")
         else:
             st.markdown(f"**Active model:** the shipped `{DEFAULT_MODEL}` (cross-validated; see the Training page)")
-        if card:
+        if card and session is not None:
             label = f"Roll back to {previous['version']}" if previous else "Roll back to the shipped model"
             if st.button(label, icon=":material/undo:", key="retrain_rollback"):
                 try:
-                    restored = jobs.rollback()
-                except jobs.JobError as error:
+                    restored = jobs.rollback(admin=session)
+                except (jobs.JobError, access.AccessError) as error:
                     st.error(str(error))
                 else:
                     models_changed()
@@ -151,10 +197,13 @@ def finished_panel(job: jobs.Job) -> None:
     if card and card.get("version") == job.name:
         st.success(f"{job.name} is the active model.", icon=":material/verified:")
         return
+    if admin() is None:
+        st.caption("An administrator can promote this run to the active model.")
+        return
     if st.button("Promote to active model", type="primary", icon=":material/upgrade:", key=f"promote:{job.name}"):
         try:
-            jobs.promote(job.name)
-        except jobs.JobError as error:
+            jobs.promote(job.name, admin=admin())
+        except (jobs.JobError, access.AccessError) as error:
             st.error(str(error), icon=":material/error:")
         else:
             models_changed()
@@ -165,6 +214,7 @@ def finished_panel(job: jobs.Job) -> None:
 @st.fragment(run_every=2)
 def watch() -> None:
     st.subheader("Runs")
+    jobs.log_endings()
     running = jobs.current_job()
     recent = jobs.recent_jobs()
     names = [j.name for j in recent]
@@ -190,14 +240,13 @@ def watch() -> None:
         st.markdown(f"**{md(job.name)}** — {STATE_TEXT.get(state, state)}")
         progress = job.progress
         st.progress(progress.fraction, text=progress.text)
-        if state in ("starting", "running"):
+        if state in ("starting", "running") and admin() is not None:
             if st.button("Cancel", icon=":material/stop:", key=f"cancel:{job.name}"):
-                jobs.cancel(job.name)
-                st.toast(f"Cancelling {job.name}…")
-        elif state == "cancelling":
+                stop(job, force=False)
+        elif state == "cancelling" and admin() is not None:
             if st.button("Force stop", icon=":material/dangerous:", key=f"kill:{job.name}",
                          help="SIGKILL: stops at once; the run folder keeps its last complete files"):
-                jobs.cancel(job.name, force=True)
+                stop(job, force=True)
         history = job.history
         if history:
             left, right = st.columns(2)
@@ -221,6 +270,15 @@ def watch() -> None:
         st.rerun()  # the job ended: redraw the whole page (the form's Start button comes back)
 
 
+def stop(job: jobs.Job, force: bool) -> None:
+    try:
+        jobs.cancel(job.name, force=force, admin=admin())
+    except access.AccessError as error:
+        st.error(str(error), icon=":material/block:")
+    else:
+        st.toast(f"{'Stopping' if force else 'Cancelling'} {job.name}…")
+
+
 def _select_changed() -> None:
     st.session_state["retrain_watch"] = st.session_state["retrain_select"]
 
@@ -232,6 +290,7 @@ st.caption("Train a model on this machine with the same settings as `imagemaskne
 if "retrain_flash" in st.session_state:
     kind, message = st.session_state.pop("retrain_flash")
     getattr(st, kind)(message)
-active_model()
-launch_form(jobs.current_job())
+session = admin_panel()
+active_model(session)
+launch_form(jobs.current_job(), session)
 watch()

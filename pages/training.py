@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from imagemasknet import audit_log, jobs
 from imagemasknet import run_charts as rc
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.predict import WEIGHTS_DIR
@@ -97,6 +98,21 @@ with st.container(border=True, key="model_card"):
                         st.json(value)
                     else:
                         st.markdown(str(value))
+
+# --- audit log ---------------------------------------------------------------------------------------
+jobs.log_endings()
+log_entries = audit_log.read()
+with st.expander(f"Audit log: launches, cancels, finishes, failures, promotions, roll backs, sign-ins "
+                 f"({len(log_entries.entries)})"):
+    if log_entries.entries:
+        st.dataframe(pd.DataFrame(audit_log.display_rows(log_entries.entries)), hide_index=True, width="stretch")
+        st.caption(f"Newest first, from `{audit_log.log_path()}` (append-only). Model hashes are the first 12 hex "
+                   "digits of the active weights' SHA-256 before and after each action.")
+    else:
+        st.caption(f"Nothing logged yet in `{audit_log.log_path()}`.")
+    if log_entries.unreadable_lines:
+        st.warning(f"{log_entries.unreadable_lines} line(s) of the log could not be read (a write cut off by a "
+                   "crash); the other entries are intact.")
 
 # --- results folder ----------------------------------------------------------------------------------
 root_text = st.text_input("Results folder", value=str(runs_root()), key="t_root",

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import imagemasknet.data as data_module
+from e2e_helpers import ADMIN_PASSWORD
+from imagemasknet import access
 
 # The test machine has two cores shared with other work; intra-op threads then fight over them and a
 # tiny training run takes 5-7x longer than on one thread. IMAGEMASKNET_TEST_THREADS overrides.
@@ -40,7 +42,22 @@ def isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("IMAGEMASKNET_CACHE", str(cache))
     monkeypatch.setenv("IMAGEMASKNET_RUNS", str(runs))
     monkeypatch.delenv("IMAGEMASKNET_DATA", raising=False)
+    # No administrator unless a test configures one (never the shell's, never the repo's secrets file).
+    monkeypatch.delenv(access.HASH_ENV, raising=False)
+    monkeypatch.setenv(access.SECRETS_ENV, str(runs / "no-secrets.toml"))
     return SimpleNamespace(cache=cache, runs=runs)
+
+
+@pytest.fixture(scope="session")
+def admin_hash() -> str:
+    return access.hash_password(ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def admin(monkeypatch, isolated_env, admin_hash) -> access.AdminSession:
+    """An administrator password configured through the environment, and a signed-in session."""
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    return access.login(ADMIN_PASSWORD)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ are skipped, unless the environment variable CI is set, in which case they fail.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -28,6 +30,8 @@ VIEWPORT = {"width": 1400, "height": 900}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 SERVER_START_TIMEOUT = 120  # seconds; importing torch on a busy machine is slow
+#: The administrator password of every test server (and of the `admin` fixture).
+ADMIN_PASSWORD = "test-admin-password-7"
 
 
 def _on_ci() -> bool:
@@ -81,14 +85,17 @@ def chromium_executable() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def streamlit_server(chromium_executable, tmp_path_factory):
-    """Start ``streamlit run app.py`` on a free localhost port; yield its base URL; stop it afterwards."""
-    work = tmp_path_factory.mktemp("streamlit-server")
+@contextlib.contextmanager
+def running_server(work: Path, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``streamlit run app.py`` on a free localhost port, with its cache and runs folders under ``work``
+    and the test administrator password; yields (base URL, process) and stops it afterwards."""
+    from imagemasknet.access import HASH_ENV, SECRETS_ENV, hash_password
+
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, IMAGEMASKNET_CACHE=str(work / "cache"), IMAGEMASKNET_RUNS=str(work / "runs"),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **{HASH_ENV: hash_password(ADMIN_PASSWORD),
+                                        SECRETS_ENV: str(work / "no-secrets.toml")}, **(extra_env or {}))
     env.pop("IMAGEMASKNET_DATA", None)
     log = work / "streamlit.log"
     with open(log, "wb") as out:
@@ -99,7 +106,7 @@ def streamlit_server(chromium_executable, tmp_path_factory):
         )
     try:
         wait_for_health(base_url, process, log)
-        yield base_url
+        yield base_url, process
     finally:
         process.terminate()
         try:
@@ -107,6 +114,13 @@ def streamlit_server(chromium_executable, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def streamlit_server(chromium_executable, tmp_path_factory):
+    """A fresh ``streamlit run app.py`` for the module; yields its base URL."""
+    with running_server(tmp_path_factory.mktemp("streamlit-server")) as (base_url, _process):
+        yield base_url
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +157,8 @@ def open_app(page, url: str) -> None:
     wait_idle(page)
 
 
-def wait_idle(page, timeout: float = 120) -> None:
-    """Wait until Streamlit is not running the script (no "Running…" status widget for a moment)."""
+def wait_idle(page, timeout: float = 120, quiet: float = 1.0) -> None:
+    """Wait until Streamlit is not running the script (no "Running…" status widget for ``quiet`` s)."""
     deadline = time.monotonic() + timeout
     quiet_since = None
     while time.monotonic() < deadline:
@@ -155,7 +169,7 @@ def wait_idle(page, timeout: float = 120) -> None:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = now
-        elif now - quiet_since > 1.0:
+        elif now - quiet_since > quiet:
             return
         page.wait_for_timeout(200)
     raise TimeoutError("the Streamlit script kept running")
@@ -179,3 +193,47 @@ def screenshot(page, name: str, whole_page: bool = True, max_height: int = 3000)
     finally:
         page.set_viewport_size(size)
     return path
+
+
+UPLOADER = '[data-testid="stFileUploader"] input[type=file]'
+METRIC = '[data-testid="stMetricValue"]'
+
+
+def classify_concurrently(browser, base_url: str, files: list[Path], timeout: float = 600) -> list[tuple[str, float]]:
+    """Open one browser context (its own Streamlit session) per file on the Classify page, upload all the
+    files at once, and return (class shown, seconds from upload to result) per file. The pages are
+    polled in turn, so a time is late by at most one polling round (about 0.1 s per page)."""
+    contexts = [browser.new_context(viewport=VIEWPORT) for _ in files]
+    try:
+        pages = [context.new_page() for context in contexts]
+        for page in pages:
+            page.set_default_timeout(timeout * 1000)
+            open_app(page, base_url)
+        started = []
+        for page, path in zip(pages, files):
+            page.locator(UPLOADER).first.set_input_files(str(path))
+            started.append(time.monotonic())
+        results: dict[int, tuple[str, float]] = {}
+        deadline = time.monotonic() + timeout
+        while len(results) < len(pages):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pages) - len(results)} of {len(pages)} sessions had no result in {timeout} s")
+            for index, page in enumerate(pages):
+                if index in results:
+                    continue
+                values = page.locator(METRIC).all_inner_texts()
+                if values and values[0]:
+                    results[index] = (values[0], time.monotonic() - started[index])
+            time.sleep(0.05)
+        return [results[i] for i in range(len(pages))]
+    finally:
+        for context in contexts:
+            context.close()
+
+
+def process_rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")

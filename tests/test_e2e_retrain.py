@@ -12,7 +12,7 @@ import time
 import pytest
 
 from e2e_helpers import (  # noqa: F401  (fixtures)
-    browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
+    ADMIN_PASSWORD, browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -45,11 +45,20 @@ def open_retrain(page, base_url: str) -> None:
     wait_idle(page)
 
 
+def sign_in(page) -> None:
+    page.get_by_label("Administrator password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name=re.compile("Sign in")).click()
+    page.get_by_text("Signed in as administrator").wait_for()
+    wait_idle(page)
+
+
 def test_retrain_start_watch_promote(streamlit_server, browser_page):
     page = browser_page
     open_retrain(page, streamlit_server)
     assert page.get_by_text("Active model:").first.is_visible()
     assert "shipped" in page.locator(".st-key-retrain_active").inner_text()
+    assert page.get_by_role("button", name=re.compile("Start training")).count() == 0  # not signed in
+    sign_in(page)
 
     set_number(page, "epochs", 1)
     set_number(page, "limit", 20)
@@ -60,6 +69,7 @@ def test_retrain_start_watch_promote(streamlit_server, browser_page):
     # Leave and come back: the job keeps running and the page finds it again.
     page.goto("about:blank")
     open_retrain(page, streamlit_server)
+    sign_in(page)  # a new browser session: signed out again
     run = page.locator(".st-key-retrain_run")
     run.wait_for()
     assert re.search(r"lesion-resunet-\d{8}-\d{6}", run.inner_text())

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from imagemasknet import cli, jobs
+from e2e_helpers import ADMIN_PASSWORD
+from imagemasknet import access, audit_log, cli, jobs
 from imagemasknet.config import PRESETS, TrainConfig
 from imagemasknet.data import DatasetNotFoundError
 from imagemasknet.models import DEFAULT_MODEL
@@ -51,15 +52,17 @@ def env(monkeypatch, busi_root, shared_cache):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, busi_root, shared_cache_dir):
+def finished_run(tmp_path_factory, busi_root, shared_cache_dir, admin_hash):
     """A real one-epoch run launched through jobs.start and waited for; (runs root, run name)."""
     root = tmp_path_factory.mktemp("module-runs")
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(access.HASH_ENV, admin_hash)
         patch.setenv("IMAGEMASKNET_RUNS", str(root))
         patch.setenv("IMAGEMASKNET_CACHE", str(shared_cache_dir))
         patch.setenv("IMAGEMASKNET_DATA", str(busi_root))
         patch.setenv("OMP_NUM_THREADS", "1")
-        job = jobs.start(jobs.config_from_form(QUICK))
+        admin = access.login(ADMIN_PASSWORD)
+        job = jobs.start(jobs.config_from_form(QUICK), admin=admin)
         assert jobs.current_job().name == job.name
         jobs.wait(job.name, timeout=180)
     return root.resolve(), job.name
@@ -76,7 +79,7 @@ def copy_run(finished_run, name: str | None = None) -> str:
 # --- launch, finish, promote, roll back ---------------------------------------------------------------
 
 
-def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, env, monkeypatch, busi_root):
+def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, env, monkeypatch, busi_root, admin):
     root, name = finished_run
     monkeypatch.setenv("IMAGEMASKNET_RUNS", str(root))
     job = jobs.job(name)
@@ -99,7 +102,7 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     assert accuracy["active"] == pytest.approx(shipped_card["cross_validation"]["image"]["accuracy"]["mean"])
     assert accuracy["run"] == pytest.approx(job.history[-1]["heldout"]["image"]["accuracy"])
 
-    card = jobs.promote(name)
+    card = jobs.promote(name, admin=admin)
     assert card["version"] == name and card["arch"] == "lesion-resunet"
     assert card["temperature"] == read_json(root / name / "calibration.json")["temperature"]
     assert (root / "active").is_symlink() and (root / "active" / "model.safetensors").is_file()
@@ -112,27 +115,42 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     key_promoted = active_model_key()
     assert key_promoted.startswith("active:")
     with pytest.raises(jobs.PromotionError):
-        jobs.rollback(root / "nowhere")  # another root has nothing to roll back
+        jobs.rollback(root / "nowhere", admin=admin)  # another root has nothing to roll back
 
     # A second run promoted over it keeps it as "previous"; roll back restores it, twice undoes.
     other = "lesion-resunet-20990101-000000"
     shutil.copytree(root / name, root / other)
-    jobs.promote(other)
+    jobs.promote(other, admin=admin)
     assert jobs.active_card()["version"] == other and jobs.previous_card()["version"] == name
     assert active_model_key() not in (key_promoted, f"shipped:{DEFAULT_MODEL}")
-    assert jobs.rollback()["version"] == name
+    assert jobs.rollback(admin=admin)["version"] == name
     assert Predictor.active(device="cpu").version == name and jobs.previous_card()["version"] == other
-    assert jobs.rollback()["version"] == other
-    assert jobs.rollback()["version"] == name
+    assert jobs.rollback(admin=admin)["version"] == other
+    assert jobs.rollback(admin=admin)["version"] == name
 
     # Rolling back the first promotion returns to the shipped model.
     (root / "active").unlink()
-    jobs.promote(name)
-    assert jobs.rollback() is None
+    jobs.promote(name, admin=admin)
+    assert jobs.rollback(admin=admin) is None
     assert jobs.active_card() is None and not (root / "active").exists()
     shipped = Predictor.active(device="cpu")
     assert shipped.version == shipped_card["version"] and shipped.image_size == 256
     assert not [p for p in (root / ".models").iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+    # The audit log holds the whole cycle, with the active weights' hashes around each change.
+    log = audit_log.read(root)
+    assert log.unreadable_lines == 0
+    assert [(e["action"], e["run"], e["outcome"]) for e in log.entries[:3]] == [
+        ("login", None, "ok"), ("launch", name, "ok"), ("finish", name, "finished")]
+    assert [e["action"] for e in log.entries[3:]] == ["promote", "promote", "rollback", "rollback", "rollback",
+                                                      "promote", "rollback"]
+    assert all(e["session"] == admin.id and e["outcome"] == "ok" for e in log.entries[3:])
+    shipped_hash = audit_log.file_sha256(REPO / "weights" / f"{DEFAULT_MODEL}.safetensors")
+    run_hash = audit_log.file_sha256(root / name / "best.safetensors")
+    first, last = log.entries[3], log.entries[-1]
+    assert (first["run"], first["model_before"], first["model_after"]) == (name, shipped_hash, run_hash)
+    assert (last["run"], last["model_before"], last["model_after"]) == (name, run_hash, shipped_hash)
+    assert log.entries[1]["model_before"] == log.entries[1]["model_after"] == shipped_hash
 
 
 def test_cli_arguments_reproduce_the_config():
@@ -179,23 +197,23 @@ def test_out_of_bounds_form_values_are_refused(env, values, field):
     assert not jobs.lock_path().exists() and not list(runs_root().iterdir())
 
 
-def test_start_refuses_bad_configs_missing_data_and_full_disk(env, monkeypatch, tmp_path):
+def test_start_refuses_bad_configs_missing_data_and_full_disk(env, monkeypatch, tmp_path, admin):
     with pytest.raises(ValueError, match="out_dir"):
-        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "out_dir": str(tmp_path / "x")}))
+        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "out_dir": str(tmp_path / "x")}), admin=admin)
     with pytest.raises(ValueError, match="epochs"):
-        jobs.start(TrainConfig(epochs=0))
+        jobs.start(TrainConfig(epochs=0), admin=admin)
     with pytest.raises(DatasetNotFoundError, match="BUSI folder not found"):
-        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "data": str(tmp_path / "missing")}))
+        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "data": str(tmp_path / "missing")}), admin=admin)
     monkeypatch.setattr(jobs, "free_bytes", lambda path: 5 * 2**20)
     with pytest.raises(jobs.JobError, match="Only 5 MB free"):
-        jobs.start(jobs.config_from_form(QUICK))
+        jobs.start(jobs.config_from_form(QUICK), admin=admin)
     assert not jobs.lock_path().exists() and jobs.recent_jobs() == []
 
 
 # --- failures, cancel, locks, crashes -----------------------------------------------------------------
 
 
-def test_failed_run_shows_its_log_and_takes_over_a_stale_lock(env, tmp_path):
+def test_failed_run_shows_its_log_and_takes_over_a_stale_lock(env, tmp_path, admin):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     write_json(jobs.lock_path(), {"pid": dead.pid, "run": "ghost-run", "started": "long ago"})
@@ -205,7 +223,7 @@ def test_failed_run_shows_its_log_and_takes_over_a_stale_lock(env, tmp_path):
     empty = tmp_path / "not-busi"
     empty.mkdir()  # exists, so the launch goes ahead; the trainer then finds no scans in it
     config = TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "data": str(empty)})
-    job = jobs.start(config)
+    job = jobs.start(config, admin=admin)
     assert jobs.read_lock().run == job.name  # the stale lock was taken over
     job = jobs.wait(job.name, timeout=120)
     assert job.state == "failed", job.log_tail()
@@ -213,15 +231,15 @@ def test_failed_run_shows_its_log_and_takes_over_a_stale_lock(env, tmp_path):
     assert job.record["returncode"] == 2
     assert not jobs.lock_path().exists()
     with pytest.raises(jobs.PromotionError, match="no run folder"):
-        jobs.promote(job.name)
+        jobs.promote(job.name, admin=admin)
 
 
-def test_pid_reuse_and_live_locks(env):
+def test_pid_reuse_and_live_locks(env, admin):
     me = os.getpid()
     write_json(jobs.lock_path(), {"pid": me, "pid_start": jobs.process_start(me), "run": "busy-run"})
     assert jobs.read_lock().alive and jobs.current_job().name == "busy-run"
     with pytest.raises(jobs.JobRunningError, match="busy-run"):
-        jobs.start(jobs.config_from_form(QUICK))
+        jobs.start(jobs.config_from_form(QUICK), admin=admin)
     assert jobs.read_lock().run == "busy-run"  # untouched
     start = jobs.process_start(me)
     if start is not None:  # Linux: the same pid with another start time is another process
@@ -237,13 +255,13 @@ def test_pid_reuse_and_live_locks(env):
         jobs._acquire_lock(runs_root(), "second")
 
 
-def test_cancel_stops_the_job_cleanly(env):
-    job = jobs.start(jobs.config_from_form(LONG))
+def test_cancel_stops_the_job_cleanly(env, admin):
+    job = jobs.start(jobs.config_from_form(LONG), admin=admin)
     with pytest.raises(jobs.JobRunningError, match=job.name):  # one job at a time
-        jobs.start(jobs.config_from_form(QUICK))
+        jobs.start(jobs.config_from_form(QUICK), admin=admin)
     wait_until(lambda: len(job.history) >= 1, what="the first epoch", job=job)
     assert job.state == "running" and 0 < job.progress.fraction < 1
-    assert jobs.cancel().name == job.name  # default: the job holding the lock
+    assert jobs.cancel(admin=admin).name == job.name  # default: the job holding the lock
     job = jobs.wait(job.name, timeout=60)
     assert job.state == "cancelled", job.log_tail()
     status = read_json(job.path / "status.json")
@@ -252,15 +270,15 @@ def test_cancel_stops_the_job_cleanly(env):
     assert not list(job.path.glob(".*.tmp"))
     assert "cancelled" in job.log_tail()
     assert jobs.current_job() is None and not jobs.lock_path().exists()
-    assert jobs.cancel(job.name) is None  # nothing left to stop
+    assert jobs.cancel(job.name, admin=admin) is None  # nothing left to stop
     with pytest.raises(jobs.PromotionError, match="cancelled"):
-        jobs.promote(job.name)
+        jobs.promote(job.name, admin=admin)
 
 
-def test_cancel_while_starting_is_recorded_as_cancelled(env):
-    job = jobs.start(jobs.config_from_form(LONG))
+def test_cancel_while_starting_is_recorded_as_cancelled(env, admin):
+    job = jobs.start(jobs.config_from_form(LONG), admin=admin)
     assert job.state == "starting"  # python and torch are still importing
-    jobs.cancel(job.name)  # the trainer's SIGTERM handler is not installed yet: the signal kills it
+    jobs.cancel(job.name, admin=admin)  # the trainer's SIGTERM handler is not installed yet: the signal kills it
     job = jobs.wait(job.name, timeout=60)
     assert job.state == "cancelled"
     status = read_json(job.path / "status.json")
@@ -268,10 +286,10 @@ def test_cancel_while_starting_is_recorded_as_cancelled(env):
     assert not jobs.lock_path().exists()
 
 
-def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run):
+def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run, admin):
     promoted = copy_run(finished_run)
-    jobs.promote(promoted)
-    job = jobs.start(jobs.config_from_form(LONG))
+    jobs.promote(promoted, admin=admin)
+    job = jobs.start(jobs.config_from_form(LONG), admin=admin)
     wait_until(lambda: len(job.history) >= 1 and job.status.get("state") == "running", what="training", job=job)
     os.killpg(job.pid, signal.SIGKILL)
     job = jobs.wait(job.name, timeout=30)
@@ -282,7 +300,7 @@ def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run
     assert jobs.current_job() is None
     assert Predictor.active(device="cpu").version == promoted
     with pytest.raises(jobs.PromotionError, match="crashed"):
-        jobs.promote(job.name)
+        jobs.promote(job.name, admin=admin)
     # a crashed job's lock (had its launcher died too) is stale: the next launch may take it over
     write_json(jobs.lock_path(), {"pid": job.pid, "run": job.name})
     assert jobs.current_job() is None
@@ -290,10 +308,10 @@ def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run
     assert jobs.read_lock().run == "next"
 
 
-def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run, monkeypatch):
+def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run, monkeypatch, admin):
     first = copy_run(finished_run, "lesion-resunet-20990101-000001")
     second = copy_run(finished_run, "lesion-resunet-20990101-000002")
-    jobs.promote(first)
+    jobs.promote(first, admin=admin)
     key = active_model_key()
 
     def copy_half_then_fail(source, target):
@@ -304,7 +322,7 @@ def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run
     with monkeypatch.context() as patch:
         patch.setattr(jobs, "_copy_file", copy_half_then_fail)
         with pytest.raises(jobs.PromotionError, match="disk is full"):
-            jobs.promote(second)
+            jobs.promote(second, admin=admin)
     assert active_model_key() == key and jobs.active_card()["version"] == first
     assert Predictor.active(device="cpu").version == first
     assert not [p for p in (runs_root() / ".models").iterdir() if p.name.startswith(".")]
@@ -316,37 +334,41 @@ def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run
     with monkeypatch.context() as patch:
         patch.setattr(jobs, "_swap_active", crash)
         with pytest.raises(KeyboardInterrupt):
-            jobs.promote(second)
+            jobs.promote(second, admin=admin)
     assert jobs.active_card()["version"] == first and Predictor.active(device="cpu").version == first
-    jobs.promote(second)  # and the next promotion works
+    jobs.promote(second, admin=admin)  # and the next promotion works
     assert jobs.active_card()["version"] == second and jobs.previous_card()["version"] == first
 
 
-def test_only_finished_loadable_runs_are_promoted(env, finished_run):
+def test_only_finished_loadable_runs_are_promoted(env, finished_run, admin):
     broken = copy_run(finished_run, "lesion-resunet-20990101-000003")
     best = runs_root() / broken / "best.safetensors"
     best.write_bytes(best.read_bytes()[:1000])
     with pytest.raises(jobs.PromotionError, match="does not load"):
-        jobs.promote(broken)
+        jobs.promote(broken, admin=admin)
     running = copy_run(finished_run, "lesion-resunet-20990101-000004")
     status = read_json(runs_root() / running / "status.json")
     write_json(runs_root() / running / "status.json", {**status, "state": "running", "pid": os.getpid()})
     with pytest.raises(jobs.PromotionError, match="running"):
-        jobs.promote(running)
+        jobs.promote(running, admin=admin)
     assert jobs.active_card() is None and not (runs_root() / "active").exists()
 
 
 # --- the page ------------------------------------------------------------------------------------------
 
 
-def app(timeout: float = 60):
+def app(session: access.AdminSession | None = None, timeout: float = 60):
+    """The Retrain page under AppTest, signed in as ``session`` when given."""
     from streamlit.testing.v1 import AppTest
 
-    return AppTest.from_file(str(REPO / "pages" / "retrain.py"), default_timeout=timeout)
+    at = AppTest.from_file(str(REPO / "pages" / "retrain.py"), default_timeout=timeout)
+    if session is not None:
+        at.session_state["admin_session"] = session
+    return at
 
 
-def test_page_form_renders_from_the_dataclass(env):
-    at = app().run()
+def test_page_form_renders_from_the_dataclass(env, admin):
+    at = app(admin).run()
     assert not at.exception
     numbers = {n.label: n for n in at.number_input}
     selects = {s.label: s for s in at.selectbox}
@@ -372,19 +394,19 @@ def test_page_form_renders_from_the_dataclass(env):
     assert {s.label: s.value for s in at.selectbox}["arch"] == "imagemasknet"
 
 
-def test_page_announces_a_running_job_and_disables_start(env):
+def test_page_announces_a_running_job_and_disables_start(env, admin):
     me = os.getpid()
     write_json(jobs.lock_path(), {"pid": me, "pid_start": jobs.process_start(me), "run": "lesion-resunet-20990101-1"})
-    at = app().run()
+    at = app(admin).run()
     assert not at.exception
     start = next(b for b in at.button if b.label == "Start training")
     assert start.disabled
     assert any("already running" in i.value and "lesion\\-resunet\\-20990101\\-1" in i.value for i in at.info)
 
 
-def test_page_promotes_and_rolls_back(env, finished_run):
+def test_page_promotes_and_rolls_back(env, finished_run, admin):
     name = copy_run(finished_run)
-    at = app().run()
+    at = app(admin).run()
     assert not at.exception
     assert any("finished" in m.value for m in at.markdown)
     assert at.dataframe  # the side-by-side table

@@ -1,0 +1,271 @@
+"""Who may retrain and promote: the password hash and `admin set-password`, sign-in and its rate limit,
+refusals at the function level (not only hidden buttons), the append-only audit log, path-traversal
+attempts in the form, and the Retrain page's sign-in through AppTest."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from e2e_helpers import ADMIN_PASSWORD
+from imagemasknet import access, audit_log, cli, jobs
+from imagemasknet.config import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = {"epochs": 1, "limit": 20, "image_size": 64, "fold": 0}
+
+
+# --- the hash and set-password --------------------------------------------------------------------------
+
+
+def test_hash_is_salted_and_verifies_only_the_password():
+    first, second = access.hash_password(ADMIN_PASSWORD), access.hash_password(ADMIN_PASSWORD)
+    assert first != second and ADMIN_PASSWORD not in first  # a fresh salt each time
+    assert first.startswith(f"scrypt${access.SCRYPT_N}$")
+    assert access.verify_password(ADMIN_PASSWORD, first) and access.verify_password(ADMIN_PASSWORD, second)
+    for wrong in ("", ADMIN_PASSWORD + " ", ADMIN_PASSWORD.upper(), "x" * 5000):
+        assert not access.verify_password(wrong, first)
+    with pytest.raises(ValueError, match="at least 10"):
+        access.hash_password("short")
+    for broken in ("", "plaintext-password", "scrypt$3$8$1$AAAA$AAAA", "bcrypt$1$2$3$4$5", "scrypt$16384$8$1$!!$AA"):
+        with pytest.raises(access.ConfigError, match="set the password again"):
+            access.verify_password(ADMIN_PASSWORD, broken)
+
+
+def test_set_password_writes_only_the_hash_with_mode_600(tmp_path, monkeypatch, capsys):
+    secrets = tmp_path / ".streamlit" / "secrets.toml"
+    secrets.parent.mkdir()
+    secrets.write_text('[connections.db]\nurl = "sqlite://"\n')
+    monkeypatch.setenv(access.SECRETS_ENV, str(secrets))
+    assert not access.is_configured()
+
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(ADMIN_PASSWORD + "\n"))
+    assert cli.main(["admin", "set-password", "--password-stdin"]) == 0
+    assert "not the password" in capsys.readouterr().err
+    text = secrets.read_text()
+    assert ADMIN_PASSWORD not in text
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    assert 'url = "sqlite://"' in text  # other keys kept, and still in their table
+    import tomllib
+
+    parsed = tomllib.loads(text)
+    assert parsed["connections"]["db"]["url"] == "sqlite://"
+    assert access.verify_password(ADMIN_PASSWORD, parsed[access.HASH_KEY])
+    assert access.configured_hash() == parsed[access.HASH_KEY]
+    assert isinstance(access.login(ADMIN_PASSWORD), access.AdminSession)
+
+    # again: one key, replaced; a short password is refused and changes nothing
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("another-password-1\n"))
+    assert cli.main(["admin", "set-password", "--password-stdin"]) == 0
+    assert secrets.read_text().count(access.HASH_KEY) == 1
+    before = secrets.read_text()
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("short\n"))
+    assert cli.main(["admin", "set-password", "--password-stdin"]) == 2
+    assert "at least 10" in capsys.readouterr().err and secrets.read_text() == before
+    assert not list(secrets.parent.glob(".*.tmp"))
+
+
+def test_environment_hash_wins_and_a_broken_one_is_reported(monkeypatch, admin_hash):
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    assert access.configured_hash() == admin_hash
+    monkeypatch.setenv(access.HASH_ENV, "my-password-in-clear")
+    assert access.is_configured()  # configured, but broken: sign-in says so
+    with pytest.raises(access.ConfigError):
+        access.login("my-password-in-clear")
+
+
+# --- sign-in, sessions, rate limit ---------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, start: float = 1_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wrong_password_then_rate_limit_then_recovery(monkeypatch, admin_hash):
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    clock = Clock()
+    for attempt in range(access.MAX_FAILURES):
+        with pytest.raises(access.AccessError, match="Wrong password"):
+            access.login("not the password", clock=clock)
+        clock.now += 1
+    # the limit holds for the right password too, and across "sessions" (it lives in the runs folder)
+    with pytest.raises(access.RateLimitedError) as limited:
+        access.login(ADMIN_PASSWORD, clock=clock)
+    assert 290 <= limited.value.wait_s <= access.FAILURE_WINDOW_S
+    clock.now += access.FAILURE_WINDOW_S
+    session = access.login(ADMIN_PASSWORD, clock=clock)
+    assert access.require_admin(session, clock=clock) is session
+    # a success clears the count: five more failures are needed to be locked out again
+    for attempt in range(access.MAX_FAILURES - 1):
+        with pytest.raises(access.AccessError, match="Wrong password"):
+            access.login("still not it", clock=clock)
+    assert access.login(ADMIN_PASSWORD, clock=clock)
+    outcomes = [e["outcome"] for e in audit_log.read().entries if e["action"] == "login"]
+    assert outcomes == ["wrong password"] * 5 + ["rate limited", "ok"] + ["wrong password"] * 4 + ["ok"]
+
+
+def test_sessions_expire_cannot_be_forged_and_end_when_the_password_changes(monkeypatch, admin_hash):
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    clock = Clock()
+    session = access.login(ADMIN_PASSWORD, clock=clock)
+    forged = dataclasses.replace(session, expires=session.expires + 10 * access.SESSION_LIFETIME_S)
+    with pytest.raises(access.AccessError, match="not valid"):
+        access.require_admin(forged, clock=clock)
+    with pytest.raises(access.AccessError, match="not valid"):
+        access.require_admin(access.AdminSession(clock.now, clock.now + 60, "0" * 32, "0" * 64), clock=clock)
+    for not_a_session in (None, "admin", {"signature": session.signature}, True):
+        with pytest.raises(access.AccessError, match="sign in"):
+            access.require_admin(not_a_session, clock=clock)
+    clock.now = session.expires
+    with pytest.raises(access.AccessError, match="expired"):
+        access.require_admin(session, clock=clock)
+    clock.now = session.issued + 1
+    assert access.require_admin(session, clock=clock)
+    monkeypatch.setenv(access.HASH_ENV, access.hash_password("a brand new password"))
+    with pytest.raises(access.AccessError, match="password changed"):
+        access.require_admin(session, clock=clock)
+    monkeypatch.delenv(access.HASH_ENV)
+    with pytest.raises(access.NotConfiguredError):
+        access.require_admin(session, clock=clock)
+
+
+# --- refusals at the function level ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["no-admin-configured", "admin-configured"])
+def test_unauthenticated_calls_are_refused_by_the_functions(configured, monkeypatch, admin_hash, busi_root):
+    if configured:
+        monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_root))
+    config = jobs.config_from_form(QUICK)
+    fake = access.AdminSession(0.0, 9e12, "f" * 32, "f" * 64)
+    for session in (None, fake):
+        calls = [lambda: jobs.start(config, admin=session), lambda: jobs.promote("any-run", admin=session),
+                 lambda: jobs.rollback(admin=session), lambda: jobs.cancel("any-run", admin=session)]
+        for call in calls:
+            with pytest.raises(access.NotConfiguredError if not configured else access.AccessError):
+                call()
+    assert jobs.current_job() is None and not jobs.lock_path().exists()  # nothing was launched
+    assert not jobs.active_path().exists()
+
+
+def test_path_traversal_in_any_field_is_refused(monkeypatch, admin, busi_root):
+    monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_root))
+    attempts = [
+        {"arch": "../../etc/passwd"}, {"mask_schedule": "../x"}, {"augment": "/etc/shadow"},
+        {"fold": "../1"}, {"limit": "20/../../x"}, {"epochs": "1; rm -rf /"}, {"lr": "../1"},
+        {"out_dir": "../../tmp/x"}, {"data": "/etc"}, {"split_file": "../../etc/passwd"}, {"device": "../cuda"},
+        {"num_workers": 1}, {"data_mode": "add"},
+    ]
+    for values in attempts:
+        with pytest.raises(ValueError):
+            jobs.config_from_form({**QUICK, **values})
+    # a config built by hand with a path in it is refused by start itself
+    with pytest.raises(ValueError, match="out_dir"):
+        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "out_dir": "../../tmp/x"}), admin=admin)
+    for name in ("../outside", "..", "a/../../b", "/etc", ".models", "runs\\..\\x", ""):
+        with pytest.raises(ValueError, match="not a run name"):
+            jobs.promote(name, admin=admin)
+        with pytest.raises(ValueError, match="not a run name"):
+            jobs.cancel(name, admin=admin)
+    assert jobs.current_job() is None
+    refused = [e for e in audit_log.read().entries if e["action"] in ("launch", "promote")]
+    assert refused and all(e["outcome"] in ("refused", "failed") for e in refused)
+
+
+# --- the audit log ---------------------------------------------------------------------------------------
+
+
+def test_a_torn_line_never_corrupts_earlier_or_later_entries(tmp_path):
+    audit_log.append("login", outcome="ok", root=tmp_path)
+    audit_log.append("launch", run="run-1", root=tmp_path)
+    with open(audit_log.log_path(tmp_path), "ab") as log:
+        log.write(b'{"time": "2026-11-26T10:00:00", "action": "prom')  # a crash in mid-write
+    audit_log.append("cancel", run="run-1", outcome="requested", root=tmp_path)
+    log = audit_log.read(tmp_path)
+    assert [e["action"] for e in log.entries] == ["login", "launch", "cancel"]
+    assert log.unreadable_lines == 1
+    shipped = audit_log.file_sha256(REPO / "weights" / "lesion-resunet.safetensors")
+    assert all(e["model_before"] == e["model_after"] == shipped for e in log.entries)
+    with pytest.raises(ValueError):
+        audit_log.append("delete-everything", root=tmp_path)
+
+
+def _append_many(root: str, worker: int) -> None:
+    for n in range(40):
+        audit_log.append("cancel", run=f"w{worker}-{n}", outcome="requested", detail="x" * 300, root=Path(root),
+                         model_before="a" * 64, model_after="a" * 64)
+
+
+def test_appends_from_many_processes_never_interleave(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(str(tmp_path), w)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    log = audit_log.read(tmp_path)
+    assert log.unreadable_lines == 0 and len(log.entries) == 160
+    assert {e["run"] for e in log.entries} == {f"w{w}-{n}" for w in range(4) for n in range(40)}
+    lines = audit_log.log_path(tmp_path).read_bytes().splitlines()
+    assert all(json.loads(line)["action"] == "cancel" for line in lines)
+
+
+# --- the page ------------------------------------------------------------------------------------------
+
+
+def retrain_page():
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(REPO / "pages" / "retrain.py"), default_timeout=60)
+
+
+def sign_in(at, password: str):
+    field = next(t for t in at.text_input if t.label == "Administrator password")
+    field.input(password)
+    next(b for b in at.button if b.label == "Sign in").click()
+    return at.run()
+
+
+def labels(at) -> list[str]:
+    return [b.label for b in at.button]
+
+
+def test_page_is_read_only_without_an_administrator(busi_root, monkeypatch):
+    monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_root))
+    at = retrain_page().run()
+    assert not at.exception
+    assert any("Read-only" in i.value and "imagemasknet admin set-password" in i.value for i in at.info)
+    assert not at.text_input and not {"Start training", "Sign in"} & set(labels(at))
+
+
+def test_page_sign_in_wrong_password_rate_limit_and_success(monkeypatch, admin_hash, busi_root):
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_root))
+    at = retrain_page().run()
+    assert not at.exception and "Sign in" in labels(at) and "Start training" not in labels(at)
+    for attempt in range(access.MAX_FAILURES):
+        at = sign_in(at, "wrong password!")
+        assert any("Wrong password" in e.value for e in at.error)
+    at = sign_in(at, ADMIN_PASSWORD)
+    assert any("Too many failed sign-in attempts" in e.value for e in at.error)
+    assert "Start training" not in labels(at)
+
+    (Path(os.environ["IMAGEMASKNET_RUNS"]) / access.FAILURES_FILE).unlink()  # as if the window had passed
+    at = sign_in(at, ADMIN_PASSWORD)
+    assert not at.exception and not at.error
+    assert "Start training" in labels(at) and "Sign out" in labels(at)
+    assert any("Signed in as administrator" in s.value for s in at.success)
+    next(b for b in at.button if b.label == "Sign out").click()
+    at.run()
+    assert "Sign in" in labels(at) and "Start training" not in labels(at)
