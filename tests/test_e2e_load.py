@@ -5,7 +5,7 @@ Predictor says about its own scan; and the uploaded bytes are never written to d
 The no-disk check watches the server's temporary folder (its TMPDIR), its cache and runs folders,
 the repository (less .git, .venv and test outputs) and ~/.streamlit: no file there may be created
 or changed during the uploads with a piece of an uploaded scan in it, and the temporary folder
-must stay empty. Timings are a benchmark (benchmarks/app_load.py), not asserted here.
+must hold no file. Timings are a benchmark (benchmarks/app_load.py), not asserted here.
 """
 from __future__ import annotations
 
@@ -80,4 +80,5 @@ def test_ten_sessions_at_once_each_get_their_own_correct_result_and_nothing_touc
         except OSError:
             continue
         assert not any(piece in content for piece in pieces), f"{path} holds uploaded bytes"
-    assert not [p for p in server.tmp.rglob("*")], "the server wrote into its temporary folder"
+    # (PyTorch makes an empty torchinductor folder there at import: folders are allowed, files are not)
+    assert not [p for p in server.tmp.rglob("*") if p.is_file()], "the server wrote a file into its temporary folder"
