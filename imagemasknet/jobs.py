@@ -655,6 +655,8 @@ def log_endings(root: Path | None = None, only: str | None = None) -> int:
     the pages call it too, so a job that outlived the server that launched it is logged all the same."""
     root = Path(root or runs_root()).resolve()
     logged = 0
+    if not (root / JOBS_DIR).is_dir():
+        return 0  # nothing was ever launched here (and the runs folder is not created just to look)
     with guard(root, "audit"):
         paths = [_record_path(root, only)] if only else sorted((root / JOBS_DIR).glob("*.json"))
         for path in paths:
