@@ -17,7 +17,6 @@ attempt is refused until the oldest of them is that old.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
@@ -28,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .runs import read_json, runs_root, write_json
+from . import audit_log
+from .runs import atomic_write, folder_lock, read_json, runs_root, write_json
 
 HASH_KEY = "admin_password_hash"
 HASH_ENV = "IMAGEMASKNET_ADMIN_HASH"
@@ -160,20 +160,7 @@ def write_password_hash(hashed: str, path: Path | None = None) -> Path:
                 if line.split("=", 1)[0].strip() != HASH_KEY]
     # First, so the key stays at the top level even if the file has [tables].
     text = "\n".join([f'{HASH_KEY} = "{hashed}"', *kept]) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), mode=0o600)
     return path
 
 
@@ -212,14 +199,11 @@ def _failures(root: Path) -> list[float]:
 def login(password: str, root: Path | None = None, clock: Callable[[], float] = time.time) -> AdminSession:
     """An :class:`AdminSession` for the right password; AccessError (wrong password, too many tries,
     no administrator) otherwise. Every outcome goes to the audit log."""
-    from . import audit_log
-    from .jobs import guard
-
     root = Path(root or runs_root())
     stored = configured_hash()
     if stored is None:
         raise NotConfiguredError()
-    with guard(root, "auth"):
+    with folder_lock(root, "auth"):
         now = clock()
         recent = [t for t in _failures(root) if now - FAILURE_WINDOW_S < t <= now]
         if len(recent) >= MAX_FAILURES:

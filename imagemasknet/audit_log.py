@@ -62,14 +62,11 @@ def append(action: str, *, run: str | None = None, outcome: str = "ok", session:
     if detail:
         entry["detail"] = str(detail)[:2000]
     line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
-    fd = os.open(log_path(root), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(log_path(root), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         size = os.fstat(fd).st_size
-        if size:
-            with open(log_path(root), "rb") as tail:
-                tail.seek(size - 1)
-                if tail.read(1) != b"\n":
-                    line = b"\n" + line  # a line cut off by a crash stays on its own
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a line cut off by a crash stays on its own
         written = os.write(fd, line)
         if written != len(line):
             raise OSError(f"short write to {log_path(root)} ({written} of {len(line)} bytes)")

@@ -45,7 +45,7 @@ from typing import Any, Iterator
 from . import audit_log
 from .access import AdminSession, require_admin
 from .config import PRESETS, TrainConfig
-from .runs import Run, now, read_json, runs_root, write_json
+from .runs import Run, folder_lock, now, read_json, runs_root, write_json
 
 LOCK_NAME = "train.lock"
 JOBS_DIR = ".jobs"
@@ -178,29 +178,12 @@ def read_lock(root: Path | None = None) -> LockInfo | None:
                     str(content.get("started", "")), start if isinstance(start, int) else None)
 
 
-@contextlib.contextmanager
-def guard(root: Path, name: str) -> Iterator[None]:
-    """An advisory lock (flock) around check-then-act sequences on the lock file or the active link."""
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: O_EXCL alone still keeps two creators apart
-        yield
-        return
-    with open(root / f".{name}.guard", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _acquire_lock(root: Path, run: str) -> LockInfo:
     """Create the lock for ``run`` (owned by this process until the trainer's pid is written in),
     taking over a stale one; raises :class:`JobRunningError` when a live job holds it."""
     path = lock_path(root)
     me = LockInfo(os.getpid(), run, now(), process_start(os.getpid()))
-    with guard(root, LOCK_NAME):
+    with folder_lock(root, LOCK_NAME):
         for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -230,7 +213,7 @@ def _lock_payload(lock: LockInfo) -> dict:
 
 def _release_lock(root: Path, run: str, pid: int | None = None) -> None:
     """Remove the lock if it still names ``run`` (and ``pid``, when given)."""
-    with guard(root, LOCK_NAME):
+    with folder_lock(root, LOCK_NAME):
         held = read_lock(root)
         if held is not None and held.run == run and (pid is None or held.pid in (pid, os.getpid())):
             with contextlib.suppress(FileNotFoundError):
@@ -657,7 +640,7 @@ def log_endings(root: Path | None = None, only: str | None = None) -> int:
     logged = 0
     if not (root / JOBS_DIR).is_dir():
         return 0  # nothing was ever launched here (and the runs folder is not created just to look)
-    with guard(root, "audit"):
+    with folder_lock(root, "audit"):
         paths = [_record_path(root, only)] if only else sorted((root / JOBS_DIR).glob("*.json"))
         for path in paths:
             record = read_json(path)
@@ -848,7 +831,7 @@ def _promote(name: str, root: Path) -> dict:
                                                              if config.get("limit") else ""),
         "heldout": run_metrics(run.path),
     }
-    with guard(root, ACTIVE_NAME):
+    with folder_lock(root, ACTIVE_NAME):
         current = active_card(root)
         staging = _stage(root, name, lambda folder: _fill_new(folder, run.path, card, root if current else None))
         _swap_active(root, staging)
@@ -936,7 +919,7 @@ def rollback(root: Path | None = None, *, admin: AdminSession | None = None) -> 
 
 
 def _rollback(root: Path) -> dict | None:
-    with guard(root, ACTIVE_NAME):
+    with folder_lock(root, ACTIVE_NAME):
         current = active_card(root)
         if current is None:
             raise PromotionError("nothing to roll back: the shipped model is the active model")

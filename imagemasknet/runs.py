@@ -7,13 +7,14 @@ never leaves a half-written file behind.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -30,14 +31,18 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, mode: int | None = None) -> None:
+    """Write ``path`` through ``write(tmp)`` and an fsynced rename, so readers see the old file or the
+    new one, never half of it. ``mode``: the file's permissions (default: 0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared run folders unreadable to others
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask  # mkstemp's 0600 would make shared run folders unreadable to others
+    os.chmod(tmp, mode)
     try:
         write(tmp)
         with open(tmp, "rb") as written:
@@ -54,7 +59,25 @@ def write_json(path: Path, payload: Any) -> None:
             json.dump(payload, out, indent=2, sort_keys=False, default=str)
             out.write("\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def folder_lock(root: Path, name: str) -> Iterator[None]:
+    """An advisory lock (flock on ``root/.NAME.guard``) around check-then-act sequences on shared files
+    in ``root`` (the job lock, the active-model link, the audit and sign-in records)."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: callers' O_EXCL and os.replace still keep writers apart
+        yield
+        return
+    with open(root / f".{name}.guard", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -67,13 +90,13 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {}))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {}))
 
 
 def save_state(path: Path, state: dict) -> None:
     """Training state beside ``last.safetensors`` (optimizer, scheduler, epoch, RNG): tensors, dicts,
     lists and numbers only, so :func:`load_state` can read it with ``weights_only=True``."""
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: Path) -> dict:

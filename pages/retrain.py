@@ -74,29 +74,34 @@ def widget(field: jobs.FormField, value, key: str):
                                  step=float(step), format="%g", help=help_text, key=key))
 
 
-def admin_panel() -> access.AdminSession | None:
-    """Sign in, or say why this page is read-only. Returns the administrator's session, or None."""
+def admin() -> access.AdminSession | None:
+    """The signed-in administrator's session (checked by :func:`admin_panel` at the top of each run)."""
+    return st.session_state.get("admin_session")
+
+
+def admin_panel() -> None:
+    """Sign in or out, or say why this page is read-only; a session that is no longer valid is dropped,
+    so :func:`admin` returns only a valid one for the rest of the run."""
     if not access.is_configured():
         st.info("**Read-only.** No administrator password is configured on this server, so nobody can launch "
                 "training, promote or roll back here. To enable it, run `imagemasknet admin set-password` in the "
                 f"app's folder (or set `{access.HASH_ENV}`) and restart the app.", icon=":material/lock:")
-        return None
-    session = st.session_state.get("admin_session")
-    if session is not None:
+        st.session_state.pop("admin_session", None)
+        return
+    if admin() is not None:
         try:
-            access.require_admin(session)
+            access.require_admin(admin())
         except (access.AccessError, access.ConfigError) as error:
             del st.session_state["admin_session"]
             st.warning(str(error), icon=":material/lock_clock:")
-            session = None
-    if session is not None:
+    if admin() is not None:
         left, right = st.columns([4, 1])
         left.success("Signed in as administrator: you can launch, cancel, promote and roll back.",
                      icon=":material/admin_panel_settings:")
         if right.button("Sign out", icon=":material/logout:", key="admin_sign_out"):
             del st.session_state["admin_session"]
             st.rerun()
-        return session
+        return
     with st.form("admin_sign_in", border=True):
         st.markdown("**Administrator sign-in** — everyone can watch runs; launching, cancelling, promoting and "
                     "rolling back need the administrator password.")
@@ -109,16 +114,11 @@ def admin_panel() -> access.AdminSession | None:
             st.error(str(error), icon=":material/block:")
         else:
             st.rerun()
-    return None
 
 
-def admin() -> access.AdminSession | None:
-    return st.session_state.get("admin_session")
-
-
-def launch_form(running: jobs.Job | None, session: access.AdminSession | None) -> None:
+def launch_form(running: jobs.Job | None) -> None:
     st.subheader("Launch")
-    if session is None:
+    if admin() is None:
         st.caption("Sign in as administrator to launch a training run.")
         return
     preset = st.selectbox("Preset", [NO_PRESET, *PRESETS], index=1 + list(PRESETS).index(DEFAULT_MODEL)
@@ -143,7 +143,7 @@ def launch_form(running: jobs.Job | None, session: access.AdminSession | None) -
         return
     try:
         config = jobs.config_from_form(values, preset_name)
-        started = jobs.start(config, preset_name, admin=session)
+        started = jobs.start(config, preset_name, admin=admin())
     except jobs.JobRunningError as error:
         st.warning(str(error), icon=":material/block:")
     except (ValueError, FileNotFoundError, jobs.JobError, OSError, access.AccessError) as error:
@@ -157,7 +157,7 @@ def launch_form(running: jobs.Job | None, session: access.AdminSession | None) -
 # --- the active model --------------------------------------------------------------------------------
 
 
-def active_model(session: access.AdminSession | None) -> None:
+def active_model() -> None:
     card, previous = jobs.active_card(), jobs.previous_card()
     with st.container(border=True, key="retrain_active"):
         if card:
@@ -165,11 +165,11 @@ def active_model(session: access.AdminSession | None) -> None:
                         f" — {md(card.get('trained_on', ''))}")
         else:
             st.markdown(f"**Active model:** the shipped `{DEFAULT_MODEL}` (cross-validated; see the Training page)")
-        if card and session is not None:
+        if card and admin() is not None:
             label = f"Roll back to {previous['version']}" if previous else "Roll back to the shipped model"
             if st.button(label, icon=":material/undo:", key="retrain_rollback"):
                 try:
-                    restored = jobs.rollback(admin=session)
+                    restored = jobs.rollback(admin=admin())
                 except (jobs.JobError, access.AccessError) as error:
                     st.error(str(error))
                 else:
@@ -290,7 +290,7 @@ st.caption("Train a model on this machine with the same settings as `imagemaskne
 if "retrain_flash" in st.session_state:
     kind, message = st.session_state.pop("retrain_flash")
     getattr(st, kind)(message)
-session = admin_panel()
-active_model(session)
-launch_form(jobs.current_job(), session)
+admin_panel()
+active_model()
+launch_form(jobs.current_job())
 watch()

@@ -135,3 +135,17 @@ def make_busi_copy(busi_root, tmp_path):
         return copy_cases(busi_root, tmp_path / name, case_ids, layout)
 
     return make
+
+
+@pytest.fixture
+def retrain_page():
+    """``retrain_page(session=None)``: the Retrain page under AppTest, signed in as ``session`` when given."""
+    from streamlit.testing.v1 import AppTest
+
+    def make(session: access.AdminSession | None = None):
+        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "retrain.py"), default_timeout=60)
+        if session is not None:
+            at.session_state["admin_session"] = session
+        return at
+
+    return make

@@ -4,10 +4,12 @@ attempts in the form, and the Retrain page's sign-in through AppTest."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import multiprocessing
 import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -44,15 +46,13 @@ def test_set_password_writes_only_the_hash_with_mode_600(tmp_path, monkeypatch, 
     monkeypatch.setenv(access.SECRETS_ENV, str(secrets))
     assert not access.is_configured()
 
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(ADMIN_PASSWORD + "\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(ADMIN_PASSWORD + "\n"))
     assert cli.main(["admin", "set-password", "--password-stdin"]) == 0
     assert "not the password" in capsys.readouterr().err
     text = secrets.read_text()
     assert ADMIN_PASSWORD not in text
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     assert 'url = "sqlite://"' in text  # other keys kept, and still in their table
-    import tomllib
-
     parsed = tomllib.loads(text)
     assert parsed["connections"]["db"]["url"] == "sqlite://"
     assert access.verify_password(ADMIN_PASSWORD, parsed[access.HASH_KEY])
@@ -60,11 +60,11 @@ def test_set_password_writes_only_the_hash_with_mode_600(tmp_path, monkeypatch, 
     assert isinstance(access.login(ADMIN_PASSWORD), access.AdminSession)
 
     # again: one key, replaced; a short password is refused and changes nothing
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("another-password-1\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("another-password-1\n"))
     assert cli.main(["admin", "set-password", "--password-stdin"]) == 0
     assert secrets.read_text().count(access.HASH_KEY) == 1
     before = secrets.read_text()
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("short\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert cli.main(["admin", "set-password", "--password-stdin"]) == 2
     assert "at least 10" in capsys.readouterr().err and secrets.read_text() == before
     assert not list(secrets.parent.glob(".*.tmp"))
@@ -224,12 +224,6 @@ def test_appends_from_many_processes_never_interleave(tmp_path):
 # --- the page ------------------------------------------------------------------------------------------
 
 
-def retrain_page():
-    from streamlit.testing.v1 import AppTest
-
-    return AppTest.from_file(str(REPO / "pages" / "retrain.py"), default_timeout=60)
-
-
 def sign_in(at, password: str):
     field = next(t for t in at.text_input if t.label == "Administrator password")
     field.input(password)
@@ -241,7 +235,7 @@ def labels(at) -> list[str]:
     return [b.label for b in at.button]
 
 
-def test_page_is_read_only_without_an_administrator(busi_root, monkeypatch):
+def test_page_is_read_only_without_an_administrator(busi_root, monkeypatch, retrain_page):
     monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_root))
     at = retrain_page().run()
     assert not at.exception
@@ -249,7 +243,7 @@ def test_page_is_read_only_without_an_administrator(busi_root, monkeypatch):
     assert not at.text_input and not {"Start training", "Sign in"} & set(labels(at))
 
 
-def test_page_sign_in_wrong_password_rate_limit_and_success(monkeypatch, admin_hash, busi_root):
+def test_page_sign_in_wrong_password_rate_limit_and_success(monkeypatch, admin_hash, busi_root, retrain_page):
     monkeypatch.setenv(access.HASH_ENV, admin_hash)
     monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_root))
     at = retrain_page().run()

@@ -24,10 +24,10 @@ from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
 pytestmark = pytest.mark.e2e
 
 BUSI = BUNDLED_COPY if BUNDLED_COPY.is_dir() else SHARED_COPY
-SCANS = [BUSI / label / "images" / f"{label} ({n})" for label, numbers in
+SCANS = [BUSI / label / "images" / f"{label} ({n}).png" for label, numbers in
          (("benign", (3, 5, 7, 9)), ("malignant", (2, 4, 6)), ("normal", (2, 4, 6))) for n in numbers]
-SCANS = [path.with_suffix(".png") for path in SCANS]
-NOT_WATCHED = {".git", ".venv", "docs", "tests", ".pytest_cache", ".hypothesis", "__pycache__", "results"}
+#: Top-level folders of the repository that tests and tools write to (compiled files are skipped everywhere).
+NOT_WATCHED = {".git", ".venv", "docs", "tests", ".pytest_cache", ".hypothesis", "results"}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,8 @@ def snapshot(roots: list[Path]) -> dict[Path, tuple[int, int]]:
     files = {}
     for root in roots:
         for folder, subfolders, names in os.walk(root):
-            subfolders[:] = [d for d in subfolders if not (Path(folder) == REPO and d in NOT_WATCHED)
-                             and d not in ("__pycache__",)]
+            subfolders[:] = [d for d in subfolders
+                             if d != "__pycache__" and not (Path(folder) == REPO and d in NOT_WATCHED)]
             for name in names:
                 path = Path(folder) / name
                 try:

@@ -357,18 +357,8 @@ def test_only_finished_loadable_runs_are_promoted(env, finished_run, admin):
 # --- the page ------------------------------------------------------------------------------------------
 
 
-def app(session: access.AdminSession | None = None, timeout: float = 60):
-    """The Retrain page under AppTest, signed in as ``session`` when given."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "pages" / "retrain.py"), default_timeout=timeout)
-    if session is not None:
-        at.session_state["admin_session"] = session
-    return at
-
-
-def test_page_form_renders_from_the_dataclass(env, admin):
-    at = app(admin).run()
+def test_page_form_renders_from_the_dataclass(env, admin, retrain_page):
+    at = retrain_page(admin).run()
     assert not at.exception
     numbers = {n.label: n for n in at.number_input}
     selects = {s.label: s for s in at.selectbox}
@@ -394,19 +384,19 @@ def test_page_form_renders_from_the_dataclass(env, admin):
     assert {s.label: s.value for s in at.selectbox}["arch"] == "imagemasknet"
 
 
-def test_page_announces_a_running_job_and_disables_start(env, admin):
+def test_page_announces_a_running_job_and_disables_start(env, admin, retrain_page):
     me = os.getpid()
     write_json(jobs.lock_path(), {"pid": me, "pid_start": jobs.process_start(me), "run": "lesion-resunet-20990101-1"})
-    at = app(admin).run()
+    at = retrain_page(admin).run()
     assert not at.exception
     start = next(b for b in at.button if b.label == "Start training")
     assert start.disabled
     assert any("already running" in i.value and "lesion\\-resunet\\-20990101\\-1" in i.value for i in at.info)
 
 
-def test_page_promotes_and_rolls_back(env, finished_run, admin):
+def test_page_promotes_and_rolls_back(env, finished_run, admin, retrain_page):
     name = copy_run(finished_run)
-    at = app(admin).run()
+    at = retrain_page(admin).run()
     assert not at.exception
     assert any("finished" in m.value for m in at.markdown)
     assert at.dataframe  # the side-by-side table
@@ -418,13 +408,13 @@ def test_page_promotes_and_rolls_back(env, finished_run, admin):
     assert any("Rolled back" in s.value for s in at.success)
 
 
-def test_page_shows_a_crashed_run_with_its_log(env, finished_run):
+def test_page_shows_a_crashed_run_with_its_log(env, finished_run, retrain_page):
     name = copy_run(finished_run)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     status = read_json(runs_root() / name / "status.json")
     write_json(runs_root() / name / "status.json", {**status, "state": "running", "pid": dead.pid})
-    at = app().run()
+    at = retrain_page().run()
     assert not at.exception
     assert any("crashed" in e.value for e in at.error)
     assert any("finished" in c.value or "epoch 1" in c.value for c in at.code)  # the log's tail
