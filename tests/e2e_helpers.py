@@ -88,15 +88,16 @@ def chromium_executable() -> str:
 @contextlib.contextmanager
 def running_server(work: Path, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """``streamlit run app.py`` on a free localhost port, with its cache and runs folders under ``work``
-    and the test administrator password; yields (base URL, process) and stops it afterwards."""
+    and the test administrator password (``extra_env`` overrides any of them); yields (base URL, process)
+    and stops it afterwards."""
     from imagemasknet.access import HASH_ENV, SECRETS_ENV, hash_password
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, IMAGEMASKNET_CACHE=str(work / "cache"), IMAGEMASKNET_RUNS=str(work / "runs"),
-               PYTHONUNBUFFERED="1", **{HASH_ENV: hash_password(ADMIN_PASSWORD),
-                                        SECRETS_ENV: str(work / "no-secrets.toml")}, **(extra_env or {}))
-    env.pop("IMAGEMASKNET_DATA", None)
+    env = {name: value for name, value in os.environ.items() if name != "IMAGEMASKNET_DATA"}
+    env.update(IMAGEMASKNET_CACHE=str(work / "cache"), IMAGEMASKNET_RUNS=str(work / "runs"), PYTHONUNBUFFERED="1")
+    env.update({HASH_ENV: hash_password(ADMIN_PASSWORD), SECRETS_ENV: str(work / "no-secrets.toml")})
+    env.update(extra_env or {})
     log = work / "streamlit.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(

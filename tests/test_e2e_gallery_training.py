@@ -25,7 +25,7 @@ from PIL import Image
 
 from conftest import BUSI_ROOT, copy_cases
 from e2e_helpers import (  # noqa: F401  (fixtures)
-    REPO, browser, browser_page, chromium_executable, free_port, open_app, screenshot, wait_for_health, wait_idle,
+    REPO, browser, browser_page, chromium_executable, open_app, running_server, screenshot, wait_idle,
 )
 from test_app_gallery_training import CV_RESULTS, NO_WEIGHTS, SUBSET
 
@@ -61,29 +61,10 @@ def gallery_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(chromium_executable, tmp_path_factory, gallery_data, results_folder):
-    """``streamlit run app.py`` (as e2e_helpers.streamlit_server) with the data and runs of this module."""
-    work = tmp_path_factory.mktemp("gallery-server")
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, IMAGEMASKNET_CACHE=str(work / "cache"), IMAGEMASKNET_RUNS=str(results_folder),
-               IMAGEMASKNET_DATA=str(gallery_data), PYTHONUNBUFFERED="1")
-    log = work / "streamlit.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-             "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        wait_for_health(base_url, process, log)
+    """``streamlit run app.py`` with the data and runs of this module."""
+    extra = {"IMAGEMASKNET_RUNS": str(results_folder), "IMAGEMASKNET_DATA": str(gallery_data)}
+    with running_server(tmp_path_factory.mktemp("gallery-server"), extra) as (base_url, _process):
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 def match_count(page) -> tuple[int, int]:
