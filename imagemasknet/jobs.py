@@ -45,6 +45,7 @@ from typing import Any, Iterator
 from . import audit_log
 from .access import AdminSession, require_admin
 from .config import PRESETS, TrainConfig
+from .processes import process_alive, process_start
 from .runs import Run, folder_lock, now, read_json, runs_root, write_json
 
 LOCK_NAME = "train.lock"
@@ -76,49 +77,6 @@ class JobRunningError(JobError):
 
 class PromotionError(JobError):
     """A run that may not be promoted, or a promotion that failed (the active model is unchanged)."""
-
-
-# --- processes ----------------------------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (index 0 is the state), or None off Linux."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()
-
-
-def process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (tells a reused pid apart), if known."""
-    stat = _proc_stat(pid)
-    try:
-        return int(stat[19]) if stat else None
-    except (IndexError, ValueError):
-        return None
-
-
-def process_alive(pid: Any, start: Any = None) -> bool:
-    """True while ``pid`` runs (zombies count as dead); with ``start``, only if it is that same process."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    except OSError:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:  # no /proc (not Linux): os.kill said it exists
-        return True
-    if stat[0] in ("Z", "X", "x"):
-        return False
-    if isinstance(start, int) and process_start(pid) not in (None, start):
-        return False
-    return True
 
 
 _CHILDREN: dict[str, subprocess.Popen] = {}

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 import plotly.graph_objects as go
 
 from .data import CLASSES
+from .processes import process_alive
 
 #: Per-epoch metrics, as history.json names them, with the label the charts give them.
 CURVE_METRICS = {
@@ -77,12 +78,6 @@ def read_json_checked(path: Path, kind: type | tuple[type, ...] = (dict, list)) 
     return content, None
 
 
-def _pid_alive(pid: Any) -> bool:
-    from .runs import _pid_alive as alive
-
-    return alive(pid)
-
-
 @dataclass
 class RunFolder:
     """One run folder as far as it is written; ``problems`` says what is missing or broken."""
@@ -120,7 +115,7 @@ class RunFolder:
     @property
     def state(self) -> str:
         state = str(self.status.get("state", "unknown"))
-        if state == "running" and not _pid_alive(self.status.get("pid")):
+        if state == "running" and not process_alive(self.status.get("pid")):
             return "crashed"
         return state
 

@@ -20,6 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .processes import process_alive
+
 RUN_STATES = ("running", "finished", "failed", "cancelled")
 
 
@@ -154,7 +156,7 @@ class Run:
     @property
     def state(self) -> str:
         state = self.status.get("state", "unknown")
-        if state == "running" and not _pid_alive(self.status.get("pid")):
+        if state == "running" and not process_alive(self.status.get("pid")):
             return "crashed"
         return state
 
@@ -169,18 +171,6 @@ class Run:
             return "\n".join((self.path / "log.txt").read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def list_runs(root: Path | None = None) -> list[Run]:
