@@ -87,7 +87,9 @@ def load_predictor(name: str) -> predict_module.Predictor:
     return _load_predictor(model_key(name), name)
 
 
-@st.cache_data(max_entries=512, ttl=6 * 3600, show_spinner="Classifying…")
+# Each entry holds the lesion outline at the scan's size (about 0.3 MB for a BUSI scan), so the count bounds
+# the server's memory; a miss costs one ~20 ms forward pass.
+@st.cache_data(max_entries=128, ttl=6 * 3600, show_spinner="Classifying…")
 def cached_prediction(model: str, key: str, scan_digest: str, mask_digest: str | None, _scan, _mask):
     return load_predictor(model).predict(_scan, _mask)
 

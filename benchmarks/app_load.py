@@ -1,0 +1,154 @@
+"""The app under load, in headless Chromium against one ``streamlit run app.py`` on localhost.
+
+1. Concurrency: SESSIONS browser contexts (each its own Streamlit session) open the Classify page and
+   upload a different BUSI scan at the same moment, ROUNDS times with fresh scans; prints p50 and p95
+   of the time from upload to the predicted class on screen, and checks each class against the
+   Predictor's own answer for that scan.
+2. Soak: one session uploads SOAK different scans one after another (upload, wait for its result,
+   remove it, as a clinician working through a list would); the server's resident memory is read from
+   /proc every SAMPLE_EVERY uploads, so the curve shows whether it levels off.
+
+    python benchmarks/app_load.py --sessions 10 --rounds 3 --soak 600 --json benchmarks/results/app-load.json
+
+Needs Chromium (/usr/bin/chromium or $CHROMIUM) and the test extras (playwright). The server's caches
+and runs folders go to a temporary folder; nothing in the repository is written but the --json file.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the browser plumbing is shared with the end-to-end tests
+
+from e2e_helpers import (  # noqa: E402
+    CHROMIUM_ARGS, METRIC, UPLOADER, VIEWPORT, classify_concurrently, find_chromium, open_app, process_rss_mib,
+    running_server, wait_idle,
+)
+
+from imagemasknet.data import find_data_root  # noqa: E402
+from imagemasknet.predict import Predictor, read_scan  # noqa: E402
+from imagemasknet.runs import write_json  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def interleaved_scans(root: Path) -> list[Path]:
+    """All BUSI scans, the classes interleaved, so any prefix mixes normal, benign and malignant."""
+    by_class = [sorted((root / label / "images").glob("*.png")) for label in ("benign", "malignant", "normal")]
+    scans = []
+    for index in range(max(len(files) for files in by_class)):
+        scans.extend(files[index] for files in by_class if index < len(files))
+    if not scans:
+        raise SystemExit(f"no BUSI scans under {root}")
+    return scans
+
+
+def concurrency(browser, url: str, scans: list[Path], sessions: int, rounds: int, predictor) -> dict:
+    seconds, wrong = [], []
+    for round_index in range(rounds):
+        batch = scans[round_index * sessions:(round_index + 1) * sessions]
+        results = classify_concurrently(browser, url, batch)
+        for path, (shown, elapsed) in zip(batch, results):
+            expected = predictor.predict(read_scan(path)).label.capitalize()
+            if shown != expected:
+                wrong.append({"file": path.name, "shown": shown, "expected": expected})
+            seconds.append(elapsed)
+        print(f"round {round_index + 1}/{rounds}: {sessions} sessions, upload→result "
+              f"median {statistics.median(s for _, s in results):.2f} s, slowest {max(s for _, s in results):.2f} s",
+              flush=True)
+    return {"sessions": sessions, "rounds": rounds, "uploads": len(seconds), "wrong": wrong,
+            "p50_s": round(percentile(seconds, 50), 3), "p95_s": round(percentile(seconds, 95), 3),
+            "max_s": round(max(seconds), 3), "seconds": [round(s, 3) for s in seconds]}
+
+
+def soak(browser, url: str, scans: list[Path], uploads: int, sample_every: int, server_pid: int) -> dict:
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    samples = [{"uploads": 0, "rss_mib": round(process_rss_mib(server_pid), 1)}]
+    seconds = []
+    started = time.monotonic()
+    try:
+        open_app(page, url)
+        samples[0]["rss_mib"] = round(process_rss_mib(server_pid), 1)  # after the first script run loaded the model
+        for count in range(1, uploads + 1):
+            path = scans[(count - 1) % len(scans)]
+            begin = time.monotonic()
+            page.locator(UPLOADER).first.set_input_files(str(path))
+            page.locator("h4", has_text=path.name).wait_for()
+            page.locator(METRIC).first.wait_for()
+            seconds.append(time.monotonic() - begin)
+            wait_idle(page, quiet=0.3)
+            page.get_by_label(f"Remove {path.name}", exact=True).click()
+            page.get_by_text("Drop one or several scans above").wait_for()
+            if count % sample_every == 0 or count == uploads:
+                rss = process_rss_mib(server_pid)
+                samples.append({"uploads": count, "rss_mib": round(rss, 1)})
+                print(f"soak {count}/{uploads}: server RSS {rss:.0f} MiB, "
+                      f"{(time.monotonic() - started) / count:.2f} s per upload", flush=True)
+    finally:
+        context.close()
+    half = len(samples) // 2
+    return {"uploads": uploads, "distinct_scans": min(uploads, len(scans)), "samples": samples,
+            "rss_start_mib": samples[0]["rss_mib"], "rss_mid_mib": samples[half]["rss_mib"],
+            "rss_end_mib": samples[-1]["rss_mib"], "rss_peak_mib": max(s["rss_mib"] for s in samples),
+            "upload_to_result_p50_s": round(percentile(seconds, 50), 3),
+            "upload_to_result_p95_s": round(percentile(seconds, 95), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of concurrent uploads (0: skip them)")
+    parser.add_argument("--soak", type=int, default=300, help="uploads in the soak session (0: skip it)")
+    parser.add_argument("--sample-every", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    chromium = find_chromium()
+    if chromium is None:
+        raise SystemExit("no Chromium found: install Debian's chromium or set $CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    scans = interleaved_scans(find_data_root())
+    predictor = Predictor.shipped()
+    report = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.python_version()}",
+              "date": time.strftime("%Y-%m-%d")}
+    with tempfile.TemporaryDirectory(prefix="imagemasknet-load-") as work, running_server(Path(work)) as (url, server):
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            try:
+                if args.rounds:
+                    report["concurrency"] = concurrency(browser, url, scans, args.sessions, args.rounds, predictor)
+                    load = report["concurrency"]
+                    print(f"{load['uploads']} uploads in {args.rounds} rounds of {args.sessions} concurrent sessions: "
+                          f"p50 {load['p50_s']:.2f} s, p95 {load['p95_s']:.2f} s, max {load['max_s']:.2f} s, "
+                          f"{len(load['wrong'])} wrong", flush=True)
+                if args.soak:
+                    fresh = scans[args.sessions * args.rounds:] or scans
+                    report["soak"] = soak(browser, url, fresh, args.soak, args.sample_every, server.pid)
+                    result = report["soak"]
+                    print(f"soak: {result['uploads']} uploads, server RSS {result['rss_start_mib']:.0f} → "
+                          f"{result['rss_mid_mib']:.0f} (half-way) → {result['rss_end_mib']:.0f} MiB, "
+                          f"upload→result p50 {result['upload_to_result_p50_s']:.2f} s", flush=True)
+            finally:
+                browser.close()
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
