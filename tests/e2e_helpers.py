@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +26,10 @@ from typing import Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCREENSHOTS = REPO / "docs" / "screenshots"
+#: Where the browser tests save their screenshots: a temporary folder, unless $IMAGEMASKNET_SCREENSHOTS names
+#: one (``IMAGEMASKNET_SCREENSHOTS=docs/screenshots`` refreshes the README's, best with the full CV results
+#: in ./results, which the Training page's shots show).
+SCREENSHOTS = Path(os.environ.get("IMAGEMASKNET_SCREENSHOTS") or Path(tempfile.gettempdir()) / "imagemasknet-screenshots")
 VIEWPORT = {"width": 1400, "height": 900}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
@@ -177,7 +181,7 @@ def wait_idle(page, timeout: float = 120, quiet: float = 1.0) -> None:
 
 
 def screenshot(page, name: str, whole_page: bool = True, max_height: int = 3000) -> Path:
-    """Save ``docs/screenshots/NAME``. Streamlit scrolls inside its main area rather than the document, so
+    """Save ``SCREENSHOTS/NAME``. Streamlit scrolls inside its main area rather than the document, so
     for the whole page the viewport is made as tall as the content for the shot, then restored."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / name

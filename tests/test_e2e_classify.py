@@ -2,7 +2,7 @@
 
 Uploads real BUSI scans, checks the class against the Predictor, the chart, mask mode with an uploaded
 mask and with a rectangle drawn on the canvas with the mouse, a corrupt file in a batch, and that there is
-exactly one navigation menu. Saves the README screenshots to docs/screenshots/classify-*.png.
+exactly one navigation menu. Saves screenshots classify-*.png (see e2e_helpers.SCREENSHOTS).
 """
 from __future__ import annotations
 

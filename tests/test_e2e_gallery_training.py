@@ -2,7 +2,7 @@
 
 Gallery: filter to malignant, open a case, and check its overlay (the reference mask drawn in green on the
 scan, Grad-CAM beside it). Training: a results folder with real runs shows its curves and charts. Saves the
-README screenshots to docs/screenshots/gallery-*.png and training-*.png (1400×900 viewport).
+screenshots gallery-*.png and training-*.png (1400×900 viewport; see e2e_helpers.SCREENSHOTS).
 
 The server runs on a 31-case copy of BUSI (so the shipped model classifies it in seconds, not minutes) and
 on a results folder of real runs: the checkout's cross-validation results when present, else a real

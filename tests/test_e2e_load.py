@@ -27,7 +27,7 @@ BUSI = BUNDLED_COPY if BUNDLED_COPY.is_dir() else SHARED_COPY
 SCANS = [BUSI / label / "images" / f"{label} ({n}).png" for label, numbers in
          (("benign", (3, 5, 7, 9)), ("malignant", (2, 4, 6)), ("normal", (2, 4, 6))) for n in numbers]
 #: Top-level folders of the repository that tests and tools write to (compiled files are skipped everywhere).
-NOT_WATCHED = {".git", ".venv", "docs", "tests", ".pytest_cache", ".hypothesis", "results"}
+NOT_WATCHED = {".git", ".venv", "tests", ".pytest_cache", ".hypothesis", "results"}
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Fills the form (one epoch, a 20-scan subset at 64 px), starts the job, reloads the page while it runs
 (the page finds the job again through the lock), waits for the progress bar to reach the end, and
-promotes the run. Saves docs/screenshots/retrain.png.
+promotes the run. Saves the screenshot retrain.png (see e2e_helpers.SCREENSHOTS).
 """
 from __future__ import annotations
 
