@@ -24,6 +24,9 @@ from imagemasknet.explain import heatmap_overlay, outline
 from imagemasknet.models import DEFAULT_MODEL, get_spec
 from imagemasknet.owndata import load_site_threshold, site_threshold_for
 from imagemasknet.report import html_report, results_csv
+from pages import through_app
+
+through_app()
 
 SCAN_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
 MASK_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]

@@ -20,6 +20,9 @@ from imagemasknet.predict import Prediction, Predictor, ScanError, read_scan, sh
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.runs import WeightsError
 from imagemasknet.splits import SplitError, load_folds
+from pages import through_app
+
+through_app()
 
 MODE_TEXT = {"image": "scan only", "mask": "scan + reference mask"}
 ORDER_TEXT = {"dataset": "dataset order", "confidence": "least confident first", "wrong first": "wrong first"}

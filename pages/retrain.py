@@ -14,6 +14,9 @@ from imagemasknet import access, jobs
 from imagemasknet import run_charts as rc
 from imagemasknet.config import PRESETS
 from imagemasknet.models import DEFAULT_MODEL
+from pages import through_app
+
+through_app()
 
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 NO_PRESET = "(defaults)"
