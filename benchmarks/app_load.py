@@ -16,6 +16,7 @@ and runs folders go to a temporary folder; nothing in the repository is written 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -124,7 +125,7 @@ def main() -> None:
 
     scans = interleaved_scans(find_data_root())
     predictor = Predictor.shipped()
-    report = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.python_version()}",
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
               "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory(prefix="imagemasknet-load-") as work, running_server(Path(work)) as (url, server):
         with sync_playwright() as playwright:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from imagemasknet.data import load_arrays, load_busi, content_fingerprint
+from imagemasknet.data import content_fingerprint, load_busi
 from imagemasknet.models import count_parameters, get_spec
 from imagemasknet.predict import WEIGHTS_DIR, Predictor
 from imagemasknet.runs import read_json, write_json

@@ -115,25 +115,29 @@ class TrainingStep(torch.nn.Module):
         self.model, self.spec = model, spec
         self.label_smoothing, self.segmentation_weight = config.label_smoothing, config.segmentation_weight
         self.class_weight = class_weight
+        self.bf16 = config.precision == "bf16"
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, y: torch.Tensor, mode: str,
                 given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         device = y.device
-        if given is not None:  # models that pick the given or the predicted lesion per scan
-            output = self.model(*model_input(self.spec, images, masks, "mask", device), mask_given=given)
-            segmenting = True
-        else:
-            output = self.model(*model_input(self.spec, images, masks, mode, device))
-            segmenting = mode == "image"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if given is not None:  # models that pick the given or the predicted lesion per scan
+                output = self.model(*model_input(self.spec, images, masks, "mask", device), mask_given=given)
+                segmenting = True
+            else:
+                output = self.model(*model_input(self.spec, images, masks, mode, device))
+                segmenting = mode == "image"
+        logits = output.logits.float()
+        lesion_logits = output.lesion_logits.float() if output.lesion_logits is not None else None
         masks = masks.to(device)
         has_lesion = masks.flatten(1).any(1)
         weights = self.class_weight[y] if self.class_weight is not None else torch.ones(len(y), device=device)
         shares = distributed.share_denominators(torch.stack([weights.sum(), has_lesion.sum().float()]))
-        loss = F.cross_entropy(output.logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing,
+        loss = F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing,
                                reduction="sum") / shares[0]
-        if output.lesion_logits is not None and segmenting and self.segmentation_weight > 0:
-            loss = loss + self.segmentation_weight * segmentation_loss(output.lesion_logits, masks, shares[1])
-        return loss, output.logits.detach()
+        if lesion_logits is not None and segmenting and self.segmentation_weight > 0:
+            loss = loss + self.segmentation_weight * segmentation_loss(lesion_logits, masks, shares[1])
+        return loss, logits.detach()
 
 
 def uses_mask(config: TrainConfig, spec: ModelSpec, epoch: int, rng: random.Random) -> bool:
@@ -232,7 +236,7 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> dict:
         raise ValueError(f"{run_dir} is still running (pid {run.status.get('pid')}); stop it before resuming")
     if run.state == "finished":
         raise ValueError(f"{run_dir} already finished; nothing to resume")
-    if run.config != config.to_dict():
+    if TrainConfig.from_dict(run.config).to_dict() != config.to_dict():  # settings added since count as defaults
         raise ValueError(f"resume {run_dir} with its own config.json (train --resume takes no other settings)")
     from safetensors import safe_open
 
@@ -379,6 +383,8 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
     world = world or distributed.World()
     main = world.is_main
     model = build_model(spec.name, image_size=config.image_size).to(device)
+    if config.precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)  # oneDNN's bfloat16 convolutions are fastest on it
     dataset = ScanDataset(arrays.take(train_ids), config.augment, config.image_size)
     generator = torch.Generator().manual_seed(config.seed)
     per_rank = config.batch_size // world.world_size

@@ -156,6 +156,19 @@ def test_evaluate_cli_writes_json_with_ci(trained_run, busi_root, shared_cache, 
     assert not (trained_run / "metrics.json").exists()  # --json given: the run folder is left alone
 
 
+def test_bf16_precision_trains_like_fp32_and_saves_plain_weights(trained_run, busi_root, busi_arrays, tmp_path):
+    run_dir = train(quick_config(busi_root, tmp_path / "bf16", precision="bf16"), progress=False)
+    fp32, bf16 = read_json(trained_run / "history.json")[0], read_json(run_dir / "history.json")[0]
+    # same seed, same batches: the bfloat16 forward pass changes the loss only in its last digits
+    assert bf16["train"]["loss"] == pytest.approx(fp32["train"]["loss"], rel=0.03)
+    model = load_model("lesion-resunet", run_dir / "best.safetensors", image_size=SIZE)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    predictions = predict_arrays(model, get_spec("lesion-resunet"), busi_arrays.take(read_json(run_dir / "split.json")["test"]),
+                                 "image", torch.device("cpu"))
+    accuracy = point_metrics(softmax(predictions.logits), predictions.labels)["accuracy"]
+    assert accuracy == pytest.approx(bf16["heldout"]["image"]["accuracy"])  # evaluation runs in fp32
+
+
 def test_study_m1_preset_trains_one_epoch(busi_root, shared_cache, isolated_env, tmp_path):
     config = preset("study-m1", epochs=1, limit=12, image_size=SIZE, data=str(busi_root),
                     out_dir=str(tmp_path / "m1"), device="cpu")
