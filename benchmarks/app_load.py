@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the browser plumbing is shared with the end-to-end tests
 
@@ -35,15 +37,6 @@ from e2e_helpers import (  # noqa: E402
 from imagemasknet.data import find_data_root  # noqa: E402
 from imagemasknet.predict import Predictor, read_scan  # noqa: E402
 from imagemasknet.runs import write_json  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def interleaved_scans(root: Path) -> list[Path]:
@@ -71,7 +64,8 @@ def concurrency(browser, url: str, scans: list[Path], sessions: int, rounds: int
               f"median {statistics.median(s for _, s in results):.2f} s, slowest {max(s for _, s in results):.2f} s",
               flush=True)
     return {"sessions": sessions, "rounds": rounds, "uploads": len(seconds), "wrong": wrong,
-            "p50_s": round(percentile(seconds, 50), 3), "p95_s": round(percentile(seconds, 95), 3),
+            "p50_s": round(float(np.percentile(seconds, 50)), 3),
+            "p95_s": round(float(np.percentile(seconds, 95)), 3),
             "max_s": round(max(seconds), 3), "seconds": [round(s, 3) for s in seconds]}
 
 
@@ -106,8 +100,8 @@ def soak(browser, url: str, scans: list[Path], uploads: int, sample_every: int, 
     return {"uploads": uploads, "distinct_scans": min(uploads, len(scans)), "samples": samples,
             "rss_start_mib": samples[0]["rss_mib"], "rss_mid_mib": samples[half]["rss_mib"],
             "rss_end_mib": samples[-1]["rss_mib"], "rss_peak_mib": max(s["rss_mib"] for s in samples),
-            "upload_to_result_p50_s": round(percentile(seconds, 50), 3),
-            "upload_to_result_p95_s": round(percentile(seconds, 95), 3)}
+            "upload_to_result_p50_s": round(float(np.percentile(seconds, 50)), 3),
+            "upload_to_result_p95_s": round(float(np.percentile(seconds, 95)), 3)}
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from imagemasknet.config import preset
+from imagemasknet.config import PRECISIONS, preset
 from imagemasknet.runs import read_json
 from imagemasknet.train import train
 
@@ -20,7 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--presets", nargs="+", default=["lesion-resunet", "study-m1", "study-m2"])
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"| preset | architecture | seconds per epoch (CPU, {args.threads} threads, {args.precision}) | epochs in the preset | minutes per fold |")

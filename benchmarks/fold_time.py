@@ -15,32 +15,34 @@ import argparse
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from imagemasknet.runs import read_json, write_json
+from cross_validation import job_commands
+
+from imagemasknet.config import PRECISIONS
+from imagemasknet.runs import Run, read_json, write_json
 
 PRESET = "lesion-resunet"
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def run_fold(out: Path, fold: int, precision: str) -> Path:
+    """Train (unless a finished run is there) and evaluate on the test fold, as the cross-validation does."""
     run = out / f"{PRESET}-fold{fold}-{precision}"
-    cli = [sys.executable, "-m", "imagemasknet"]
-    if (read_json(run / "status.json", {}) or {}).get("state") != "finished":
+    train, evaluate = job_commands(run, PRESET, ["--fold", str(fold), "--precision", precision],
+                                   argparse.Namespace(busbra=None, resamples=1000))
+    if Run(run).state != "finished":
         print(f"training fold {fold} with {precision} into {run} …", flush=True)
-        subprocess.run([*cli, "train", "--preset", PRESET, "--fold", str(fold), "--precision", precision,
-                        "--no-progress", "--out-dir", str(run)], check=True)
+        subprocess.run(train, check=True)
     if not (run / "metrics-test.json").exists():
-        subprocess.run([*cli, "evaluate", "--run", str(run), "--on", "test", "--resamples", "1000",
-                        "--json", str(run / "metrics-test.json")], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(evaluate, check=True, stdout=subprocess.DEVNULL)
     return run
 
 
@@ -59,7 +61,7 @@ def summary(run: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--out", type=Path, default=Path("results/fold-time"))
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()

@@ -5,6 +5,7 @@ import runpy
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -14,8 +15,6 @@ def through_app() -> None:
     entry script for an old-style multipage app: a page opened by its address right after a restart runs
     alone, without app.py's navigation, page settings and notice. Run app.py instead (its navigation
     picks this same page from the address, and from then on the server uses it) and stop the bare run."""
-    from streamlit.runtime.pages_manager import PagesManager
-
     if getattr(PagesManager, "uses_pages_directory", False):
         runpy.run_path(str(APP))
         st.stop()
