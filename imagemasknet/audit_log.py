@@ -1,13 +1,14 @@
 """The append-only audit log of who changed what: launches, cancels, finishes, failures, promotions,
 roll backs and sign-ins, one JSON object per line in ``audit.jsonl`` under the runs folder.
 
-Each entry is written with one ``write`` on a descriptor opened with ``O_APPEND`` and then fsynced,
-so entries never interleave and earlier lines are never rewritten. A crash mid-write can at worst
-leave the last line cut off: the next append starts on a fresh line, and :func:`read` skips (and
-counts) lines that do not parse.
+Each entry is written with one ``write`` on a descriptor opened with ``O_APPEND``, under an
+exclusive ``flock`` and then fsynced, so entries never interleave and earlier lines are never
+rewritten. A crash mid-write can at worst leave the last line cut off: the next append starts on a
+fresh line, and :func:`read` skips (and counts) lines that do not parse.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -64,6 +65,9 @@ def append(action: str, *, run: str | None = None, outcome: str = "ok", session:
     line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
     fd = os.open(log_path(root), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
+        # Without the lock another process's write in progress can show a size that ends mid-line,
+        # and this entry would then start with a needless newline.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # a line cut off by a crash stays on its own

@@ -200,8 +200,11 @@ def test_a_torn_line_never_corrupts_earlier_or_later_entries(tmp_path):
         audit_log.append("delete-everything", root=tmp_path)
 
 
+APPENDS_PER_WORKER = 150
+
+
 def _append_many(root: str, worker: int) -> None:
-    for n in range(40):
+    for n in range(APPENDS_PER_WORKER):
         audit_log.append("cancel", run=f"w{worker}-{n}", outcome="requested", detail="x" * 300, root=Path(root),
                          model_before="a" * 64, model_after="a" * 64)
 
@@ -215,8 +218,8 @@ def test_appends_from_many_processes_never_interleave(tmp_path):
         w.join(60)
         assert w.exitcode == 0
     log = audit_log.read(tmp_path)
-    assert log.unreadable_lines == 0 and len(log.entries) == 160
-    assert {e["run"] for e in log.entries} == {f"w{w}-{n}" for w in range(4) for n in range(40)}
+    assert log.unreadable_lines == 0 and len(log.entries) == 4 * APPENDS_PER_WORKER
+    assert {e["run"] for e in log.entries} == {f"w{w}-{n}" for w in range(4) for n in range(APPENDS_PER_WORKER)}
     lines = audit_log.log_path(tmp_path).read_bytes().splitlines()
     assert all(json.loads(line)["action"] == "cancel" for line in lines)
 
