@@ -212,6 +212,7 @@ def new_run_dir(config: TrainConfig) -> Path:
 
 
 STATE_FILE = "last.state.pt"
+EMA_FILE = "last-ema.safetensors"  # the moving average at the last checkpoint (runs with ema_decay > 0)
 
 
 def resume_config(run_dir: Path | str) -> TrainConfig:
@@ -240,12 +241,16 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> dict:
         raise ValueError(f"resume {run_dir} with its own config.json (train --resume takes no other settings)")
     from safetensors import safe_open
 
-    with safe_open(str(run_dir / "last.safetensors"), "pt") as weights:
-        weights_epoch = (weights.metadata() or {}).get("epoch")
     state_epoch = load_state(run_dir / STATE_FILE).get("epoch")
-    if str(weights_epoch) != str(state_epoch):
-        raise ValueError(f"cannot resume {run_dir}: last.safetensors is from epoch {weights_epoch} but "
-                         f"{STATE_FILE} from epoch {state_epoch} (the run stopped between the two writes)")
+    for name in ("last.safetensors", EMA_FILE) if config.ema_decay > 0 else ("last.safetensors",):
+        try:
+            with safe_open(str(run_dir / name), "pt") as weights:
+                weights_epoch = (weights.metadata() or {}).get("epoch")
+        except OSError:
+            weights_epoch = None
+        if str(weights_epoch) != str(state_epoch):
+            raise ValueError(f"cannot resume {run_dir}: {name} is from epoch {weights_epoch} but "
+                             f"{STATE_FILE} from epoch {state_epoch} (the run stopped between the writes)")
     return run.status
 
 
@@ -417,6 +422,12 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
     if config.class_balanced:
         class_weight = torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
     step = TrainingStep(model, spec, config, class_weight)
+    # What is evaluated, checkpointed and shipped: the weights themselves, or their moving average.
+    averaged = None
+    if config.ema_decay > 0:
+        averaged = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    evaluated = averaged.module if averaged is not None else model
     if world.enabled:
         # Every parameter takes part in each step only when the model picks its mask per scan and segments.
         all_used = config.mask_schedule == "random" and spec.per_scan_mask_choice and config.segmentation_weight > 0
@@ -433,6 +444,9 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
         from .runs import load_weights
 
         load_weights(run_dir / "last.safetensors", model)
+        if averaged is not None:
+            load_weights(run_dir / EMA_FILE, averaged.module)
+            averaged.n_averaged.fill_(1)  # any count above zero: the next update averages, not copies
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         first_epoch, best_val = int(state["epoch"]), float(state["best_val"])
@@ -471,6 +485,8 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -488,11 +504,13 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
         entry = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 1),
                  "train": train_entry, "heldout": {}, "validation": {}}
         distributed.sync_buffers(model)  # evaluate and save rank 0's batch-norm statistics on every rank
+        if averaged is not None:
+            distributed.sync_buffers(evaluated)
         for mode in spec.modes:
             if test_ids:
-                entry["heldout"][mode] = heldout_metrics(_predict(model, spec, test_arrays, mode, device))
+                entry["heldout"][mode] = heldout_metrics(_predict(evaluated, spec, test_arrays, mode, device))
             if val_ids:
-                entry["validation"][mode] = heldout_metrics(_predict(model, spec, val_arrays, mode, device))
+                entry["validation"][mode] = heldout_metrics(_predict(evaluated, spec, val_arrays, mode, device))
         history.append(entry)
         tag = {"arch": spec.name, "epoch": str(epoch + 1)}
         final = epoch + 1 == config.epochs
@@ -506,6 +524,8 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
             # holds a best checkpoint newer than its last one).
             if final or improved or time.monotonic() - last_saved > 120:
                 save_weights(run_dir / "last.safetensors", model, tag)
+                if averaged is not None:
+                    save_weights(run_dir / EMA_FILE, evaluated, tag)
                 save_state(run_dir / STATE_FILE, {
                     "epoch": epoch + 1, "best_val": best_val, "world_size": world.world_size,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -514,7 +534,7 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
                 })
                 last_saved = time.monotonic()
             if improved or (not val_ids and final):
-                save_weights(run_dir / "best.safetensors", model, tag)
+                save_weights(run_dir / "best.safetensors", evaluated, tag)
         summary = {m: round(v["accuracy"], 3) for m, v in entry["heldout"].items()}
         log(f"epoch {epoch + 1}: train loss {entry['train']['loss']:.4f} acc {entry['train']['accuracy']:.3f}; held-out acc {summary}")
         epochs.set_postfix(loss=f"{entry['train']['loss']:.3f}", **{f"acc_{m}": a for m, a in summary.items()})

@@ -21,7 +21,7 @@ from imagemasknet.data import CLASSES, load_arrays, load_busi
 from imagemasknet.evaluate import predict_arrays
 from imagemasknet.models import build_model, get_spec
 from imagemasknet.runs import Run, load_model, load_state, read_json
-from imagemasknet.train import STATE_FILE, TrainingStep, heldout_metrics, train
+from imagemasknet.train import EMA_FILE, STATE_FILE, TrainingStep, heldout_metrics, train
 
 pytestmark = pytest.mark.slow
 
@@ -243,10 +243,13 @@ def test_killed_rank_fails_the_job_clearly_and_resume_finishes_it(two_rank_run, 
     _assert_histories_close(read_json(run_dir / "history.json"), read_json(two_rank_run / "history.json"))
 
 
-def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(busi_root, shared_cache, monkeypatch,
+@pytest.mark.parametrize("averaging", [[], ["--ema-decay", "0.9"]], ids=["weights", "moving-average"])
+def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(averaging, busi_root, shared_cache, monkeypatch,
                                                                           tmp_path, capsys):
-    flags = train_flags(busi_root, tmp_path / "full")
-    assert cli.main(["train", *flags]) == 0
+    def train_flags_(out_dir: Path) -> list[str]:
+        return [*train_flags(busi_root, out_dir), *averaging]
+
+    assert cli.main(["train", *train_flags_(tmp_path / "full")]) == 0
     real_fault = distributed.injected_fault
 
     def ctrl_c_at_epoch_2(epoch: int, batch: int) -> None:
@@ -256,7 +259,7 @@ def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(busi_r
 
     monkeypatch.setattr(train_module.distributed, "injected_fault", ctrl_c_at_epoch_2)
     cut = tmp_path / "cut"
-    assert cli.main(["train", *train_flags(busi_root, cut)]) == 130
+    assert cli.main(["train", *train_flags_(cut)]) == 130
     assert read_json(cut / "status.json")["state"] == "cancelled"
     assert len(read_json(cut / "history.json")) == 1
     monkeypatch.setattr(train_module.distributed, "injected_fault", real_fault)
@@ -268,6 +271,13 @@ def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(busi_r
     _assert_histories_close(read_json(cut / "history.json"), read_json(tmp_path / "full" / "history.json"))
     assert cli.main(["train", "--resume", str(cut)]) == 2  # finished: nothing to resume
     assert "already finished" in capsys.readouterr().err
+    if averaging:  # the held-out figures are the moving average's, not the last step's weights'
+        arrays = load_arrays(load_busi(busi_root), SIZE).take(read_json(cut / "split.json")["test"])
+        logged = read_json(cut / "history.json")[-1]["heldout"]["image"]["loss"]
+        for weights, matches in ((EMA_FILE, True), ("last.safetensors", False)):
+            model = load_model("lesion-resunet", cut / weights, image_size=SIZE)
+            loss = heldout_metrics(predict_arrays(model, get_spec("lesion-resunet"), arrays, "image", torch.device("cpu")))["loss"]
+            assert (loss == pytest.approx(logged, abs=1e-5)) is matches
 
 
 def test_global_batch_must_split_evenly_over_ranks(busi_root):
