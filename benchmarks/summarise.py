@@ -31,6 +31,17 @@ def _mode_metrics(path: Path, mode: str) -> dict | None:
     return report and report["modes"].get(mode)
 
 
+def inner_validation_loss(run: Path, mode: str) -> float | None:
+    """The validation loss in ``mode`` at the run's best checkpoint (the epoch with the lowest
+    validation loss in the model's first mode): the figure that chooses between recipes."""
+    history = [e for e in read_json(run / "history.json", []) if e.get("validation")]
+    if not history:
+        return None
+    primary = next(iter(history[0]["validation"]))
+    best = min(history, key=lambda e: e["validation"][primary]["loss"])
+    return best["validation"][mode]["loss"]
+
+
 def summarise(results: Path, folds: list[int]) -> dict:
     summary: dict = {}
     for preset in PRESETS:
@@ -44,7 +55,8 @@ def summarise(results: Path, folds: list[int]) -> dict:
                     continue
                 row = {"fold": k, **{key: test["metrics"][key] for key, _ in COLUMNS},
                        "uncalibrated_ece": test.get("uncalibrated_ece"),
-                       "lesion_dice": test.get("lesion_dice", {}).get("mean")}
+                       "lesion_dice": test.get("lesion_dice", {}).get("mean"),
+                       "inner_validation_loss": inner_validation_loss(results / f"{preset}-fold{k}", mode)}
                 if external:
                     row["busbra_auc"] = external["lesions"]["benign_vs_malignant_auc"]
                     row["busbra_called_normal"] = external["lesions"]["lesions_called_normal"]
@@ -54,7 +66,7 @@ def summarise(results: Path, folds: list[int]) -> dict:
                 for key in [k for k, _ in COLUMNS]:
                     values = np.array([r[key]["value"] for r in per_fold])
                     entry[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-                for key in ("lesion_dice", "busbra_auc", "busbra_called_normal", "uncalibrated_ece"):
+                for key in ("lesion_dice", "busbra_auc", "busbra_called_normal", "uncalibrated_ece", "inner_validation_loss"):
                     values = np.array([r[key] for r in per_fold if r.get(key) is not None], dtype=float)
                     if len(values):
                         entry[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}

@@ -31,20 +31,27 @@ def model_input(spec: ModelSpec, images: torch.Tensor, masks: torch.Tensor | Non
 
 @torch.no_grad()
 def predict_arrays(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, mode: str,
-                   device: torch.device, batch_size: int = 32) -> Predictions:
+                   device: torch.device, batch_size: int = 32, flip_average: bool = False) -> Predictions:
+    """``flip_average``: average the logits (and lesion logits) over each scan and its left-right mirror."""
     model.eval()
     logits, dices = [], []
     for start in range(0, len(arrays.ids), batch_size):
         images = torch.from_numpy(arrays.images[start:start + batch_size]).unsqueeze(1)
         masks = torch.from_numpy(arrays.masks[start:start + batch_size]).unsqueeze(1)
         output = model(*model_input(spec, images, masks, mode, device))
-        logits.append(output.logits.float().cpu().numpy())
+        class_logits, lesion_logits = output.logits.float(), output.lesion_logits
+        if flip_average:
+            mirrored = model(*model_input(spec, images.flip(-1), masks.flip(-1), mode, device))
+            class_logits = (class_logits + mirrored.logits.float()) / 2
+            if lesion_logits is not None:
+                lesion_logits = (lesion_logits + mirrored.lesion_logits.flip(-1)) / 2
+        logits.append(class_logits.cpu().numpy())
         for n in range(len(images)):
             truth = arrays.masks[start + n]
-            if output.lesion_logits is None or not truth.any():
+            if lesion_logits is None or not truth.any():
                 dices.append(np.nan)
             else:
-                lesion = output.lesion_logits[n, 0]
+                lesion = lesion_logits[n, 0]
                 if lesion.shape != truth.shape:
                     lesion = F.interpolate(lesion[None, None], size=truth.shape, mode="bilinear")[0, 0]
                 dices.append(dice((lesion > 0).cpu().numpy(), truth))

@@ -91,3 +91,27 @@ def test_predicted_lesion_overlaps_the_drawn_lesion(predictor, busi_root):
         truth = read_mask(busi_root / "malignant" / "masks" / f"malignant ({n})_mask.png", scan.pixels.shape)
         scores.append(dice(predictor.predict(scan).lesion_mask, truth))
     assert np.mean(scores) > 0.5, scores
+
+
+def test_flip_average_is_mirror_invariant_and_maps_the_lesion_back(predictor, busi_root):
+    """Averaging over a scan and its mirror must give the mirrored scan the same class logits and the
+    same Dice against its mirrored mask; a lesion map left unflipped would score differently."""
+    from imagemasknet.data import Arrays, read_grey, read_mask, resize_pair
+    from imagemasknet.evaluate import predict_arrays
+
+    images, masks = [], []
+    for n in (1, 7, 20):
+        image = read_grey(busi_root / "malignant" / "images" / f"malignant ({n}).png")
+        mask = read_mask((busi_root / "malignant" / "masks" / f"malignant ({n})_mask.png",), image.shape)
+        image, mask = resize_pair(image, mask, 256)
+        images.append(image), masks.append(mask)
+    scans = Arrays(["a", "b", "c"], np.full(3, CLASSES.index("malignant")), np.stack(images), np.stack(masks))
+    mirrored = Arrays(scans.ids, scans.labels, scans.images[:, :, ::-1].copy(), scans.masks[:, :, ::-1].copy())
+    spec, cpu = get_spec(DEFAULT_MODEL), torch.device("cpu")
+    plain = predict_arrays(predictor.model, spec, scans, "image", cpu)
+    averaged = predict_arrays(predictor.model, spec, scans, "image", cpu, flip_average=True)
+    of_mirror = predict_arrays(predictor.model, spec, mirrored, "image", cpu, flip_average=True)
+    np.testing.assert_allclose(averaged.logits, of_mirror.logits, atol=1e-4)
+    np.testing.assert_allclose(averaged.dice, of_mirror.dice, atol=1e-3)
+    assert not np.allclose(plain.logits, averaged.logits, atol=1e-4)  # the mirror does change the answer
+    assert averaged.dice.mean() > 0.5
