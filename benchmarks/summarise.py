@@ -45,6 +45,8 @@ def inner_validation_loss(run: Path, mode: str) -> float | None:
 def summarise(results: Path, folds: list[int]) -> dict:
     summary: dict = {}
     for preset in PRESETS:
+        if not any((results / f"{preset}-{job}").is_dir() for job in [*(f"fold{k}" for k in folds), "all"]):
+            continue  # a results folder of some presets only
         spec = get_spec(read_json(results / f"{preset}-all" / "config.json", {}).get("arch", preset.replace("study-m1", "imagemasknet").replace("study-m2", "imagemasknet2")))
         for mode in spec.modes:
             per_fold = []
