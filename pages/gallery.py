@@ -135,16 +135,17 @@ mode = top[1].selectbox("Model input", modes or ["image"], key="g_mode", format_
                         disabled=len(modes) < 2, help="What the model was given when it classified each scan.")
 order = top[2].selectbox("Order", list(ORDER_TEXT), key="g_order", format_func=ORDER_TEXT.get)
 
+progress_slot = st.empty()  # on every run, so the first run's progress bar does not move what follows
 if model is not None:
     temperature = float(model.temperatures.get(mode, 1.0))
     path = g.predictions_path(weights_sha, fingerprint, mode, temperature)
     stored = stored_predictions(str(path), path.stat().st_mtime_ns, str(root), key) if path.exists() else None
     if stored is None:
-        bar = st.progress(0.0, text=f"Running the shipped model over all {len(arrays.ids)} scans "
-                                    "(once; the results are cached on disk)…")
+        bar = progress_slot.progress(0.0, text=f"Running the shipped model over all {len(arrays.ids)} scans "
+                                               "(once; the results are cached on disk)…")
         g.predict_all(busi, arrays, model, mode,
                       progress=lambda done, total: bar.progress(done / total, text=f"Classified {done} of {total} scans…"))
-        bar.empty()
+        progress_slot.empty()
         stored = stored_predictions(str(path), path.stat().st_mtime_ns, str(root), key)
     predictions = stored or {}
 
@@ -202,9 +203,10 @@ def tile_text(row: g.CaseRow) -> str:
 
 
 selected = st.query_params.get("case")
+case_slot = st.container()  # one slot, open or not, so the grid below keeps its place and reruns redraw it in place
 if selected and selected in cases:
     row, case = by_id[selected], cases[selected]
-    with st.container(border=True, key="case_detail"):
+    with case_slot.container(border=True, key="case_detail"):
         head = st.columns([5, 1])
         head[0].subheader(f"{row.id} — {row.label}")
         head[1].button("Close", on_click=close_case, icon=":material/close:", key="close_case", width="stretch")

@@ -290,10 +290,17 @@ st.title("Retrain")
 st.caption("Train a model on this machine with the same settings as `imagemasknet train`, watch it, and promote "
            "a finished run to the active model the Classify page uses. The job runs in the background: closing "
            "the browser does not stop it.")
-if "retrain_flash" in st.session_state:
-    kind, message = st.session_state.pop("retrain_flash")
-    getattr(st, kind)(message)
-admin_panel()
-active_model()
-launch_form(jobs.current_job())
+# Each section in a container of its own: however many elements the sections show (the "already
+# running" notice comes and goes), the Runs panel keeps its place in the page, so a rerun redraws it in
+# place instead of beside a stale copy.
+with st.container():
+    if "retrain_flash" in st.session_state:
+        kind, message = st.session_state.pop("retrain_flash")
+        getattr(st, kind)(message)
+with st.container():
+    admin_panel()
+with st.container():
+    active_model()
+with st.container():
+    launch_form(jobs.current_job())
 watch()

@@ -138,6 +138,21 @@ def make_busi_copy(busi_root, tmp_path):
 
 
 @pytest.fixture
+def top_level_slot():
+    """``top_level_slot(at, matches)``: the index of the page's top-level element holding a node for which
+    ``matches(node)`` is true. A fragment whose slot moves between reruns is drawn anew beside its stale
+    copy, so pages keep their fragments' slots fixed."""
+
+    def holds(node, matches) -> bool:
+        return matches(node) or any(holds(child, matches) for child in getattr(node, "children", {}).values())
+
+    def slot(at, matches) -> int | None:
+        return next((index for index, child in at.main.children.items() if holds(child, matches)), None)
+
+    return slot
+
+
+@pytest.fixture
 def retrain_page():
     """``retrain_page(session=None)``: the Retrain page under AppTest, signed in as ``session`` when given."""
     from streamlit.testing.v1 import AppTest

@@ -196,13 +196,19 @@ def test_gallery_grid_filters_and_pages(gallery_env):
     _no_errors(at)
 
 
-def test_gallery_detail_view_and_audit_summary(gallery_env):
+def test_gallery_detail_view_and_audit_summary(gallery_env, top_level_slot):
     at = _app(GALLERY)
     at.run(timeout=TIMEOUT)
     assert not [s for s in at.subheader if "—" in s.value]  # no case open yet
+
+    def grid(node) -> bool:
+        return getattr(node, "type", None) == "markdown" and "scans** match" in node.value
+
+    grid_slot = top_level_slot(at, grid)
     at.text_input(key="g_query").set_value("malignant (93)").run(timeout=TIMEOUT)
     at.button(key="open_malignant (93)").click().run(timeout=TIMEOUT)
     _no_errors(at)
+    assert top_level_slot(at, grid) == grid_slot is not None  # opening a case leaves the grid in its place
     assert at.query_params["case"] == ["malignant (93)"] or at.query_params["case"] == "malignant (93)"
     assert any(s.value == "malignant (93) — malignant" for s in at.subheader)
     captions = " ".join(c for image in at.image for c in image.captions)

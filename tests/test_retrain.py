@@ -384,7 +384,7 @@ def test_page_form_renders_from_the_dataclass(env, admin, retrain_page):
     assert {s.label: s.value for s in at.selectbox}["arch"] == "imagemasknet"
 
 
-def test_page_announces_a_running_job_and_disables_start(env, admin, retrain_page):
+def test_page_announces_a_running_job_and_disables_start(env, admin, retrain_page, top_level_slot):
     me = os.getpid()
     write_json(jobs.lock_path(), {"pid": me, "pid_start": jobs.process_start(me), "run": "lesion-resunet-20990101-1"})
     at = retrain_page(admin).run()
@@ -392,6 +392,16 @@ def test_page_announces_a_running_job_and_disables_start(env, admin, retrain_pag
     start = next(b for b in at.button if b.label == "Start training")
     assert start.disabled
     assert any("already running" in i.value and "lesion\\-resunet\\-20990101\\-1" in i.value for i in at.info)
+    # When the job ends the notice goes; the Runs panel must keep its place in the page, or the browser
+    # shows it twice (the new one beside the stale one) until the rerun completes.
+    def runs_heading(node) -> bool:
+        return getattr(node, "type", None) == "subheader" and node.value == "Runs"
+
+    running_slot = top_level_slot(at, runs_heading)
+    jobs.lock_path().unlink()
+    at.run()
+    assert not any("already running" in i.value for i in at.info)
+    assert top_level_slot(at, runs_heading) == running_slot is not None
 
 
 def test_page_promotes_and_rolls_back(env, finished_run, admin, retrain_page):
