@@ -11,32 +11,30 @@ validation split for the mirrored logits, as training fits it for the plain ones
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from imagemasknet.data import load_arrays, load_busi, load_dataset
 from imagemasknet.evaluate import lesion_summary, predict_arrays
 from imagemasknet.metrics import expected_calibration_error, fit_temperature, point_metrics, softmax
 from imagemasknet.models import get_spec
 from imagemasknet.runs import load_model, read_json, write_json
+from imagemasknet.train import heldout_metrics
 
 SETTINGS = {"plain": False, "mirror-averaged": True}
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
-
-
-def fold_figures(run: Path, busi, busbra, device: torch.device) -> dict:
+def fold_figures(run: Path, busi_at, busbra_at, device: torch.device) -> dict:
+    """``busi_at(size)`` / ``busbra_at(size)``: the decoded scans at that size (``busbra_at`` may be None)."""
     config = read_json(run / "config.json")
     spec = get_spec(config["arch"])
     split = read_json(run / "split.json")
-    arrays = load_arrays(busi, config["image_size"])
-    external = load_arrays(busbra, config["image_size"]) if busbra is not None else None
+    arrays = busi_at(config["image_size"])
+    external = busbra_at(config["image_size"]) if busbra_at is not None else None
     model = load_model(spec.name, run / "best.safetensors", config["image_size"], device)
     figures: dict = {}
     for mode in spec.modes:
@@ -47,12 +45,12 @@ def fold_figures(run: Path, busi, busbra, device: torch.device) -> dict:
             validation, test = predict(arrays.take(split["validation"])), predict(arrays.take(split["test"]))
             temperature = fit_temperature(validation.logits, validation.labels)
             metrics = point_metrics(softmax(test.logits, temperature), test.labels)
-            row = {"inner_validation_loss": cross_entropy(validation.logits, validation.labels),
+            row = {"inner_validation_loss": heldout_metrics(validation)["loss"],  # as training records it
                    "temperature": temperature,
                    "test": {"accuracy": metrics["accuracy"], "macro_auc": metrics["macro_auc"],
                             "recall_malignant": metrics["recall_malignant"],
                             "ece": expected_calibration_error(softmax(test.logits, temperature), test.labels),
-                            "lesion_dice": float(np.nanmean(test.dice)) if not np.isnan(test.dice).all() else None}}
+                            "lesion_dice": heldout_metrics(test).get("lesion_dice")}}
             if external is not None:
                 row["busbra"] = lesion_summary(predict(external), temperature)
             figures.setdefault(mode, {})[setting] = row
@@ -71,6 +69,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     busi = load_busi()
     busbra = load_dataset(args.busbra) if args.busbra else None
+    busi_at = functools.cache(functools.partial(load_arrays, busi))  # decoded once, not once per fold
+    busbra_at = functools.cache(functools.partial(load_arrays, busbra)) if busbra is not None else None
     folds = {}
     for k in args.folds:
         run = args.results / f"{args.preset}-fold{k}"
@@ -78,7 +78,7 @@ def main() -> int:
             print(f"fold {k}: no finished run in {run}; skipped", file=sys.stderr)
             continue
         print(f"fold {k} ...", file=sys.stderr, flush=True)
-        folds[k] = fold_figures(run, busi, busbra, torch.device("cpu"))
+        folds[k] = fold_figures(run, busi_at, busbra_at, torch.device("cpu"))
     if not folds:
         print(f"no finished fold runs under {args.results}", file=sys.stderr)
         return 1
