@@ -2,7 +2,7 @@
 a compact summary JSON (committed under benchmarks/results/), and, with ``--ship``, the shipped
 model's weights and model card.
 
-    python benchmarks/summarise.py results/cv --json benchmarks/results/cv-summary.json --ship lesion-resunet
+    python benchmarks/summarise.py results/cv-wd --json benchmarks/results/cv-summary-weight-decay.json --ship lesion-resunet
 """
 from __future__ import annotations
 

@@ -9,14 +9,13 @@ fresh line, and :func:`read` skips (and counts) lines that do not parse.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runs import now, runs_root
+from .runs import file_sha256, now, runs_root
 
 LOG_NAME = "audit.jsonl"
 ACTIONS = ("launch", "cancel", "finish", "failure", "promote", "rollback", "login")
@@ -26,17 +25,6 @@ def log_path(root: Path | None = None) -> Path:
     return Path(root or runs_root()) / LOG_NAME
 
 
-def file_sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
-
-
 def active_model_hash(root: Path | None = None) -> str | None:
     """SHA-256 of the weights the app classifies with now (a promoted model, else the shipped one)."""
     from .jobs import active_path
@@ -44,7 +32,10 @@ def active_model_hash(root: Path | None = None) -> str | None:
     from .predict import WEIGHTS_DIR
 
     promoted = active_path(root) / "model.safetensors"
-    return file_sha256(promoted if promoted.is_file() else WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors")
+    try:
+        return file_sha256(promoted if promoted.is_file() else WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors")
+    except OSError:
+        return None
 
 
 def append(action: str, *, run: str | None = None, outcome: str = "ok", session: Any = None,

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -28,6 +27,7 @@ from PIL import Image
 
 from .data import CLASSES, Arrays, Busi, cache_dir, listing_fingerprint
 from .explain import fill, outline
+from .runs import file_sha256
 
 #: A prediction whose top probability is under this is flagged "low confidence".
 LOW_CONFIDENCE = 0.6
@@ -197,23 +197,6 @@ def data_uri(image_bytes: bytes, mime: str = "image/jpeg") -> str:
 
 
 # --- predictions of the shipped model over the whole data set -------------------------------------
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) so a weights file is hashed once."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
 
 
 def predictions_path(weights_sha: str, data_fingerprint: str, mode: str, temperature: float) -> Path:

@@ -9,8 +9,9 @@ The *operating point* is chosen on lesion scans (benign and malignant): the high
 calibrated P(malignant) — the probability the app shows — at which at least the target share of the
 malignant scans is flagged, and the share of benign scans left unflagged there (the specificity it
 costs). ``imagemasknet evaluate --data … --save-threshold`` writes it to
-``runs_root()/site_threshold.json``; :func:`load_site_threshold` and :func:`above_site_threshold` read
-it for the app.
+``runs_root()/site_threshold.json`` with the sha256 of the weights it was chosen for;
+:func:`load_site_threshold` and :func:`site_threshold_for` read it for the app, which applies it only
+to those weights: a retrained, promoted or updated model has other probabilities and needs its own.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import CLASSES, Busi, LoadReport, load_busi, load_dataset
-from .runs import now, read_json, runs_root, write_json
+from .runs import file_sha256, now, read_json, runs_root, write_json
 
 DATA_MODES = ("replace", "add")
 OWN_PREFIX = "own:"
@@ -133,6 +134,7 @@ def site_threshold_record(result: dict, data: str, model: str, weights: str | No
         "data": str(data),
         "model": model,
         "weights": weights,
+        "weights_sha256": file_sha256(weights) if weights else None,
         "date": now(),
         "n_malignant": top["n_malignant"],
         "n_benign": top["n_benign"],
@@ -156,23 +158,27 @@ def load_site_threshold(path: str | os.PathLike | None = None) -> dict | None:
     return record
 
 
-def site_threshold_for(mode: str = "image", model: str | None = None, site: dict | None = None) -> float | None:
-    """The site's threshold for ``mode``; None when none is saved, or it was chosen for another model
-    (``model`` given and different) or has no value for that mode."""
+def site_threshold_mismatch(site: dict, model: str | None = None, weights_sha256: str | None = None) -> str | None:
+    """Why a saved site threshold does not apply to the model ``model`` with these weights; None when it does."""
+    if model is not None and site.get("model") not in (None, model):
+        return f"it was chosen for the model {site['model']}"
+    recorded = site.get("weights_sha256")
+    if weights_sha256 is not None and recorded is not None and recorded != weights_sha256:
+        return "it was chosen for other weights of this model (retrained, promoted or updated since)"
+    return None
+
+
+def site_threshold_for(mode: str = "image", model: str | None = None, site: dict | None = None,
+                       weights_sha256: str | None = None) -> float | None:
+    """The site's threshold for ``mode``; None when none is saved, it was chosen for another model or
+    other weights (:func:`site_threshold_mismatch`), or it has no value for that mode."""
     site = site if site is not None else load_site_threshold()
-    if not site or (model is not None and site.get("model") not in (None, model)):
+    if not site or site_threshold_mismatch(site, model, weights_sha256):
         return None
     value = (site.get("modes") or {}).get(mode, {}).get("threshold")
     if value is None and site.get("mode", "image") == mode:
         value = site.get("threshold")
     return float(value) if isinstance(value, (int, float)) else None
-
-
-def above_site_threshold(p_malignant: float, mode: str = "image", model: str | None = None,
-                         site: dict | None = None) -> bool | None:
-    """True when P(malignant) reaches the site's threshold, False below it, None when there is none."""
-    threshold = site_threshold_for(mode, model, site)
-    return None if threshold is None else bool(p_malignant >= threshold)
 
 
 # --------------------------------------------------------------------------- own-data report folders

@@ -19,7 +19,7 @@ from PIL import Image
 from .data import CLASSES
 from .metrics import softmax
 from .models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
-from .runs import WeightsError, load_model, read_json, run_temperatures
+from .runs import WeightsError, file_sha256, load_model, read_json, run_temperatures
 from .scans import (  # noqa: F401  (re-exported: one import for callers)
     AspectRatioError, CorruptImageError, DecompressionBombError, EmptyFileError, ImageTooSmallError, MaskError,
     MultiFrameError, NotAnImageError, Scan, ScanError, mask_from_drawing, read_mask, read_scan,
@@ -133,6 +133,11 @@ class Predictor:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def weights_sha256(self) -> str:
+        """Names these exact weights (a saved site threshold applies only to them)."""
+        return file_sha256(self.weights)
 
     def resolve_mode(self, mask: np.ndarray | None) -> str:
         if mask is None:

@@ -22,7 +22,7 @@ from imagemasknet.charts import probability_chart
 from imagemasknet.data import CLASSES
 from imagemasknet.explain import heatmap_overlay, outline
 from imagemasknet.models import DEFAULT_MODEL, get_spec
-from imagemasknet.owndata import load_site_threshold, site_threshold_for
+from imagemasknet.owndata import load_site_threshold, site_threshold_for, site_threshold_mismatch
 from imagemasknet.report import html_report, results_csv
 from pages import through_app
 
@@ -397,14 +397,18 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
             right.metric("Calibrated probability", f"{prediction.confidence:.1%}")
             source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
             st.markdown(f"Mode: **{MODE_LABEL.get(prediction.mode, prediction.mode)}**{source}")
-            st.caption(f"Model {model}, version {load_predictor(model).version or 'unversioned'}")
+            predictor = load_predictor(model)
+            st.caption(f"Model {model}, version {predictor.version or 'unversioned'}")
             site = load_site_threshold()
-            threshold = site_threshold_for(prediction.mode, model, site)
+            threshold = site_threshold_for(prediction.mode, model, site, predictor.weights_sha256)
             if threshold is not None:
                 p_malignant = prediction.probabilities["malignant"]
                 verdict = "**above** the site's threshold" if p_malignant >= threshold else "below the site's threshold"
                 st.markdown(f"P(malignant) {p_malignant:.1%} is {verdict} of {threshold:.1%} "
                             f"(chosen for sensitivity {site.get('sensitivity', 0):.0%} on {md(str(site.get('data', 'site data')))}).")
+            elif site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
+                st.caption(f"The saved site threshold is not applied: {md(reason)}. Choose one for this model "
+                           "with `imagemasknet evaluate --data SITE_SCANS --save-threshold`.")
             report_box = st.container()
         for note in item.notes:
             st.info(md(note), icon=":material/info:")

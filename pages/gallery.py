@@ -18,7 +18,7 @@ from imagemasknet.data import read_mask as read_mask_files
 from imagemasknet.explain import heatmap_overlay
 from imagemasknet.predict import Prediction, Predictor, ScanError, read_scan, shipped_weights
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.runs import WeightsError
+from imagemasknet.runs import WeightsError, file_sha256
 from imagemasknet.splits import SplitError, load_folds
 from pages import through_app
 
@@ -120,7 +120,7 @@ if busi.report:
 model, weights_sha, predictions = None, None, {}
 weights = shipped_weights(DEFAULT_MODEL)
 try:
-    weights_sha = g.file_sha256(weights)
+    weights_sha = file_sha256(weights)
     model = predictor(weights_sha)
 except (OSError, WeightsError) as error:
     weights_sha = None

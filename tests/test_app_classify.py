@@ -104,12 +104,29 @@ def test_site_threshold_is_flagged(predictor, isolated_env):
     p_malignant = predictor.predict(read_scan(SCAN)).probabilities["malignant"]
     threshold = p_malignant / 2
     save_site_threshold({"threshold": threshold, "sensitivity": 0.95, "specificity": 0.5, "data": "site-scans",
-                         "model": predictor.name, "mode": "image"})
+                         "model": predictor.name, "weights_sha256": predictor.weights_sha256, "mode": "image"})
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     at.run()
     upload(at, SCAN)
     line = next(text for text in markdown(at) if "site's threshold" in text)
     assert "**above**" in line and f"{threshold:.1%}" in line and "site" in line and "scans" in line
+
+
+def test_site_threshold_chosen_for_other_weights_is_not_applied(predictor, isolated_env):
+    """A threshold chosen before the model was retrained or updated would be applied to probabilities it
+    was not chosen for: the page leaves it out and says why."""
+    from streamlit.testing.v1 import AppTest
+
+    from imagemasknet.owndata import save_site_threshold
+
+    save_site_threshold({"threshold": 0.0, "sensitivity": 0.95, "specificity": 0.5, "data": "site-scans",
+                         "model": predictor.name, "weights_sha256": "0" * 64, "mode": "image"})
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    upload(at, SCAN)
+    assert metrics(at)["Predicted class"]
+    assert not any("site's threshold" in text for text in markdown(at))
+    assert any("site threshold is not applied" in c.value and "other weights" in c.value for c in at.caption)
 
 
 def test_one_scan_image_only(app, predictor):
@@ -231,6 +248,7 @@ class ImageOnlyPredictor:
         self.spec = spec
         self.version = "test"
         self.name = spec.name
+        self.weights_sha256 = "1" * 64
 
     def predict(self, scan, mask=None):
         assert mask is None

@@ -25,14 +25,14 @@ from imagemasknet.metrics import softmax
 from imagemasknet.models import get_spec
 from imagemasknet.owndata import (
     OWN_PREFIX,
-    above_site_threshold,
     choose_threshold,
     load_site_threshold,
     load_training_data,
     site_threshold_for,
+    site_threshold_mismatch,
 )
 from imagemasknet.run_charts import read_run
-from imagemasknet.runs import load_model, read_json, runs_root
+from imagemasknet.runs import file_sha256, load_model, read_json, runs_root
 from imagemasknet.splits import inner_validation, load_folds, resolve_split
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,9 +185,13 @@ def test_evaluate_own_data_end_to_end(own_data, tmp_path, isolated_env, monkeypa
     assert {"threshold", "sensitivity", "specificity", "data", "model", "date"} <= set(site)
     assert site["data"] == str(path) and site["model"] == "lesion-resunet"
     assert site_threshold_for("mask") == result["modes"]["mask"]["operating_point"]["threshold"]
-    assert above_site_threshold(site["threshold"], "image") is True
-    assert above_site_threshold(np.nextafter(site["threshold"], -1), "image") is False
-    assert above_site_threshold(0.99, "image", model="imagemasknet2") is None  # chosen for another model
+    # It applies to the weights it was chosen for, and to no others.
+    assert site["weights_sha256"] == file_sha256(WEIGHTS)
+    assert site_threshold_for("image", "lesion-resunet", weights_sha256=file_sha256(WEIGHTS)) == site["threshold"]
+    assert site_threshold_for("image", "imagemasknet2") is None
+    assert "the model lesion-resunet" in site_threshold_mismatch(site, "imagemasknet2")
+    assert site_threshold_for("image", "lesion-resunet", weights_sha256="0" * 64) is None
+    assert "other weights" in site_threshold_mismatch(site, "lesion-resunet", "0" * 64)
 
 
 def test_evaluate_own_data_without_masks_leaves_mask_mode_out(busbra_root, tmp_path, capsys):
@@ -243,7 +247,7 @@ def test_choose_threshold_edge_cases():
 
 
 def test_a_missing_or_damaged_site_threshold_is_none(isolated_env):
-    assert load_site_threshold() is None and above_site_threshold(0.9) is None
+    assert load_site_threshold() is None and site_threshold_for("image") is None
     (isolated_env.runs / "site_threshold.json").write_text("{not json")
     assert load_site_threshold() is None and site_threshold_for("image") is None
 

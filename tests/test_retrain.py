@@ -23,7 +23,7 @@ from imagemasknet.config import PRESETS, TrainConfig
 from imagemasknet.data import DatasetNotFoundError
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.predict import Predictor, active_model_key, read_scan
-from imagemasknet.runs import Run, read_json, runs_root, write_json
+from imagemasknet.runs import Run, file_sha256, read_json, runs_root, write_json
 
 pytestmark = pytest.mark.slow
 
@@ -145,8 +145,8 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     assert [e["action"] for e in log.entries[3:]] == ["promote", "promote", "rollback", "rollback", "rollback",
                                                       "promote", "rollback"]
     assert all(e["session"] == admin.id and e["outcome"] == "ok" for e in log.entries[3:])
-    shipped_hash = audit_log.file_sha256(REPO / "weights" / f"{DEFAULT_MODEL}.safetensors")
-    run_hash = audit_log.file_sha256(root / name / "best.safetensors")
+    shipped_hash = file_sha256(REPO / "weights" / f"{DEFAULT_MODEL}.safetensors")
+    run_hash = file_sha256(root / name / "best.safetensors")
     first, last = log.entries[3], log.entries[-1]
     assert (first["run"], first["model_before"], first["model_after"]) == (name, shipped_hash, run_hash)
     assert (last["run"], last["model_before"], last["model_after"]) == (name, run_hash, shipped_hash)
