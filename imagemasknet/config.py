@@ -27,6 +27,7 @@ class TrainConfig:
     class_balanced: bool = field(default=False, metadata={"help": "weight the loss by inverse class frequency"})
     label_smoothing: float = field(default=0.05, metadata={"help": "label smoothing", "min": 0.0, "max": 0.5})
     segmentation_weight: float = field(default=1.0, metadata={"help": "weight of the lesion-mask loss (models that segment)", "min": 0.0, "max": 100.0})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "mixup: train on blends of two scans (their masks and labels blended alike) with a Beta(alpha, alpha) weight per batch; 0: off", "min": 0.0, "max": 10.0})
     ema_decay: float = field(default=0.0, metadata={"help": "keep an exponential moving average of the weights (and batch-norm statistics) with this decay per step, and evaluate, checkpoint and ship the average; 0: off", "min": 0.0, "max": 0.9999})
     val_fraction: float = field(default=0.1, metadata={"help": "share of the training groups held out to pick the best epoch and fit the temperature", "min": 0.0, "max": 0.5})
     limit: int | None = field(default=None, metadata={"help": "use only this many scans per split (quick checks)", "min": 1, "max": 100_000})

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .config import TrainConfig
-from .data import CLASSES, Arrays, load_arrays, load_busi
+from .data import CLASSES, Arrays, load_arrays
 from .evaluate import Predictions, model_input, predict_arrays
 from .metrics import fit_temperature, point_metrics, softmax
 from .models import ModelSpec, build_model, get_spec
@@ -106,7 +106,9 @@ class TrainingStep(torch.nn.Module):
     the global batch's, so the gradients DDP averages equal one process's on the whole global batch
     (batch-norm statistics aside: each rank normalises over its own scans). DDP sees only the loss,
     so parameters a step leaves unused (the lesion head in mask mode) are recognised as unused.
-    Returns ``(loss, detached class logits)``.
+    With ``mix = (order, weight)`` (mixup) each scan is blended with scan ``order[i]`` of the batch:
+    images and masks as ``weight * own + (1 - weight) * other``, and the loss is the same blend of the
+    losses against the two labels. Returns ``(loss, detached class logits)``.
     """
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, config: TrainConfig,
@@ -118,8 +120,13 @@ class TrainingStep(torch.nn.Module):
         self.bf16 = config.precision == "bf16"
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, y: torch.Tensor, mode: str,
-                given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                given: torch.Tensor | None = None,
+                mix: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         device = y.device
+        order, weight = mix if mix is not None else (None, 1.0)
+        if order is not None:
+            images = weight * images + (1 - weight) * images[order]
+            masks = weight * masks.float() + (1 - weight) * masks.float()[order]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if given is not None:  # models that pick the given or the predicted lesion per scan
                 output = self.model(*model_input(self.spec, images, masks, "mask", device), mask_given=given)
@@ -131,10 +138,12 @@ class TrainingStep(torch.nn.Module):
         lesion_logits = output.lesion_logits.float() if output.lesion_logits is not None else None
         masks = masks.to(device)
         has_lesion = masks.flatten(1).any(1)
-        weights = self.class_weight[y] if self.class_weight is not None else torch.ones(len(y), device=device)
+        labels = [(y, weight)] + ([(y[order.to(device)], 1 - weight)] if order is not None else [])
+        weights = sum(share * (self.class_weight[target] if self.class_weight is not None else torch.ones(len(y), device=device))
+                      for target, share in labels)
         shares = distributed.share_denominators(torch.stack([weights.sum(), has_lesion.sum().float()]))
-        loss = F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing,
-                               reduction="sum") / shares[0]
+        loss = sum(share * F.cross_entropy(logits, target, weight=self.class_weight, label_smoothing=self.label_smoothing,
+                                           reduction="sum") for target, share in labels) / shares[0]
         if lesion_logits is not None and segmenting and self.segmentation_weight > 0:
             loss = loss + self.segmentation_weight * segmentation_loss(lesion_logits, masks, shares[1])
         return loss, logits.detach()
@@ -480,7 +489,12 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
                 given = draw[world.rank * len(y):(world.rank + 1) * len(y)].to(device)
             else:
                 mode = "mask" if uses_mask(config, spec, epoch, mask_rng) else "image"
-            loss, logits = step(images, masks, y, mode, given)
+            mix = None
+            if config.mixup_alpha > 0:
+                # Drawn from (seed, epoch, batch, rank) alone, so a resumed run blends as the uninterrupted one.
+                draw = np.random.default_rng([config.seed, epoch, batch_index, world.rank])
+                mix = (torch.from_numpy(draw.permutation(len(y))), float(draw.beta(config.mixup_alpha, config.mixup_alpha)))
+            loss, logits = step(images, masks, y, mode, given, mix)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -488,7 +502,8 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
             if averaged is not None:
                 averaged.update_parameters(model)
             loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            dominant = y[mix[0].to(device)] if mix is not None and mix[1] < 0.5 else y  # a blend counts as its larger part
+            correct += (logits.argmax(1) == dominant).sum().item()
             seen += len(y)
             elapsed = time.monotonic() - started
             done = (epoch - first_epoch) * len(loader) + batch_index + 1

@@ -243,11 +243,12 @@ def test_killed_rank_fails_the_job_clearly_and_resume_finishes_it(two_rank_run, 
     _assert_histories_close(read_json(run_dir / "history.json"), read_json(two_rank_run / "history.json"))
 
 
-@pytest.mark.parametrize("averaging", [[], ["--ema-decay", "0.9"]], ids=["weights", "moving-average"])
-def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(averaging, busi_root, shared_cache, monkeypatch,
+@pytest.mark.parametrize("variant", [[], ["--ema-decay", "0.9"], ["--mixup-alpha", "0.4"]],
+                         ids=["weights", "moving-average", "mixup"])
+def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(variant, busi_root, shared_cache, monkeypatch,
                                                                           tmp_path, capsys):
     def train_flags_(out_dir: Path) -> list[str]:
-        return [*train_flags(busi_root, out_dir), *averaging]
+        return [*train_flags(busi_root, out_dir), *variant]
 
     assert cli.main(["train", *train_flags_(tmp_path / "full")]) == 0
     real_fault = distributed.injected_fault
@@ -271,7 +272,7 @@ def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(averag
     _assert_histories_close(read_json(cut / "history.json"), read_json(tmp_path / "full" / "history.json"))
     assert cli.main(["train", "--resume", str(cut)]) == 2  # finished: nothing to resume
     assert "already finished" in capsys.readouterr().err
-    if averaging:  # the held-out figures are the moving average's, not the last step's weights'
+    if "--ema-decay" in variant:  # the held-out figures are the moving average's, not the last step's weights'
         arrays = load_arrays(load_busi(busi_root), SIZE).take(read_json(cut / "split.json")["test"])
         logged = read_json(cut / "history.json")[-1]["heldout"]["image"]["loss"]
         for weights, matches in ((EMA_FILE, True), ("last.safetensors", False)):

@@ -21,7 +21,7 @@ from imagemasknet.metrics import point_metrics, softmax
 from imagemasknet.models import get_spec
 from imagemasknet.runs import Run, load_model, read_json, run_temperatures
 from imagemasknet.splits import load_folds
-from imagemasknet.train import train
+from imagemasknet.train import TrainingStep, train
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +167,32 @@ def test_bf16_precision_trains_like_fp32_and_saves_plain_weights(trained_run, bu
                                  "image", torch.device("cpu"))
     accuracy = point_metrics(softmax(predictions.logits), predictions.labels)["accuracy"]
     assert accuracy == pytest.approx(bf16["heldout"]["image"]["accuracy"])  # evaluation runs in fp32
+
+
+def test_mixup_blends_scans_masks_and_labels_alike(busi_root, busi_arrays):
+    """Blend weight 1 is the plain batch and weight 0 the batch in the drawn order with masks, labels and
+    class weights following their scans (the same loss, a sum over the batch); so a blend in between
+    mixes all of them alike."""
+    spec = get_spec("lesion-resunet")
+    # The shipped weights, whose confident answers make the loss depend on the labels; eval mode for
+    # fixed batch-norm statistics and no dropout.
+    model = load_model(spec.name, Path(__file__).resolve().parent.parent / "weights" / f"{spec.name}.safetensors",
+                       image_size=SIZE).eval()
+    step = TrainingStep(model, spec, quick_config(busi_root, None), class_weight=torch.tensor([2.0, 0.7, 1.3]))
+    rows = [n for k in range(len(CLASSES)) for n in np.flatnonzero(busi_arrays.labels == k)[:2]]
+    images = torch.from_numpy(busi_arrays.images[rows]).unsqueeze(1)
+    masks = torch.from_numpy(busi_arrays.masks[rows]).unsqueeze(1)
+    y = torch.from_numpy(busi_arrays.labels[rows])
+    order = torch.tensor([3, 5, 4, 0, 1, 2])
+    with torch.no_grad():
+        for mode in ("image", "mask"):
+            plain, _ = step(images, masks, y, mode)
+            in_order, _ = step(images[order], masks[order], y[order], mode)
+            assert step(images, masks, y, mode, mix=(order, 1.0))[0].item() == pytest.approx(plain.item(), rel=1e-5)
+            assert step(images, masks, y, mode, mix=(order, 0.0))[0].item() == pytest.approx(in_order.item(), rel=1e-5)
+            # The checks can fail: scans blended without their labels (or masks) give another loss.
+            assert step(images[order], masks[order], y, mode)[0].item() != pytest.approx(plain.item(), rel=1e-3)
+            assert step(images[order], masks, y[order], mode)[0].item() != pytest.approx(plain.item(), rel=1e-3)
 
 
 def test_study_m1_preset_trains_one_epoch(busi_root, shared_cache, isolated_env, tmp_path):
