@@ -492,8 +492,8 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
             mix = None
             if config.mixup_alpha > 0:
                 # Drawn from (seed, epoch, batch, rank) alone, so a resumed run blends as the uninterrupted one.
-                draw = np.random.default_rng([config.seed, epoch, batch_index, world.rank])
-                mix = (torch.from_numpy(draw.permutation(len(y))), float(draw.beta(config.mixup_alpha, config.mixup_alpha)))
+                blend_rng = np.random.default_rng([config.seed, epoch, batch_index, world.rank])
+                mix = (torch.from_numpy(blend_rng.permutation(len(y))), float(blend_rng.beta(config.mixup_alpha, config.mixup_alpha)))
             loss, logits = step(images, masks, y, mode, given, mix)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
