@@ -21,8 +21,8 @@ import torch
 from imagemasknet.data import load_arrays, load_busi, load_dataset
 from imagemasknet.evaluate import lesion_summary, predict_arrays
 from imagemasknet.metrics import expected_calibration_error, fit_temperature, point_metrics, softmax
-from imagemasknet.models import get_spec
-from imagemasknet.runs import load_model, read_json, write_json
+from imagemasknet.predict import Predictor
+from imagemasknet.runs import read_json, write_json
 from imagemasknet.train import heldout_metrics
 
 SETTINGS = {"plain": False, "mirror-averaged": True}
@@ -30,12 +30,11 @@ SETTINGS = {"plain": False, "mirror-averaged": True}
 
 def fold_figures(run: Path, busi_at, busbra_at, device: torch.device) -> dict:
     """``busi_at(size)`` / ``busbra_at(size)``: the decoded scans at that size (``busbra_at`` may be None)."""
-    config = read_json(run / "config.json")
-    spec = get_spec(config["arch"])
+    fold_model = Predictor.from_run(run, device=str(device))
+    model, spec = fold_model.model, fold_model.spec
     split = read_json(run / "split.json")
-    arrays = busi_at(config["image_size"])
-    external = busbra_at(config["image_size"]) if busbra_at is not None else None
-    model = load_model(spec.name, run / "best.safetensors", config["image_size"], device)
+    arrays = busi_at(fold_model.image_size)
+    external = busbra_at(fold_model.image_size) if busbra_at is not None else None
     figures: dict = {}
     for mode in spec.modes:
         for setting, flip in SETTINGS.items():

@@ -12,6 +12,7 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -21,8 +22,8 @@ import torch
 
 from imagemasknet.data import load_arrays, load_dataset
 from imagemasknet.evaluate import Predictions, lesion_summary, predict_arrays
-from imagemasknet.models import get_spec
-from imagemasknet.runs import load_model, read_json, run_temperatures, write_json
+from imagemasknet.predict import Predictor
+from imagemasknet.runs import write_json
 
 FIGURES = ("benign_vs_malignant_auc", "lesions_called_normal")
 
@@ -37,7 +38,6 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
     external_at = functools.cache(functools.partial(load_arrays, load_dataset(args.busbra)))
     per_fold: dict[str, list[dict]] = {}
     scaled_logits: dict[str, list[np.ndarray]] = {}
@@ -48,19 +48,17 @@ def main() -> int:
             print(f"fold {k}: no finished run in {run}", file=sys.stderr)
             return 1
         print(f"fold {k} ...", file=sys.stderr, flush=True)
-        config = read_json(run / "config.json")
-        spec = get_spec(config["arch"])
-        model = load_model(spec.name, run / "best.safetensors", config["image_size"], device)
-        temperatures = run_temperatures(run)
-        for mode in spec.modes:
-            predictions = predict_arrays(model, spec, external_at(config["image_size"]), mode, device)
-            temperature = temperatures.get(mode, 1.0)
+        fold_model = Predictor.from_run(run, device="cpu")
+        for mode in fold_model.spec.modes:
+            predictions = predict_arrays(fold_model.model, fold_model.spec, external_at(fold_model.image_size), mode,
+                                         fold_model.device)
+            temperature = fold_model.temperatures.get(mode, 1.0)
             per_fold.setdefault(mode, []).append({"fold": k, **lesion_summary(predictions, temperature)})
             scaled_logits.setdefault(mode, []).append(predictions.logits / temperature)
             reference = predictions
     report = {}
     for mode, logits in scaled_logits.items():
-        averaged = Predictions(reference.ids, reference.labels, np.mean(logits, axis=0), np.full(len(reference.ids), np.nan))
+        averaged = dataclasses.replace(reference, logits=np.mean(logits, axis=0))
         report[mode] = {
             "folds": per_fold[mode],
             "fold_mean": {key: float(np.mean([row[key] for row in per_fold[mode]])) for key in FIGURES},

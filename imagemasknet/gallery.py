@@ -27,7 +27,6 @@ from PIL import Image
 
 from .data import CLASSES, Arrays, Busi, cache_dir, listing_fingerprint
 from .explain import fill, outline
-from .runs import file_sha256
 
 #: A prediction whose top probability is under this is flagged "low confidence".
 LOW_CONFIDENCE = 0.6
@@ -228,7 +227,7 @@ def predict_all(busi: Busi, arrays: Arrays, predictor, mode: str = "image", batc
     from .metrics import softmax
 
     temperature = float(predictor.temperatures.get(mode, 1.0))
-    path = predictions_path(file_sha256(predictor.weights), listing_fingerprint(busi), mode, temperature)
+    path = predictions_path(predictor.weights_sha256, listing_fingerprint(busi), mode, temperature)
     cached = cached_predictions(path, arrays.ids)
     if cached is not None:
         return cached
@@ -244,7 +243,7 @@ def predict_all(busi: Busi, arrays: Arrays, predictor, mode: str = "image", batc
     probabilities = softmax(np.concatenate(logits), temperature) if logits else np.zeros((0, len(CLASSES)))
     from .runs import write_json
 
-    write_json(path, {"model": predictor.name, "weights_sha256": file_sha256(predictor.weights), "mode": mode,
+    write_json(path, {"model": predictor.name, "weights_sha256": predictor.weights_sha256, "mode": mode,
                       "temperature": temperature, "classes": list(CLASSES), "ids": list(arrays.ids),
                       "probabilities": np.round(probabilities, 6).tolist()})
     return {i: dict(zip(CLASSES, map(float, p))) for i, p in zip(arrays.ids, probabilities)}

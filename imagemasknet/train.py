@@ -126,7 +126,8 @@ class TrainingStep(torch.nn.Module):
         order, weight = mix if mix is not None else (None, 1.0)
         if order is not None:
             images = weight * images + (1 - weight) * images[order]
-            masks = weight * masks.float() + (1 - weight) * masks.float()[order]
+            masks = masks.float()
+            masks = weight * masks + (1 - weight) * masks[order]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if given is not None:  # models that pick the given or the predicted lesion per scan
                 output = self.model(*model_input(self.spec, images, masks, "mask", device), mask_given=given)

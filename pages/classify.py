@@ -400,13 +400,14 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
             predictor = load_predictor(model)
             st.caption(f"Model {model}, version {predictor.version or 'unversioned'}")
             site = load_site_threshold()
-            threshold = site_threshold_for(prediction.mode, model, site, predictor.weights_sha256)
+            weights_sha256 = predictor.weights_sha256
+            threshold = site_threshold_for(prediction.mode, model, site, weights_sha256)
             if threshold is not None:
                 p_malignant = prediction.probabilities["malignant"]
                 verdict = "**above** the site's threshold" if p_malignant >= threshold else "below the site's threshold"
                 st.markdown(f"P(malignant) {p_malignant:.1%} is {verdict} of {threshold:.1%} "
                             f"(chosen for sensitivity {site.get('sensitivity', 0):.0%} on {md(str(site.get('data', 'site data')))}).")
-            elif site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
+            elif site and (reason := site_threshold_mismatch(site, model, weights_sha256)):
                 st.caption(f"The saved site threshold is not applied: {md(reason)}. Choose one for this model "
                            "with `imagemasknet evaluate --data SITE_SCANS --save-threshold`.")
             report_box = st.container()
