@@ -24,13 +24,14 @@ from pathlib import Path
 PRESETS = ("lesion-resunet", "study-m1", "study-m2")
 
 
-def jobs(presets: list[str], folds: list[int], extra: list[str]) -> list[tuple[str, str, list[str]]]:
+def jobs(presets: list[str], folds: list[int], extra: list[str], all_data: bool = True) -> list[tuple[str, str, list[str]]]:
     """(name, preset, train flags), the shipped model's runs first."""
     out = []
     for preset in presets:
         for fold in folds:
             out.append((f"{preset}-fold{fold}", preset, ["--fold", str(fold), *extra]))
-        out.append((f"{preset}-all", preset, ["--fold", "none", *extra]))
+        if all_data:
+            out.append((f"{preset}-all", preset, ["--fold", "none", *extra]))
     return out
 
 
@@ -41,9 +42,11 @@ def job_commands(run: Path, preset: str, flags: list[str], args: argparse.Namesp
     commands = [[*python, "train", "--preset", preset, "--no-progress", "--out-dir", str(run), *flags]]
     own = ("study-protocol", ["--on", "train"]) if run.name.endswith("-all") else ("test", ["--on", "test"])
     evaluations = [own] + ([("busbra", ["--data", args.busbra])] if args.busbra else [])
-    for label, target in evaluations:
-        commands.append([*python, "evaluate", "--run", str(run), *target, "--resamples", str(args.resamples),
-                         "--json", str(run / f"metrics-{label}.json")])
+    for checkpoint in ["best", *getattr(args, "checkpoints", [])]:
+        suffix = "" if checkpoint == "best" else f"-{checkpoint}"
+        for label, target in evaluations:
+            commands.append([*python, "evaluate", "--run", str(run), *target, "--checkpoint", checkpoint,
+                             "--resamples", str(args.resamples), "--json", str(run / f"metrics-{label}{suffix}.json")])
     return commands
 
 
@@ -57,13 +60,17 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=0, help="data-loader workers per process")
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds before running jobs are cancelled")
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--checkpoints", nargs="*", default=[], choices=("last", "average"),
+                        help="also evaluate these checkpoints of each run (metrics-test-last.json, …), to compare "
+                             "checkpoint rules on one set of runs")
+    parser.add_argument("--no-all-data", action="store_true", help="train the folds only, not the all-data model")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train call")
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    pending = jobs(args.presets, args.folds, ["--num-workers", str(args.workers), *args.extra])
+    pending = jobs(args.presets, args.folds, ["--num-workers", str(args.workers), *args.extra], not args.no_all_data)
     running: dict[str, subprocess.Popen] = {}
     finished: list[str] = []
     while pending or running:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,10 +17,11 @@ import numpy as np
 from imagemasknet.data import content_fingerprint, load_busi
 from imagemasknet.models import count_parameters, get_spec
 from imagemasknet.predict import WEIGHTS_DIR, Predictor
-from imagemasknet.runs import read_json, write_json
+from imagemasknet.runs import read_json, save_weights, write_json
 from imagemasknet.splits import DEFAULT_SPLIT, load_folds
 
-PRESETS = {"lesion-resunet": "lesion-resunet (new)", "study-m1": "study Model 1", "study-m2": "study Model 2"}
+PRESETS = {"lesion-effnet-lite0": "lesion-effnet-lite0 (pretrained encoder)", "lesion-resunet": "lesion-resunet",
+           "study-m1": "study Model 1", "study-m2": "study Model 2"}
 COLUMNS = [("accuracy", "accuracy"), ("macro_auc", "macro AUC"), ("recall_malignant", "malignant sensitivity"),
            ("macro_f1", "macro F1"), ("ece", "ECE")]
 
@@ -32,14 +32,48 @@ def _mode_metrics(path: Path, mode: str) -> dict | None:
 
 
 def inner_validation_loss(run: Path, mode: str) -> float | None:
-    """The validation loss in ``mode`` at the run's best checkpoint (the epoch with the lowest
-    validation loss in the model's first mode): the figure that chooses between recipes."""
+    """The validation loss in ``mode`` of the checkpoint the run kept (its config's checkpoint rule; for
+    the lowest-loss rule, the epoch with the lowest validation loss in the model's first mode): the
+    figure that chooses between recipes."""
     history = [e for e in read_json(run / "history.json", []) if e.get("validation")]
     if not history:
         return None
+    if read_json(run / "config.json", {}).get("checkpoint", "lowest-loss") == "last":
+        return history[-1]["validation"][mode]["loss"]
     primary = next(iter(history[0]["validation"]))
     best = min(history, key=lambda e: e["validation"][primary]["loss"])
     return best["validation"][mode]["loss"]
+
+
+def checkpoint_rules(run: Path, mode: str) -> dict[str, float]:
+    """Each checkpoint rule's validation loss in ``mode``, none of them scored on the scans that chose it:
+    ``lowest-loss`` picks its epoch on one half of the validation scans and is scored on the other half
+    (both ways, averaged); ``last`` is the final epoch; ``average`` the kept average of the last epochs,
+    evaluated here."""
+    history = [e for e in read_json(run / "history.json", []) if e.get("validation")]
+    if not history or "loss_halves" not in history[0]["validation"][mode]:
+        return {}
+    halves = np.array([e["validation"][mode]["loss_halves"] for e in history])
+    rules = {"lowest-loss": float(np.mean([halves[int(np.argmin(halves[:, h])), 1 - h] for h in (0, 1)])),
+             "last": float(halves[-1].mean())}
+    if (run / "average.safetensors").is_file():
+        rules["average"] = float(np.mean(validation_halves(run, "average", mode)))
+    return rules
+
+
+def validation_halves(run: Path, checkpoint: str, mode: str) -> list[float]:
+    """A checkpoint's loss on each half of the run's validation scans (the halves history.json records)."""
+    from imagemasknet.data import load_arrays
+    from imagemasknet.evaluate import predict_arrays
+    from imagemasknet.owndata import load_training_data
+    from imagemasknet.train import heldout_metrics
+
+    predictor = Predictor.from_run(run, checkpoint, device="cpu")
+    config = predictor.card["config"]
+    arrays = load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), predictor.image_size)
+    ids = read_json(run / "split.json")["validation"]
+    predictions = predict_arrays(predictor.model, predictor.spec, arrays.take(ids), mode, predictor.device)
+    return heldout_metrics(predictions, halves=True)["loss_halves"]
 
 
 def summarise(results: Path, folds: list[int]) -> dict:
@@ -47,7 +81,8 @@ def summarise(results: Path, folds: list[int]) -> dict:
     for preset in PRESETS:
         if not any((results / f"{preset}-{job}").is_dir() for job in [*(f"fold{k}" for k in folds), "all"]):
             continue  # a results folder of some presets only
-        spec = get_spec(read_json(results / f"{preset}-all" / "config.json", {}).get("arch", preset.replace("study-m1", "imagemasknet").replace("study-m2", "imagemasknet2")))
+        configs = [read_json(results / f"{preset}-{job}" / "config.json") for job in ["all", *(f"fold{k}" for k in folds)]]
+        spec = get_spec(next(c["arch"] for c in configs if c))
         for mode in spec.modes:
             per_fold = []
             for k in folds:
@@ -58,7 +93,16 @@ def summarise(results: Path, folds: list[int]) -> dict:
                 row = {"fold": k, **{key: test["metrics"][key] for key, _ in COLUMNS},
                        "uncalibrated_ece": test.get("uncalibrated_ece"),
                        "lesion_dice": test.get("lesion_dice", {}).get("mean"),
-                       "inner_validation_loss": inner_validation_loss(results / f"{preset}-fold{k}", mode)}
+                       "inner_validation_loss": inner_validation_loss(results / f"{preset}-fold{k}", mode),
+                       "checkpoint_rules": checkpoint_rules(results / f"{preset}-fold{k}", mode)}
+                average = _mode_metrics(results / f"{preset}-fold{k}" / "metrics-test-average.json", mode)
+                average_external = _mode_metrics(results / f"{preset}-fold{k}" / "metrics-busbra-average.json", mode)
+                if average:
+                    row["average_checkpoint"] = {key: average["metrics"][key]["value"] for key, _ in COLUMNS} | {
+                        "lesion_dice": average.get("lesion_dice", {}).get("mean")}
+                    if average_external:
+                        row["average_checkpoint"] |= {"busbra_auc": average_external["lesions"]["benign_vs_malignant_auc"],
+                                                      "busbra_called_normal": average_external["lesions"]["lesions_called_normal"]}
                 if external:
                     row["busbra_auc"] = external["lesions"]["benign_vs_malignant_auc"]
                     row["busbra_called_normal"] = external["lesions"]["lesions_called_normal"]
@@ -72,6 +116,13 @@ def summarise(results: Path, folds: list[int]) -> dict:
                     values = np.array([r[key] for r in per_fold if r.get(key) is not None], dtype=float)
                     if len(values):
                         entry[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+                rules = sorted(set.intersection(*(set(r["checkpoint_rules"]) for r in per_fold)))
+                if rules:
+                    entry["checkpoint_rules"] = {rule: _mean_sd([r["checkpoint_rules"][rule] for r in per_fold]) for rule in rules}
+                if all("average_checkpoint" in r for r in per_fold):
+                    keys = set.intersection(*(set(r["average_checkpoint"]) for r in per_fold))
+                    entry["average_checkpoint"] = {key: _mean_sd([r["average_checkpoint"][key] for r in per_fold])
+                                                   for key in sorted(keys) if all(r["average_checkpoint"][key] is not None for r in per_fold)}
             own = _mode_metrics(results / f"{preset}-all" / "metrics-study-protocol.json", mode)
             external = _mode_metrics(results / f"{preset}-all" / "metrics-busbra.json", mode)
             if own:
@@ -80,6 +131,11 @@ def summarise(results: Path, folds: list[int]) -> dict:
                 entry["all_data_busbra"] = external["lesions"] | {"metrics": {k: external["metrics"][k] for k in ("accuracy",)}}
             summary.setdefault(preset, {})[mode] = entry
     return summary
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    values = np.array(values, dtype=float)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
 def _pm(entry: dict, key: str, percent: bool = False) -> str:
@@ -119,12 +175,13 @@ def ship(results: Path, preset: str, summary: dict, reference_count: int = 6) ->
     spec = get_spec(config["arch"])
     target = WEIGHTS_DIR / f"{spec.name}.safetensors"
     WEIGHTS_DIR.mkdir(exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(run / "best.safetensors", tmp)
-    tmp.replace(target)
     temperatures = read_json(run / "calibration.json")["temperature"]
     data = load_busi()
-    predictor = Predictor(spec.name, target, temperatures, image_size=config["image_size"], device="cpu")
+    # The reference predictions come from the run's float32 weights; the shipped float16 copy must reproduce
+    # them within the tolerance tests/test_shipped_model.py states.
+    predictor = Predictor(spec.name, run / "best.safetensors", temperatures, image_size=config["image_size"], device="cpu")
+    save_weights(target, predictor.model, {"arch": spec.name, "run": run.name}, half=True)
+    target.chmod(0o644)  # installed with the package: readable by every user
     from imagemasknet.predict import read_scan
 
     by_id = data.by_id()
@@ -134,12 +191,19 @@ def ship(results: Path, preset: str, summary: dict, reference_count: int = 6) ->
         prediction = predictor.predict(scan)
         reference.append({"id": image_id, "label": by_id[image_id].label, "predicted": prediction.label,
                           "probabilities": prediction.probabilities})
+    from_scratch = spec.pretrained is None
     card = {
         "name": spec.name,
         "version": dt.date.today().isoformat(),
         "architecture": {"name": spec.name, "description": spec.description,
                          "parameters": count_parameters(predictor.model), "modes": list(spec.modes),
                          "predicts_lesion": spec.predicts_lesion},
+        "pretrained": None if from_scratch else {
+            **spec.pretrained.meta(),
+            "adapted": "1-channel greyscale input (the RGB stem summed over its inputs), per-image normalisation "
+                       "(zero mean, unit variance) instead of ImageNet's mean and std, at 256 px; the 1000-class "
+                       "head dropped"},
+        "storage": "float16 weights (batch-norm statistics float32), cast to float32 on loading",
         "config": config,
         "trained_on": "all 780 BUSI scans except a duplicate-aware 10 % validation split, used to pick the "
                       "checkpoint and fit the temperature; hyper-parameters fixed in advance and measured by the "
@@ -156,7 +220,8 @@ def ship(results: Path, preset: str, summary: dict, reference_count: int = 6) ->
         "intended_use": "Research and teaching: a second look at B-mode breast-ultrasound scans, showing class "
                         "probabilities, a predicted lesion outline and Grad-CAM. Not a medical device and not a diagnosis.",
         "limitations": [
-            "Trained from scratch on 780 BUSI scans from one hospital (Cairo, LOGIQ E9); accuracy on other scanners is lower.",
+            ("Trained from scratch" if from_scratch else "Fine-tuned from ImageNet") + " on 780 BUSI scans from one "
+            "hospital (Cairo, LOGIQ E9); accuracy on other scanners is lower.",
             "BUSI has near-duplicates and 8 cross-class look-alike groups; grouped folds remove the copies but not "
             "frames of the same lesion, so cross-validation may still be optimistic.",
             "Lesion scans only reach 'normal' when the model misses the lesion; BUS-BRA has no normal scans.",

@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--run", help="run folder")
     source.add_argument("--cv", nargs="+", metavar="RUN", help="cross-validation fold runs (e.g. trained as separate "
                         "jobs with --fold K): each is evaluated on its own test split, merged into one report")
-    source.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of the run")
+    source.add_argument("--checkpoint", default="best", choices=("best", "last", "average"),
+                        help="which checkpoint of the run: best (the one its checkpoint rule kept), last, or average (of the last epochs, where kept)")
     source.add_argument("--weights", help="a .safetensors file (with --arch)")
     source.add_argument("--arch", help="registered model name for --weights")
     source.add_argument("--image-size", type=int, default=256)

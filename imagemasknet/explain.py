@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
-from .models import ModelSpec
 
 # Anchor colours of a perceptually ordered map (dark blue → cyan → yellow → red), interpolated linearly.
 _COLORMAPS = {
@@ -17,20 +16,22 @@ _COLORMAPS = {
 }
 
 
-def gradcam_layer(model: nn.Module, spec: ModelSpec) -> nn.Module:
-    """The last convolutional block of the image path."""
-    if spec.name == "lesion-resunet":
-        return model.stages[-1]
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional block of the image path: the one a model names (``gradcam_layer``), else
+    the study models' last image-branch convolution."""
+    named = getattr(model, "gradcam_layer", None)
+    if isinstance(named, nn.Module):
+        return named
     convolutions = [m for m in model.image_branch if isinstance(m, nn.Conv2d)]
     return convolutions[-1]
 
 
-def grad_cam(model: nn.Module, spec: ModelSpec, image: torch.Tensor, mask: torch.Tensor | None, target: int,
+def grad_cam(model: nn.Module, image: torch.Tensor, mask: torch.Tensor | None, target: int,
              size_hw: tuple[int, int]) -> np.ndarray:
     def logits(image_input: torch.Tensor, mask_input: torch.Tensor | None = None) -> torch.Tensor:
         return model(image_input, mask_input).logits
 
-    cam = LayerGradCam(logits, gradcam_layer(model, spec))
+    cam = LayerGradCam(logits, gradcam_layer(model))
     image = image.clone().requires_grad_(True)
     attribution = cam.attribute(image, target=target, additional_forward_args=(mask,), relu_attributions=True)
     heat = F.interpolate(attribution.detach().float(), size=size_hw, mode="bilinear", align_corners=False)[0, 0]

@@ -26,7 +26,14 @@ from .scans import (  # noqa: F401  (re-exported: one import for callers)
 )
 from .transforms import normalise
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+def _weights_dir() -> Path:
+    """The shipped weights: inside the installed package (``pip install .`` maps the repository's
+    ``weights/`` to ``imagemasknet/weights/``, see pyproject.toml), else the checkout's ``weights/``."""
+    installed = Path(__file__).resolve().parent / "weights"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "weights"
+
+
+WEIGHTS_DIR = _weights_dir()
 
 
 @dataclass
@@ -189,4 +196,4 @@ class Predictor:
         self.resolve_mode(mask)
         image, mask_tensor = self._inputs(scan, mask)
         with self._lock:
-            return grad_cam(self.model, self.spec, image, mask_tensor, target, scan.pixels.shape)
+            return grad_cam(self.model, image, mask_tensor, target, scan.pixels.shape)

@@ -109,9 +109,15 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
-def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None, half: bool = False) -> None:
+    """``half``: store float16 copies of the learned weights (half the size; :func:`load_weights` casts
+    them back to the model's float32). Batch-norm statistics stay float32: running variances span more
+    than float16 resolves well."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {}))
+    if half:
+        statistics = ("running_mean", "running_var")
+        state = {k: v.half() if v.dtype == torch.float32 and not k.endswith(statistics) else v for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={**(metadata or {}), **({"storage": "float16"} if half else {})}))
 
 
 def save_state(path: Path, state: dict) -> None:

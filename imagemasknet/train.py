@@ -150,6 +150,42 @@ class TrainingStep(torch.nn.Module):
         return loss, logits.detach()
 
 
+class EpochAverage:
+    """The running mean of a model's weights and buffers at the end of each epoch from ``first`` on
+    (integer buffers, such as batch-norm step counts, keep their latest value)."""
+
+    def __init__(self, first: int):
+        self.first, self.count, self.sums = first, 0, {}
+
+    def add(self, epoch: int, model: torch.nn.Module) -> None:
+        if epoch < self.first:
+            return
+        self.count += 1
+        for name, value in model.state_dict().items():
+            value = value.detach().to("cpu")
+            if value.is_floating_point():
+                self.sums[name] = self.sums[name] + value.double() if name in self.sums else value.double()
+            else:
+                self.sums[name] = value.clone()
+
+    def module_like(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` holding the average."""
+        import copy
+
+        averaged = copy.deepcopy(model)
+        reference = model.state_dict()
+        averaged.load_state_dict({name: (total / self.count if total.is_floating_point() else total).to(reference[name].dtype)
+                                  for name, total in self.sums.items()})
+        return averaged
+
+    def state_dict(self) -> dict:
+        return {"first": self.first, "count": self.count, "sums": self.sums}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.first, self.count, self.sums = int(state["first"]), int(state["count"]), dict(state["sums"])
+
+
 def uses_mask(config: TrainConfig, spec: ModelSpec, epoch: int, rng: random.Random) -> bool:
     if spec.needs_mask or config.mask_schedule == "always":
         return True
@@ -160,12 +196,17 @@ def uses_mask(config: TrainConfig, spec: ModelSpec, epoch: int, rng: random.Rand
     return rng.random() < 0.5
 
 
-def heldout_metrics(predictions: Predictions) -> dict[str, float]:
+def heldout_metrics(predictions: Predictions, halves: bool = False) -> dict[str, float]:
+    """``halves``: also the loss on each half of the scans (alternate scans in split order), so a
+    checkpoint rule that picks an epoch by validation loss can be scored on the half it did not see."""
     logits = torch.from_numpy(predictions.logits)
-    loss = F.cross_entropy(logits, torch.from_numpy(predictions.labels)).item()
+    labels = torch.from_numpy(predictions.labels)
+    loss = F.cross_entropy(logits, labels).item()
     metrics = point_metrics(softmax(predictions.logits), predictions.labels)
     keep = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc"] + [f"recall_{c}" for c in CLASSES]
     out = {"loss": loss, **{k: metrics[k] for k in keep}}
+    if halves and len(labels) > 1:
+        out["loss_halves"] = [F.cross_entropy(logits[start::2], labels[start::2]).item() for start in (0, 1)]
     if not np.isnan(predictions.dice).all():
         out["lesion_dice"] = float(np.nanmean(predictions.dice))
     return out
@@ -222,6 +263,7 @@ def new_run_dir(config: TrainConfig) -> Path:
 
 
 STATE_FILE = "last.state.pt"
+AVERAGE_FILE = "average.safetensors"  # the average of the last epochs' weights (runs with averaged_epochs > 0)
 EMA_FILE = "last-ema.safetensors"  # the moving average at the last checkpoint (runs with ema_decay > 0)
 
 
@@ -397,7 +439,9 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
          world: distributed.World | None = None, state: dict | None = None):
     world = world or distributed.World()
     main = world.is_main
-    model = build_model(spec.name, image_size=config.image_size).to(device)
+    model = build_model(spec.name, pretrained=True, image_size=config.image_size).to(device)
+    if config.frozen_blocks:
+        model.freeze_encoder(config.frozen_blocks)
     if config.precision == "bf16":
         model = model.to(memory_format=torch.channels_last)  # oneDNN's bfloat16 convolutions are fastest on it
     dataset = ScanDataset(arrays.take(train_ids), config.augment, config.image_size)
@@ -415,7 +459,8 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
         persistent_workers=config.num_workers > 0, pin_memory=device.type == "cuda",
     )
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimizer_class([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                weight_decay=config.weight_decay)
     total_steps = config.epochs * len(loader)
     warmup = min(len(loader), total_steps // 10)
 
@@ -438,6 +483,7 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
         averaged = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     evaluated = averaged.module if averaged is not None else model
+    window = EpochAverage(config.epochs - config.averaged_epochs) if config.averaged_epochs else None
     if world.enabled:
         # Every parameter takes part in each step only when the model picks its mask per scan and segments.
         all_used = config.mask_schedule == "random" and spec.per_scan_mask_choice and config.segmentation_weight > 0
@@ -460,6 +506,8 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         first_epoch, best_val = int(state["epoch"]), float(state["best_val"])
+        if window is not None:
+            window.load_state_dict(state.get("epoch_average") or {})
         generator.set_state(state["rng"]["loader"])
         mask_generator.set_state(state["rng"]["mask"])
         mask_rng.setstate(_as_tuple(state["rng"]["mask_rng"]))
@@ -526,8 +574,10 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
             if test_ids:
                 entry["heldout"][mode] = heldout_metrics(_predict(evaluated, spec, test_arrays, mode, device))
             if val_ids:
-                entry["validation"][mode] = heldout_metrics(_predict(evaluated, spec, val_arrays, mode, device))
+                entry["validation"][mode] = heldout_metrics(_predict(evaluated, spec, val_arrays, mode, device), halves=True)
         history.append(entry)
+        if window is not None:
+            window.add(epoch, evaluated)
         tag = {"arch": spec.name, "epoch": str(epoch + 1)}
         final = epoch + 1 == config.epochs
         improved = bool(val_ids) and entry["validation"][primary_mode]["loss"] < best_val
@@ -544,13 +594,20 @@ def _fit(config, spec, device, arrays, train_ids, val_ids, test_ids, run_dir, st
                     save_weights(run_dir / EMA_FILE, evaluated, tag)
                 save_state(run_dir / STATE_FILE, {
                     "epoch": epoch + 1, "best_val": best_val, "world_size": world.world_size,
+                    "epoch_average": window.state_dict() if window is not None else {},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": {"loader": generator.get_state(), "mask": mask_generator.get_state(),
                             "mask_rng": list(mask_rng.getstate()), "torch": torch.get_rng_state()},
                 })
                 last_saved = time.monotonic()
-            if improved or (not val_ids and final):
+            if final and window is not None:
+                save_weights(run_dir / AVERAGE_FILE, window.module_like(evaluated),
+                             {**tag, "averaged_epochs": f"{window.first + 1}-{epoch + 1}"})
+            if config.checkpoint == "lowest-loss" and (improved or (not val_ids and final)):
                 save_weights(run_dir / "best.safetensors", evaluated, tag)
+            elif config.checkpoint != "lowest-loss" and final:
+                chosen = window.module_like(evaluated) if config.checkpoint == "average" else evaluated
+                save_weights(run_dir / "best.safetensors", chosen, {**tag, "rule": config.checkpoint})
         summary = {m: round(v["accuracy"], 3) for m, v in entry["heldout"].items()}
         log(f"epoch {epoch + 1}: train loss {entry['train']['loss']:.4f} acc {entry['train']['accuracy']:.3f}; held-out acc {summary}")
         epochs.set_postfix(loss=f"{entry['train']['loss']:.3f}", **{f"acc_{m}": a for m, a in summary.items()})

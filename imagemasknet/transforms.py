@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-AUGMENTATIONS = ("none", "flip", "study-m2", "ultrasound")
+AUGMENTATIONS = ("none", "flip", "study-m2", "ultrasound", "ultrasound-strong")
 
 
 def _random_gamma(image: torch.Tensor) -> torch.Tensor:
@@ -60,6 +60,57 @@ def _burnt_in_marks(image: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _depth_gain(image: torch.Tensor) -> torch.Tensor:
+    """A smooth brightness ramp down the scan and a lateral fall-off: scanners and sonographers set the
+    time-gain compensation and focus differently."""
+    height, width = image.shape[-2:]
+    depth = torch.linspace(-0.5, 0.5, height)[:, None]
+    lateral = torch.linspace(-1, 1, width)[None, :] ** 2
+    slope, falloff = torch.empty(2).uniform_(-0.9, 0.9).tolist()[0], torch.empty(1).uniform_(0, 0.35).item()
+    gain = torch.exp(slope * depth) * (1 - falloff * lateral)
+    return (image.float() * gain).clamp(0, 255).to(torch.uint8)
+
+
+def _tone_curve(image: torch.Tensor) -> torch.Tensor:
+    """A random monotone S-curve (or its inverse): other scanners map echo strength to grey differently."""
+    midpoint = torch.empty(1).uniform_(0.3, 0.7).item()
+    steepness = math.exp(torch.empty(1).uniform_(math.log(0.5), math.log(2.5)).item()) * 6
+    x = image.float() / 255
+    low, high = torch.sigmoid(torch.tensor(-steepness * midpoint)), torch.sigmoid(torch.tensor(steepness * (1 - midpoint)))
+    curved = (torch.sigmoid(steepness * (x - midpoint)) - low) / (high - low)
+    return (curved * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _strong_speckle(image: torch.Tensor) -> torch.Tensor:
+    """Multiplicative noise of a random grain size, stronger than :func:`_speckle`."""
+    strength = torch.empty(1).uniform_(0.1, 0.6).item()
+    grain = int(torch.randint(2, 5, (1,)))
+    noise = torch.randn((1, 1, max(1, image.shape[-2] // grain), max(1, image.shape[-1] // grain)))
+    noise = F.interpolate(noise, size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
+    return (image.float() * (1 + strength * noise)).clamp(0, 255).to(torch.uint8)
+
+
+def _jpeg(image: torch.Tensor) -> torch.Tensor:
+    """JPEG compression artefacts, as in scans exported from PACS or screenshots."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[0].numpy()).save(buffer, format="JPEG", quality=int(torch.randint(15, 80, (1,))))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return torch.from_numpy(np.array(decoded.convert("L")))[None]
+
+
+def _sharpen(image: torch.Tensor) -> torch.Tensor:
+    """Edge enhancement, which some scanners apply by default."""
+    amount = torch.empty(1).uniform_(0.3, 1.5).item()
+    blurred = F.avg_pool2d(image[None].float(), 3, 1, 1, count_include_pad=False)[0]
+    return (image.float() + amount * (image.float() - blurred)).clamp(0, 255).to(torch.uint8)
+
+
 def _scan_only(fn) -> v2.Lambda:
     return v2.Lambda(fn, tv_tensors.Image)
 
@@ -75,16 +126,32 @@ def build_augmentation(name: str, size: int) -> v2.Transform:
             v2.RandomRotation(10),
             v2.ColorJitter(brightness=0.2, contrast=0.2),
         ])
+    geometry = [
+        v2.RandomResizedCrop(size, scale=(0.55, 1.0), ratio=(0.75, 1.33), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1), shear=5)], p=0.5),
+    ]
     if name == "ultrasound":
         return v2.Compose([
-            v2.RandomResizedCrop(size, scale=(0.55, 1.0), ratio=(0.75, 1.33), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1), shear=5)], p=0.5),
+            *geometry,
             v2.RandomApply([_scan_only(_random_gamma)], p=0.5),
             v2.ColorJitter(brightness=0.3, contrast=0.35),
             v2.RandomApply([_scan_only(_speckle)], p=0.5),
             v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
             v2.RandomApply([_scan_only(_resolution_loss)], p=0.3),
+            v2.RandomApply([_scan_only(_burnt_in_marks)], p=0.4),
+        ])
+    if name == "ultrasound-strong":  # the same geometry; what changes between scanners, pushed further
+        return v2.Compose([
+            *geometry,
+            v2.RandomApply([_scan_only(_depth_gain)], p=0.5),
+            v2.RandomApply([_scan_only(_tone_curve)], p=0.5),
+            v2.RandomApply([_scan_only(_random_gamma)], p=0.5),
+            v2.ColorJitter(brightness=0.4, contrast=0.5),
+            v2.RandomApply([_scan_only(_strong_speckle)], p=0.6),
+            v2.RandomChoice([v2.GaussianBlur(5, sigma=(0.1, 2.0)), _scan_only(_sharpen), v2.Identity()], p=[0.3, 0.2, 0.5]),
+            v2.RandomApply([_scan_only(_resolution_loss)], p=0.3),
+            v2.RandomApply([_scan_only(_jpeg)], p=0.3),
             v2.RandomApply([_scan_only(_burnt_in_marks)], p=0.4),
         ])
     raise ValueError(f"unknown augmentation '{name}'; choose from {', '.join(AUGMENTATIONS)}")

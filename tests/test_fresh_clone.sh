@@ -92,4 +92,27 @@ if label not in ("normal", "benign", "malignant"):
 p = records[0]["probabilities"]
 print(f"fresh-clone: predict on a bundled scan: {label} (P(malignant) {p['malignant']:.3f}, {records[0]['mode']} mode)")
 EOF
+
+# A non-editable install (`pip install .`) into another fresh venv: the CLI, run from a folder outside the
+# clone, must find the shipped weights inside the installed package.
+echo "fresh-clone: pip install . (not editable) into a fresh venv"
+python3 -m venv "$work/installed"
+"$work/installed/bin/pip" install -q "$clone" > "$work/install.log" 2>&1 || { tail -n 20 "$work/install.log" >&2; exit 1; }
+mkdir -p "$work/elsewhere"
+(cd "$work/elsewhere" && "$work/installed/bin/imagemasknet" predict "$clone/$scan" --json --no-progress) > "$work/installed.json"
+(cd "$work/elsewhere" && "$work/installed/bin/python" - "$work/installed.json" "$clone") <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+import imagemasknet.predict as predict
+
+records, clone = json.load(open(sys.argv[1])), Path(sys.argv[2]).resolve()
+if "error" in records[0] or records[0].get("model") != predict.available_models()[0]:
+    sys.exit(f"fresh-clone: the installed CLI did not predict with the default model: {records}")
+weights = predict.WEIGHTS_DIR.resolve()
+if clone in weights.parents or "site-packages" not in str(weights):
+    sys.exit(f"fresh-clone: the installed package reads its weights from {weights}, not from inside itself")
+print(f"fresh-clone: installed package predicts with {records[0]['model']} from {weights}")
+EOF
 echo "fresh-clone: OK"

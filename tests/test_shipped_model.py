@@ -69,15 +69,32 @@ def test_outputs_have_the_right_shapes_and_ranges_in_both_modes(predictor, busi_
 
 
 def test_reference_predictions_reproduce(predictor, card, busi_root):
+    """The references were computed with the float32 weights; the float16 copy shipped must give the same
+    probabilities within 0.01 (and the same class wherever the top two differ by more than that)."""
     cases = load_busi(busi_root).by_id()
     fold0 = set(load_folds()[0])
+    tolerance = 0.01 if card.get("storage", "").startswith("float16") else 1e-4
     assert len(card["reference_predictions"]) >= 5
     for reference in card["reference_predictions"]:
         assert reference["id"] in fold0
         prediction = predictor.predict(read_scan(cases[reference["id"]].image_path))
-        assert prediction.label == reference["predicted"]
+        top, second = sorted(reference["probabilities"].values(), reverse=True)[:2]
+        if top - second > 2 * tolerance:
+            assert prediction.label == reference["predicted"]
         for c in CLASSES:
-            assert prediction.probabilities[c] == pytest.approx(reference["probabilities"][c], abs=1e-4)
+            assert prediction.probabilities[c] == pytest.approx(reference["probabilities"][c], abs=tolerance)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_shipped_model_reproduces_its_references(name, busi_root):
+    card = read_json(WEIGHTS_DIR / f"{name}.json")
+    predictor = Predictor.shipped(name, device="cpu")
+    cases = load_busi(busi_root).by_id()
+    tolerance = 0.01 if card.get("storage", "").startswith("float16") else 1e-4
+    for reference in card["reference_predictions"]:
+        prediction = predictor.predict(read_scan(cases[reference["id"]].image_path))
+        for c in CLASSES:
+            assert prediction.probabilities[c] == pytest.approx(reference["probabilities"][c], abs=tolerance)
 
 
 def test_predicted_lesion_overlaps_the_drawn_lesion(predictor, busi_root):

@@ -6,12 +6,15 @@ Every model is called as ``model(image, mask=None)`` with ``image`` a float tens
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
 from torch import nn
 
 from .base import ModelOutput
+from .efficientnet_lite import PRETRAINED, PretrainedWeights, PretrainedWeightsError
+from .lesion_effnet import LesionEfficientNet
 from .lesion_resunet import LesionResUNet
 from .study import ImageMaskNet, ImageMaskNet2
 
@@ -27,6 +30,7 @@ class ModelSpec:
     image_channels: int  # 3: the study's RGB-replicated input; 1: greyscale
     normalisation: str  # "unit": pixels / 255; "per-image": zero mean, unit variance per scan
     per_scan_mask_choice: bool = False  # forward takes mask_given=(B,) bool: modes mix inside a batch
+    pretrained: PretrainedWeights | None = None  # training starts from these weights (build(pretrained=True))
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -62,6 +66,15 @@ register(ModelSpec(
     per_scan_mask_choice=True,
 ))
 
+for _variant, _note in (("lite0", "the shipped default"), ("lite1", "deeper"), ("lite2", "deeper and wider")):
+    register(ModelSpec(
+        f"lesion-effnet-{_variant}", partial(LesionEfficientNet, variant=_variant),
+        f"ImageNet-pretrained EfficientNet-{_variant.title()} encoder ({_note}) under the same lesion decoder and "
+        "lesion pooling as lesion-resunet. Image-only at inference, mask-aware when a mask is given.",
+        accepts_mask=True, needs_mask=False, predicts_lesion=True, image_channels=1, normalisation="per-image",
+        per_scan_mask_choice=True, pretrained=PRETRAINED[_variant],
+    ))
+
 DEFAULT_MODEL = "lesion-resunet"
 
 
@@ -76,8 +89,13 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model '{name}'; registered: {', '.join(_REGISTRY)}") from None
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    return get_spec(name).build(**kwargs)
+def build_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """``pretrained``: start a model that has them from its ImageNet weights (training does; a model
+    about to be filled from its own checkpoint needs no package)."""
+    spec = get_spec(name)
+    if pretrained and spec.pretrained is not None:
+        kwargs["pretrained"] = True
+    return spec.build(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -85,6 +103,6 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
-    "ModelOutput", "ModelSpec", "DEFAULT_MODEL", "build_model", "count_parameters", "get_spec",
-    "list_models", "register", "torch",
+    "ModelOutput", "ModelSpec", "DEFAULT_MODEL", "PretrainedWeights", "PretrainedWeightsError", "build_model",
+    "count_parameters", "get_spec", "list_models", "register", "torch",
 ]
