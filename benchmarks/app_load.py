@@ -56,7 +56,7 @@ def concurrency(browser, url: str, scans: list[Path], sessions: int, rounds: int
         batch = scans[round_index * sessions:(round_index + 1) * sessions]
         results = classify_concurrently(browser, url, batch)
         for path, (shown, elapsed) in zip(batch, results):
-            expected = predictor.predict(read_scan(path)).label.capitalize()
+            expected = predictor.predict(read_scan(path)).predicted_class.capitalize()
             if shown != expected:
                 wrong.append({"file": path.name, "shown": shown, "expected": expected})
             seconds.append(elapsed)

@@ -16,9 +16,12 @@ import numpy as np
 
 from imagemasknet.data import content_fingerprint, load_busi
 from imagemasknet.models import count_parameters, get_spec
-from imagemasknet.predict import WEIGHTS_DIR, Predictor
+from imagemasknet.decision import LOW_CONFIDENCE_BELOW, is_low_confidence
+from imagemasknet.predict import WEIGHTS_DIR, Predictor, familiarity_path
 from imagemasknet.runs import read_json, save_weights, write_json
 from imagemasknet.splits import DEFAULT_SPLIT, load_folds
+
+from decisions import decision_material
 
 PRESETS = {"lesion-effnet-lite0": "lesion-effnet-lite0 (pretrained encoder)", "lesion-resunet": "lesion-resunet",
            "study-m1": "study Model 1", "study-m2": "study Model 2"}
@@ -133,6 +136,17 @@ def summarise(results: Path, folds: list[int]) -> dict:
     return summary
 
 
+def low_confidence_figures(rows: list[dict], modes: tuple[str, ...]) -> dict:
+    """How often the low-confidence rule fires out of fold, and the accuracy on each side of it."""
+    out = {}
+    for mode in modes:
+        low = np.array([is_low_confidence(r["probabilities"][mode]) for r in rows])
+        right = np.array([max(r["probabilities"][mode], key=r["probabilities"][mode].get) == r["label"] for r in rows])
+        out[mode] = {"share_low": float(low.mean()), "accuracy_low": float(right[low].mean()) if low.any() else None,
+                     "accuracy_confident": float(right[~low].mean()) if (~low).any() else None}
+    return out
+
+
 def _mean_sd(values: list[float]) -> dict[str, float]:
     values = np.array(values, dtype=float)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
@@ -168,8 +182,10 @@ def tables(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def ship(results: Path, preset: str, summary: dict, reference_count: int = 6) -> Path:
-    """Copy the all-data run's best weights into weights/ and write its model card."""
+def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: str | None = None,
+         reference_count: int = 6) -> Path:
+    """Store the all-data run's kept weights in weights/ (float16) with its model card, out-of-fold
+    predictions and familiarity reference (:mod:`decisions`)."""
     run = results / f"{preset}-all"
     config = read_json(run / "config.json")
     spec = get_spec(config["arch"])
@@ -179,7 +195,8 @@ def ship(results: Path, preset: str, summary: dict, reference_count: int = 6) ->
     data = load_busi()
     # The reference predictions come from the run's float32 weights; the shipped float16 copy must reproduce
     # them within the tolerance tests/test_shipped_model.py states.
-    predictor = Predictor(spec.name, run / "best.safetensors", temperatures, image_size=config["image_size"], device="cpu")
+    predictor = Predictor(spec.name, run / "best.safetensors", temperatures, image_size=config["image_size"], device="cpu",
+                          check_training_data=False)
     save_weights(target, predictor.model, {"arch": spec.name, "run": run.name}, half=True)
     target.chmod(0o644)  # installed with the package: readable by every user
     from imagemasknet.predict import read_scan
@@ -189,9 +206,15 @@ def ship(results: Path, preset: str, summary: dict, reference_count: int = 6) ->
     for image_id in load_folds()[0][:: max(1, len(load_folds()[0]) // reference_count)][:reference_count]:
         scan = read_scan(by_id[image_id].image_path)
         prediction = predictor.predict(scan)
-        reference.append({"id": image_id, "label": by_id[image_id].label, "predicted": prediction.label,
+        reference.append({"id": image_id, "label": by_id[image_id].label, "predicted": prediction.predicted_class,
                           "probabilities": prediction.probabilities})
     from_scratch = spec.pretrained is None
+    material = decision_material(results, preset, folds, predictor, busbra)
+    write_json(target.with_name(f"{spec.name}.oof.json"), {
+        "model": spec.name, "note": "each BUSI scan's prediction by the cross-validation fold model that never trained "
+                                    "on it, calibrated by that fold's temperature; familiarity against that model's training scans",
+        "predictions": material["out_of_fold"]})
+    material["reference"].save(familiarity_path(target))
     card = {
         "name": spec.name,
         "version": dt.date.today().isoformat(),
@@ -212,6 +235,10 @@ def ship(results: Path, preset: str, summary: dict, reference_count: int = 6) ->
         "split_file": {"path": str(DEFAULT_SPLIT.relative_to(DEFAULT_SPLIT.parent.parent)),
                        "sha256": hashlib.sha256(DEFAULT_SPLIT.read_bytes()).hexdigest()},
         "temperature": temperatures,
+        "malignancy_flag": material["malignancy_flag"],
+        "familiarity": material["familiarity"],
+        "low_confidence": {"rule": f"top calibrated probability under {LOW_CONFIDENCE_BELOW:.0%}",
+                           "out_of_fold": low_confidence_figures(material["out_of_fold"], spec.modes)},
         "cross_validation": summary[preset],
         "external": {"busbra": {m: summary[preset][m].get("all_data_busbra") for m in spec.modes},
                      "note": "BUS-BRA subset (532 scans, one per patient, benign/malignant); evaluation only"},
@@ -238,13 +265,14 @@ def main() -> int:
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--json", type=Path, help="write the summary here")
     parser.add_argument("--ship", help="preset whose all-data run becomes the shipped model")
+    parser.add_argument("--busbra", help="BUS-BRA labels.csv: with --ship, report the flag and familiarity figures there")
     args = parser.parse_args()
     summary = summarise(args.results, args.folds)
     print(tables(summary))
     if args.json:
         write_json(args.json, summary)
     if args.ship:
-        print(f"shipped {ship(args.results, args.ship, summary)}")
+        print(f"shipped {ship(args.results, args.ship, summary, args.folds, args.busbra)}")
     return 0
 
 

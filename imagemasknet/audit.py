@@ -354,32 +354,36 @@ def find_duplicate_pairs(busi: Busi, progress: bool = False) -> list[DuplicatePa
         return []
     halves, features = [], []
     for case in _progress(cases, progress, "reading scans for the duplicate search"):
-        image = Image.fromarray(read_grey(case.image_path))
-        half = image.resize((max(1, round(image.width / 2)), max(1, round(image.height / 2))), Image.Resampling.BILINEAR)
-        halves.append(half)
-        features.append(_coarse_features(half))
+        halves.append(_half(Image.fromarray(read_grey(case.image_path))))
+        features.append(_coarse_features(halves[-1]))
     score, best = _coarse_search(features)
     pairs = []
     pair_score = torch.maximum(score, score.T)
     candidates = torch.triu(pair_score >= CANDIDATE_SCORE, diagonal=1).nonzero().tolist()
     for x, y in _progress(candidates, progress, "checking speckle of candidate pairs"):
-        coarse_ncc = float(pair_score[x, y])
-        # Orient the match: the template came from `t`, the matching window from `w`.
-        t, w = (x, y) if score[x, y] >= score[y, x] else (y, x)
-        tx, ty, t_step = features[t].template_at
-        wx, wy, w_step = features[w].windows_at[best[t, w]].tolist()
-        w_per_t = w_step / t_step  # how much larger w shows the tissue than t
-        if w_per_t >= 1:
-            ncc, ratio = _speckle_ncc(halves[w], (wx, wy), halves[t], (tx, ty), w_per_t)
-            scale_w_vs_t = ratio
-        else:
-            ncc, ratio = _speckle_ncc(halves[t], (tx, ty), halves[w], (wx, wy), 1 / w_per_t)
-            scale_w_vs_t = 1 / ratio
+        ncc, scale_y_vs_x = _same_frame(score, best, features, halves, x, y)
         if ncc >= SAME_FRAME_SCORE:
-            scale_y_vs_x = scale_w_vs_t if w == y else 1 / scale_w_vs_t
-            pairs.append(DuplicatePair(cases[x].id, cases[y].id, round(ncc, 3), round(coarse_ncc, 3),
+            pairs.append(DuplicatePair(cases[x].id, cases[y].id, round(ncc, 3), round(float(pair_score[x, y]), 3),
                                        round(scale_y_vs_x, 3)))
     return pairs
+
+
+def _same_frame(score: torch.Tensor, best: torch.Tensor, features: list[_Coarse], halves: list[Image.Image],
+                x: int, y: int) -> tuple[float, float]:
+    """The speckle NCC of images x and y where the coarse search matched them, and how much larger y
+    shows the tissue than x."""
+    # Orient the match: the template came from `t`, the matching window from `w`.
+    t, w = (x, y) if score[x, y] >= score[y, x] else (y, x)
+    tx, ty, t_step = features[t].template_at
+    wx, wy, w_step = features[w].windows_at[best[t, w]].tolist()
+    w_per_t = w_step / t_step  # how much larger w shows the tissue than t
+    if w_per_t >= 1:
+        ncc, ratio = _speckle_ncc(halves[w], (wx, wy), halves[t], (tx, ty), w_per_t)
+        scale_w_vs_t = ratio
+    else:
+        ncc, ratio = _speckle_ncc(halves[t], (tx, ty), halves[w], (wx, wy), 1 / w_per_t)
+        scale_w_vs_t = 1 / ratio
+    return ncc, scale_w_vs_t if w == y else 1 / scale_w_vs_t
 
 
 def _progress(items, enabled: bool, description: str):
@@ -421,3 +425,80 @@ def format_table(result: AuditResult) -> str:
     lines += ["", f"Label conflicts (one scan under several classes): {len(result.conflicts)}"]
     lines += [f"{g.name}  " + ", ".join(g.ids) for g in result.conflicts]
     return "\n".join(lines)
+
+
+# --- one scan against a data set (provenance) ---------------------------------------------------------------
+
+
+class DuplicateIndex:
+    """A data set's scans, ready to say whether one more scan is (a near-duplicate of) one of them.
+
+    An exact pixel copy is found by its hash. Otherwise the audit's two passes run in one direction: each
+    indexed scan's central square is searched for in the new scan (the coarse pass, all scans at once),
+    then the speckle check runs on the candidates, re-reading only those from disk. So a copy is found
+    when it shows the middle of the original: re-saved, re-scaled, lightly cropped or annotated. The
+    index keeps one small template per scan, about 1 KB, and is cached under the cache folder."""
+
+    def __init__(self, busi: Busi, progress: bool = False):
+        import json
+
+        from .data import cache_dir, listing_fingerprint
+
+        self.cases = busi.cases
+        path = cache_dir() / f"duplicate-index-{listing_fingerprint(busi)[:20]}-v1.npz"
+        try:
+            with np.load(path) as cached:
+                if json.loads(str(cached["ids"])) != busi.ids:
+                    raise ValueError("another data set")
+                self.templates, self.template_at = cached["templates"], cached["template_at"]
+                self.digests = dict(zip(json.loads(str(cached["digests"])), busi.ids))
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # no cache yet, or a damaged one: built below
+        templates, where, digests = [], [], []
+        for case in _progress(busi.cases, progress, "indexing the training scans"):
+            pixels = read_grey(case.image_path)
+            digests.append(_pixel_digest(pixels))
+            coarse = _coarse_features(_half(Image.fromarray(pixels)))
+            templates.append(coarse.template)
+            where.append(coarse.template_at)
+        self.templates, self.template_at = np.stack(templates).astype(np.float32), np.array(where, dtype=np.float64)
+        self.digests = dict(zip(digests, busi.ids))
+        from .runs import atomic_write
+
+        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), ids=json.dumps(busi.ids), digests=json.dumps(digests),
+                                                templates=self.templates, template_at=self.template_at))
+
+    def match(self, pixels: np.ndarray) -> DuplicatePair | None:
+        """The indexed scan that ``pixels`` (uint8 H×W) copies, the best speckle match first; or None."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        exact = self.digests.get(_pixel_digest(pixels))
+        if exact is not None:
+            return DuplicatePair("upload", exact, 1.0, 1.0, 1.0)
+        half = _half(Image.fromarray(pixels))
+        query = _coarse_features(half)
+        scores = self.templates @ query.windows.T.astype(np.float32)  # (scans, windows of the upload)
+        best, found = scores.argmax(1), None
+        for n in np.flatnonzero(scores.max(1) >= CANDIDATE_SCORE):
+            tx, ty, t_step = self.template_at[n]
+            wx, wy, w_step = query.windows_at[best[n]].tolist()
+            original = _half(Image.fromarray(read_grey(self.cases[n].image_path)))
+            w_per_t = w_step / t_step  # how much larger the upload shows the tissue than the original
+            if w_per_t >= 1:
+                ncc, _ = _speckle_ncc(half, (wx, wy), original, (tx, ty), w_per_t)
+            else:
+                ncc, _ = _speckle_ncc(original, (tx, ty), half, (wx, wy), 1 / w_per_t)
+            if ncc >= SAME_FRAME_SCORE and (found is None or ncc > found.speckle_ncc):
+                found = DuplicatePair("upload", self.cases[n].id, round(ncc, 3), round(float(scores[n].max()), 3),
+                                      round(float(1 / w_per_t), 3))
+        return found
+
+
+def _pixel_digest(pixels: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes() + repr(pixels.shape).encode()).hexdigest()
+
+
+def _half(image: Image.Image) -> Image.Image:
+    return image.resize((max(1, round(image.width / 2)), max(1, round(image.height / 2))), Image.Resampling.BILINEAR)

@@ -18,7 +18,7 @@ def probability_chart(prediction, height: int = 210) -> go.Figure:
     """
     classes = [c for c in CLASSES if c in prediction.probabilities]
     values = [float(prediction.probabilities[c]) for c in classes]
-    colours = [PREDICTED_COLOUR if c == prediction.label else OTHER_COLOUR for c in classes]
+    colours = [PREDICTED_COLOUR if c == prediction.predicted_class else OTHER_COLOUR for c in classes]
     figure = go.Figure(go.Bar(
         x=values,
         y=[c.capitalize() for c in classes],

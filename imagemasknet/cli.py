@@ -277,8 +277,13 @@ def _describe(record: dict) -> str:
         return f"{record['file']}: ERROR {record['error']['message']}"
     p = record["probabilities"]
     warn = f"  [{'; '.join(record['warnings'])}]" if record["warnings"] else ""
-    return (f"{record['file']}: {record['label']} ({p[record['label']]:.1%}; normal {p['normal']:.2f}, benign "
-            f"{p['benign']:.2f}, malignant {p['malignant']:.2f}; {record['mode']} mode){warn}")
+    flag = {True: "SUSPICIOUS FOR MALIGNANCY", False: "not flagged", None: "no malignancy threshold"}[
+        record.get("suspicious_for_malignancy")]
+    threshold = f" at P(malignant) >= {record['malignancy_threshold']:.3f}" if record.get("malignancy_threshold") is not None else ""
+    low = ", low confidence" if record.get("low_confidence") else ""
+    return (f"{record['file']}: {flag}{threshold}; predicted {record['predicted_class']} "
+            f"({p[record['predicted_class']]:.1%}{low}; normal {p['normal']:.2f}, benign {p['benign']:.2f}, "
+            f"malignant {p['malignant']:.2f}; {record['mode']} mode){warn}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ class Predictions:
     labels: np.ndarray
     logits: np.ndarray  # (N, 3), before temperature
     dice: np.ndarray  # (N,), NaN where the model predicts no lesion map or the scan has no lesion
+    texture: np.ndarray | None = None  # (N, D) the familiarity score's statistics, for models that give them
 
 
 def model_input(spec: ModelSpec, images: torch.Tensor, masks: torch.Tensor | None, mode: str, device: torch.device):
@@ -34,7 +35,7 @@ def predict_arrays(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, mode
                    device: torch.device, batch_size: int = 32, flip_average: bool = False) -> Predictions:
     """``flip_average``: average the logits (and lesion logits) over each scan and its left-right mirror."""
     model.eval()
-    logits, dices = [], []
+    logits, dices, textures = [], [], []
     for start in range(0, len(arrays.ids), batch_size):
         images = torch.from_numpy(arrays.images[start:start + batch_size]).unsqueeze(1)
         masks = torch.from_numpy(arrays.masks[start:start + batch_size]).unsqueeze(1)
@@ -46,6 +47,8 @@ def predict_arrays(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, mode
             if lesion_logits is not None:
                 lesion_logits = (lesion_logits + mirrored.lesion_logits.flip(-1)) / 2
         logits.append(class_logits.cpu().numpy())
+        if output.texture is not None:
+            textures.append(output.texture.float().cpu().numpy())
         for n in range(len(images)):
             truth = arrays.masks[start + n]
             if lesion_logits is None or not truth.any():
@@ -55,7 +58,8 @@ def predict_arrays(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, mode
                 if lesion.shape != truth.shape:
                     lesion = F.interpolate(lesion[None, None], size=truth.shape, mode="bilinear")[0, 0]
                 dices.append(dice((lesion > 0).cpu().numpy(), truth))
-    return Predictions(list(arrays.ids), arrays.labels.copy(), np.concatenate(logits), np.array(dices))
+    return Predictions(list(arrays.ids), arrays.labels.copy(), np.concatenate(logits), np.array(dices),
+                       np.concatenate(textures) if textures else None)
 
 
 def report(predictions: Predictions, temperature: float = 1.0, resamples: int = 1000,

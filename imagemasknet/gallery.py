@@ -26,10 +26,9 @@ import numpy as np
 from PIL import Image
 
 from .data import CLASSES, Arrays, Busi, cache_dir, listing_fingerprint
+from .decision import is_low_confidence
 from .explain import fill, outline
 
-#: A prediction whose top probability is under this is flagged "low confidence".
-LOW_CONFIDENCE = 0.6
 THUMB_SIZE = 192
 PER_PAGE = 24
 MASK_COLOUR = (0, 230, 118)  # the reference (ground-truth) mask
@@ -72,7 +71,7 @@ class CaseRow:
 
     @property
     def low_confidence(self) -> bool:
-        return self.confidence is not None and self.confidence < LOW_CONFIDENCE
+        return self.probabilities is not None and is_low_confidence(self.probabilities)
 
 
 def fold_of(folds: list[list[str]]) -> dict[str, int]:

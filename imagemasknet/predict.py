@@ -7,6 +7,7 @@ every Streamlit session (Grad-CAM attaches hooks to the model, which must not in
 """
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import CLASSES
+from .data import BUNDLED_COPY, CLASSES, SHARED_COPY
+from .decision import is_low_confidence, is_suspicious
+from .familiarity import FamiliarityReference
 from .metrics import softmax
 from .models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
 from .runs import WeightsError, file_sha256, load_model, read_json, run_temperatures
 from .scans import (  # noqa: F401  (re-exported: one import for callers)
     AspectRatioError, CorruptImageError, DecompressionBombError, EmptyFileError, ImageTooSmallError, MaskError,
-    MultiFrameError, NotAnImageError, Scan, ScanError, mask_from_drawing, read_mask, read_scan,
+    MultiFrameError, NotAnImageError, NotUltrasoundError, Scan, ScanError, mask_from_drawing, read_mask, read_scan,
 )
 from .transforms import normalise
 
@@ -38,21 +41,37 @@ WEIGHTS_DIR = _weights_dir()
 
 @dataclass
 class Prediction:
-    label: str
+    predicted_class: str  # the class with the largest calibrated probability (not ground truth)
     probabilities: dict[str, float]
     mode: str  # "image" or "mask"
     model: str
     warnings: list[str] = field(default_factory=list)
     lesion_mask: np.ndarray | None = None  # bool, the scan's size; None when the model draws none
+    malignancy_threshold: float | None = None  # the flag's P(malignant) threshold; None: the model has none
+    threshold_source: str = ""  # where the threshold comes from, as a phrase
+    familiarity: float | None = None  # 1 = as familiar as a typical training scan; None: not measured
+    unfamiliar: bool = False
+    training_match: str | None = None  # the BUSI scan this one copies, when it does
 
     @property
     def confidence(self) -> float:
-        return self.probabilities[self.label]
+        return self.probabilities[self.predicted_class]
+
+    @property
+    def low_confidence(self) -> bool:
+        return is_low_confidence(self.probabilities)
+
+    @property
+    def suspicious_for_malignancy(self) -> bool | None:
+        return is_suspicious(self.probabilities["malignant"], self.malignancy_threshold)
 
     def record(self, file: str) -> dict:
-        """The ``predict --json`` record for this prediction."""
-        return {"file": file, "label": self.label, "probabilities": self.probabilities, "mode": self.mode,
-                "model": self.model, "warnings": list(self.warnings)}
+        """The ``predict --json`` record for this prediction (the contract in ../shared/DESIGN.md)."""
+        return {"file": file, "predicted_class": self.predicted_class, "probabilities": self.probabilities,
+                "suspicious_for_malignancy": self.suspicious_for_malignancy,
+                "malignancy_threshold": self.malignancy_threshold, "mode": self.mode, "model": self.model,
+                "warnings": list(self.warnings), "low_confidence": self.low_confidence, "unfamiliar": self.unfamiliar,
+                "familiarity_score": self.familiarity, "in_training_data": self.training_match}
 
 
 def shipped_weights(name: str) -> Path:
@@ -86,11 +105,31 @@ def active_model_key() -> str:
     return f"active:{folder.name}" if folder is not None else f"shipped:{DEFAULT_MODEL}"
 
 
+def familiarity_path(weights: Path) -> Path:
+    """Where a model's familiarity reference sits: beside its weights, ``NAME.familiarity.safetensors``."""
+    return weights.with_name(f"{weights.stem}.familiarity.safetensors")
+
+
+@functools.lru_cache(maxsize=1)
+def training_data_index():
+    """The bundled BUSI copy (the shipped models' training data) as a :class:`~imagemasknet.audit.DuplicateIndex`;
+    None when no copy is installed (a ``pip install .`` without the repository), so provenance goes unchecked."""
+    from .audit import DuplicateIndex
+    from .data import load_busi
+
+    for root in (BUNDLED_COPY, SHARED_COPY):
+        if root.is_dir():
+            return DuplicateIndex(load_busi(root))
+    return None
+
+
 class Predictor:
-    """A registered model with its weights and calibration, ready to classify scans."""
+    """A registered model with its weights, calibration, malignancy threshold and familiarity reference,
+    ready to classify scans; it refuses what it cannot judge (:class:`NotUltrasoundError`)."""
 
     def __init__(self, arch: str, weights: Path, temperatures: dict[str, float] | None = None,
-                 card: dict | None = None, image_size: int = 256, device: str = "auto", version: str = ""):
+                 card: dict | None = None, image_size: int = 256, device: str = "auto", version: str = "",
+                 familiarity: FamiliarityReference | None = None, check_training_data: bool = True):
         from .train import pick_device
 
         self.spec: ModelSpec = get_spec(arch)
@@ -101,6 +140,12 @@ class Predictor:
         self.temperatures = temperatures or {}
         self.card = card or {}
         self.version = version or self.card.get("version", "")
+        self.familiarity = familiarity
+        self.check_training_data = check_training_data
+        flag = self.card.get("malignancy_flag") or {}
+        self.card_thresholds = {m: float(v["threshold"]) for m, v in (flag.get("modes") or {}).items()
+                                if isinstance(v.get("threshold"), (int, float))}
+        self.card_target = float(flag.get("target_sensitivity", 0) or 0)
         self._lock = threading.Lock()
 
     @classmethod
@@ -110,7 +155,8 @@ class Predictor:
             raise WeightsError(f"no shipped weights for '{name}' at {weights}")
         card = read_json(weights.with_suffix(".json"), {}) or {}
         temperatures = {m: float(t) for m, t in card.get("temperature", {}).items()}
-        return cls(name, weights, temperatures, card, card.get("config", {}).get("image_size", 256), device)
+        return cls(name, weights, temperatures, card, card.get("config", {}).get("image_size", 256), device,
+                   familiarity=_familiarity_beside(weights))
 
     @classmethod
     def active(cls, device: str = "auto") -> "Predictor":
@@ -123,19 +169,21 @@ class Predictor:
                 return cls(card["arch"], folder / "model.safetensors",
                            {m: float(t) for m, t in (card.get("temperature") or {}).items()}, card,
                            int((card.get("config") or {}).get("image_size", 256)), device,
-                           version=str(card.get("version", "")))
+                           version=str(card.get("version", "")), familiarity=_familiarity_beside(folder / "model.safetensors"))
             except (WeightsError, KeyError, TypeError, ValueError):
                 pass  # a damaged promotion never takes the app down: fall back to the shipped model
         return cls.shipped(DEFAULT_MODEL, device)
 
     @classmethod
-    def from_run(cls, run_dir: Path, checkpoint: str = "best", device: str = "auto") -> "Predictor":
+    def from_run(cls, run_dir: Path, checkpoint: str = "best", device: str = "auto",
+                 check_training_data: bool = True) -> "Predictor":
         run_dir = Path(run_dir)
         config = read_json(run_dir / "config.json", {}) or {}
         if "arch" not in config:
             raise WeightsError(f"{run_dir} is not a run folder (no config.json)")
         return cls(config["arch"], run_dir / f"{checkpoint}.safetensors", run_temperatures(run_dir),
-                   {"config": config}, config.get("image_size", 256), device, version=run_dir.name)
+                   {"config": config}, config.get("image_size", 256), device, version=run_dir.name,
+                   check_training_data=check_training_data)
 
     @property
     def name(self) -> str:
@@ -145,6 +193,21 @@ class Predictor:
     def weights_sha256(self) -> str:
         """Names these exact weights (a saved site threshold applies only to them)."""
         return file_sha256(self.weights)
+
+    def malignancy_threshold(self, mode: str) -> tuple[float | None, str]:
+        """The flag's threshold in ``mode`` and where it comes from: a site threshold saved for these exact
+        weights, else the model card's (set on the cross-validation's out-of-fold predictions)."""
+        from .owndata import load_site_threshold, site_threshold_for
+
+        site = load_site_threshold()
+        value = site_threshold_for(mode, self.name, site, self.weights_sha256) if site else None
+        if value is not None:
+            return value, (f"{site.get('sensitivity', 0):.0%} sensitivity on the site's own scans "
+                           f"({Path(str(site.get('data', 'site data'))).name}; the saved site threshold)")
+        if mode in self.card_thresholds:
+            return self.card_thresholds[mode], (f"{self.card_target:.0%} sensitivity on BUSI scans the model's "
+                                                "cross-validation never trained on")
+        return None, "this model has no sensitivity-set threshold"
 
     def resolve_mode(self, mask: np.ndarray | None) -> str:
         if mask is None:
@@ -165,17 +228,27 @@ class Predictor:
         if mask is None:
             return image, None
         if mask.shape != scan.pixels.shape:
-            raise MaskError(f"The mask is {mask.shape[1]}×{mask.shape[0]} but the scan is "
-                            f"{scan.pixels.shape[1]}×{scan.pixels.shape[0]}; read it with read_mask(…, scan size).")
+            raise MaskError(f"The mask is {mask.shape[1]} × {mask.shape[0]} pixels but the scan is "
+                            f"{scan.pixels.shape[1]} × {scan.pixels.shape[0]}; a mask must have the scan's size.")
         small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
         return image, torch.from_numpy(small)[None, None].float().to(self.device)
 
     def predict(self, scan: Scan, mask: np.ndarray | None = None) -> Prediction:
-        """Classify one scan; with a mask (bool, the scan's size) in mask mode."""
+        """Classify one scan; with a mask (bool, the scan's size) in mask mode. Raises
+        :class:`NotUltrasoundError` for a picture the model cannot judge."""
         mode = self.resolve_mode(mask)
         image, mask_tensor = self._inputs(scan, mask)
         with self._lock, torch.no_grad():
             output = self.model(image, mask_tensor)
+        warnings = list(scan.warnings)
+        score = unfamiliar = None
+        if self.familiarity is not None and output.texture is not None:
+            score = float(self.familiarity.score(output.texture.float().cpu().numpy())[0])
+            if score > self.familiarity.refuse_above:
+                raise NotUltrasoundError(not_ultrasound_message(scan.name, score, self.familiarity.refuse_above))
+            unfamiliar = score > self.familiarity.unfamiliar_above
+            if unfamiliar:
+                warnings.append(unfamiliar_notice(score, self.familiarity.unfamiliar_above))
         logits = output.logits.float().cpu().numpy()
         probabilities = softmax(logits, self.temperatures.get(mode, 1.0))[0]
         lesion = None
@@ -183,9 +256,19 @@ class Predictor:
             upsampled = F.interpolate(output.lesion_logits.float(), size=scan.pixels.shape, mode="bilinear",
                                       align_corners=False)
             lesion = (upsampled[0, 0] > 0).cpu().numpy()
-        label = CLASSES[int(probabilities.argmax())]
-        return Prediction(label, {c: float(p) for c, p in zip(CLASSES, probabilities)}, mode, self.name,
-                          list(scan.warnings), lesion)
+            if mask is not None and mask.any() and lesion.any() and not (mask & lesion).any():
+                warnings.append("The mask does not overlap the lesion the model finds on this scan; check that it was "
+                                "drawn on (or made for) this scan.")
+        match = None
+        if self.check_training_data and (index := training_data_index()) is not None:
+            found = index.match(scan.pixels)
+            if found is not None:
+                match = found.b
+                warnings.append(training_data_notice(match, exact=found.speckle_ncc == 1.0))
+        threshold, source = self.malignancy_threshold(mode)
+        predicted = CLASSES[int(probabilities.argmax())]
+        return Prediction(predicted, {c: float(p) for c, p in zip(CLASSES, probabilities)}, mode, self.name, warnings,
+                          lesion, threshold, source, score, bool(unfamiliar), match)
 
     def grad_cam(self, scan: Scan, target_class: str | int, mask: np.ndarray | None = None) -> np.ndarray:
         """Grad-CAM of ``target_class`` on the last convolutional block of the image path, at the
@@ -197,3 +280,24 @@ class Predictor:
         image, mask_tensor = self._inputs(scan, mask)
         with self._lock:
             return grad_cam(self.model, image, mask_tensor, target, scan.pixels.shape)
+
+
+def _familiarity_beside(weights: Path) -> FamiliarityReference | None:
+    path = familiarity_path(weights)
+    return FamiliarityReference.load(path) if path.is_file() else None
+
+
+def not_ultrasound_message(name: str, score: float, limit: float) -> str:
+    subject = f"'{name}'" if name else "The file"
+    return (f"{subject} does not look like a breast ultrasound scan (its image texture scores {score:.1f} where BUSI's "
+            f"scans stay below {limit:.1f}), so it was not classified; upload a B-mode breast ultrasound image.")
+
+
+def unfamiliar_notice(score: float, limit: float) -> str:
+    return (f"Unfamiliar scanner or view: accuracy not validated here. This scan's texture scores {score:.2f} "
+            f"against the training data, above the {limit:.2f} that 95 % of new BUSI scans stay under.")
+
+
+def training_data_notice(case_id: str, exact: bool) -> str:
+    copy = "is" if exact else "is a copy of"
+    return f"This scan {copy} BUSI's '{case_id}', in the training data: its result is not a test."

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .data import CLASSES
+from .decision import LOW_CONFIDENCE_BELOW
 
 NOTICE = "Research use only — not a diagnosis. This result must not be used to make clinical decisions."
 MODE_TEXT = {
@@ -23,8 +24,6 @@ MODE_TEXT = {
     "mask": "mask mode (the model was given a lesion mask)",
 }
 TOP_ROW = ' class="top"'
-CSV_COLUMNS = ["file", "label", "p_normal", "p_benign", "p_malignant", "mode", "model", "warnings",
-               "error_type", "error_message"]  # the same columns as `imagemasknet predict --csv`
 
 
 def png_base64(image: np.ndarray) -> str:
@@ -45,6 +44,22 @@ def _bar(value: float, highlight: bool) -> str:
     return (f'<div class="bar"><div class="fill" style="width:{width:.1f}%;background:{colour}"></div></div>')
 
 
+def flag_sentence(prediction) -> str:
+    """The malignancy flag as one sentence (the Classify page and the report say the same)."""
+    p = prediction.probabilities["malignant"]
+    if prediction.malignancy_threshold is None:
+        return f"No malignancy flag: {prediction.threshold_source} (P(malignant) {p:.1%})."
+    verdict = "Suspicious for malignancy" if prediction.suspicious_for_malignancy else "Not flagged for malignancy"
+    relation = "reaches" if prediction.suspicious_for_malignancy else "is below"
+    return (f"{verdict}: P(malignant) {p:.1%} {relation} the threshold {prediction.malignancy_threshold:.1%}, "
+            f"set for {prediction.threshold_source}.")
+
+
+def _flag_class(prediction) -> str:
+    flagged = prediction.suspicious_for_malignancy
+    return "none" if flagged is None else "suspicious" if flagged else "clear"
+
+
 def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: str, model_version: str,
                 generated: datetime | None = None) -> str:
     """A self-contained HTML report of one prediction.
@@ -58,14 +73,19 @@ def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: s
     name = scan.name or "unnamed scan"
     height, width = scan.pixels.shape[:2]
     rows = "\n".join(
-        f'<tr{TOP_ROW if c == prediction.label else ""}><td>{esc(c.capitalize())}</td>'
+        f'<tr{TOP_ROW if c == prediction.predicted_class else ""}><td>{esc(c.capitalize())}</td>'
         f'<td class="num">{prediction.probabilities[c]:.1%}</td><td class="barcell">'
-        f'{_bar(prediction.probabilities[c], c == prediction.label)}</td></tr>'
+        f'{_bar(prediction.probabilities[c], c == prediction.predicted_class)}</td></tr>'
         for c in CLASSES if c in prediction.probabilities
     )
     warnings = "".join(f"<li>{esc(w)}</li>" for w in prediction.warnings)
+    familiar = ("the scan looks like the training data" if prediction.familiarity is not None
+                else "this model has no familiarity reference, so how far the scan is from the training data was not measured")
     warnings_block = (f'<section class="warn"><h2>Warnings</h2><ul>{warnings}</ul></section>' if warnings
-                      else '<p class="muted">No warnings: the scan looks like the training data.</p>')
+                      else f'<p class="muted">No warnings: {esc(familiar)}.</p>')
+    flag_block = f'<p class="flag {_flag_class(prediction)}">{esc(flag_sentence(prediction))}</p>'
+    confidence_note = (f' <span class="low">low confidence (top probability under {LOW_CONFIDENCE_BELOW:.0%})</span>'
+                       if prediction.low_confidence else "")
     figures = "\n".join(
         f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{png_base64(image)}">'
         f'<figcaption>{esc(caption)}</figcaption></figure>'
@@ -98,6 +118,11 @@ def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: s
   dl {{ display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }}
   dt {{ color: #5B6B7C; }} dd {{ margin: 0; }}
   .warn {{ background: #FFF4F2; border-left: 4px solid #D9534F; padding: .2rem 1rem; }}
+  .flag {{ font-size: 1.2rem; font-weight: 600; padding: .5rem .9rem; border-radius: 6px; }}
+  .flag.suspicious {{ background: #FDECEA; border: 2px solid #C62828; color: #8E1B1B; }}
+  .flag.clear {{ background: #EEF6EE; border: 1px solid #6BA26B; }}
+  .flag.none {{ background: #F3F4F6; border: 1px solid #B8C4D0; }}
+  .low {{ font-size: .95rem; color: #8A5A00; background: #FFF3D6; border-radius: 4px; padding: 0 .4rem; }}
   .figures {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
   figure {{ margin: 0; flex: 1 1 300px; max-width: 520px; }}
   figure img {{ width: 100%; height: auto; border-radius: 4px; border: 1px solid #D5DCE3; }}
@@ -108,8 +133,9 @@ def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: s
 <body>
 <h1>ImageMaskNet — breast ultrasound classification report</h1>
 <p class="notice"><strong>{esc(NOTICE)}</strong></p>
-<p class="result">Predicted class: <strong>{esc(prediction.label.capitalize())}</strong>
- (calibrated probability {prediction.confidence:.1%})</p>
+{flag_block}
+<p class="result">Predicted class: <strong>{esc(prediction.predicted_class.capitalize())}</strong>
+ (calibrated probability {prediction.confidence:.1%}){confidence_note}</p>
 <h2>Probabilities</h2>
 <table>{rows}</table>
 <h2>Details</h2>
@@ -133,26 +159,16 @@ it is not a lesion segmentation.</footer>
 """
 
 
-def _cell(text: str) -> str:
-    """Neutralise spreadsheet formulas in user-supplied text (a file named ``=cmd()`` stays text)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def results_csv(records: list[dict]) -> str:
-    """Batch results as CSV text, one row per file, in the columns of ``imagemasknet predict --csv``.
+    """Batch results as CSV text, one row per file, exactly as ``imagemasknet predict --csv`` writes them.
 
     ``records`` are ``Prediction.record(file)`` dicts, or ``{"file", "error": {"type", "message"}}`` for
-    files that could not be read. Text cells that a spreadsheet would run as a formula get a leading ``'``.
-    """
+    files that could not be read."""
+    from .stream import CSV_FIELDS, csv_row
+
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_FIELDS)
     for record in records:
-        p = record.get("probabilities") or {}
-        error = record.get("error") or {}
-        writer.writerow([_cell(str(record["file"])), record.get("label", ""),
-                         *(f"{p[c]:.6f}" if p else "" for c in CLASSES),
-                         record.get("mode", ""), record.get("model", ""),
-                         _cell(" | ".join(record.get("warnings", []))),
-                         error.get("type", ""), _cell(error.get("message", ""))])
+        writer.writerow(csv_row(record))
     return buffer.getvalue()

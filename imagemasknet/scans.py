@@ -43,7 +43,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "MAX_PIXELS", "MIN_SIDE", "MAX_ASPECT",
     "ScanError", "EmptyFileError", "NotAnImageError", "CorruptImageError", "DecompressionBombError",
-    "ImageTooSmallError", "AspectRatioError", "MultiFrameError", "MaskError",
+    "ImageTooSmallError", "AspectRatioError", "MultiFrameError", "MaskError", "NotUltrasoundError",
     "Scan", "read_scan", "read_mask", "mask_from_drawing", "grey_statistics", "colour_fraction",
 ]
 
@@ -134,6 +134,12 @@ class MaskError(ScanError):
     """A mask file (or drawing) that cannot be used."""
 
 
+class NotUltrasoundError(ScanError):
+    """A picture the model cannot judge: it does not look like a breast ultrasound scan (a photograph,
+    document, screenshot, chart, another modality, noise). Raised by the Predictor, which measures it
+    (:mod:`imagemasknet.familiarity`)."""
+
+
 @dataclass
 class Scan:
     """A decoded scan.
@@ -183,14 +189,15 @@ def read_scan(data: Any, name: str | None = None) -> Scan:
 
 
 def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None) -> np.ndarray:
-    """Read a lesion mask and return it as bool H×W at ``size_hw`` (the scan's size).
+    """Read a lesion mask and return it as bool H×W; it must have the scan's size ``size_hw``.
 
-    Any size (resized nearest-neighbour), 0/1, 0..255, 16-bit or coloured masks are accepted:
-    a pixel is lesion when its brightest channel is above a quarter of the brightest value in
-    the whole mask (so 0/1 masks work, and JPEG noise around black does not count).  When the
-    mask has transparent pixels (alpha == 0), transparent = background and every visible pixel
-    is lesion (how drawing tools export strokes).  An all-black mask is allowed: no lesion.
-    Unusable files raise :class:`MaskError`.
+    A mask of another size is refused with both sizes named: it was most likely made for another scan
+    (or another export of it), and stretching it would put the outline in the wrong place.  0/1,
+    0..255, 16-bit or coloured masks are accepted: a pixel is lesion when its brightest channel is
+    above a quarter of the brightest value in the whole mask (so 0/1 masks work, and JPEG noise
+    around black does not count).  When the mask has transparent pixels (alpha == 0), transparent =
+    background and every visible pixel is lesion (how drawing tools export strokes).  An all-black
+    mask is allowed: no lesion.  Unusable files raise :class:`MaskError`.
     """
     height, width = _check_size_hw(size_hw)
     raw, name = _read_input(data, name, error=MaskError)
@@ -203,12 +210,16 @@ def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None) -> n
                 raise NotAnImageError(f"{subject} is a DICOM file; please upload the mask as a PNG image.")
             image, _ = _open_pil(raw, subject, check_geometry=False, what="mask")
             image = _load_oriented(image, subject, [])
+            if image.size != (width, height):
+                shape = "size and shape" if abs(image.width / image.height - width / height) > 0.01 else "size"
+                raise MaskError(f"{subject} is {image.width} × {image.height} pixels but the scan is {width} × {height}; "
+                                f"a mask must have the scan's {shape}, so it was not used. Upload the mask made for this scan.")
             lesion = _mask_from_image(image)
     except MaskError:
         raise
     except ScanError as exc:
         raise MaskError(str(exc)) from exc
-    return _resize_bool(lesion, height, width)
+    return lesion.astype(bool, copy=False)
 
 
 def mask_from_drawing(rgba: np.ndarray | None, size_hw: tuple[int, int]) -> np.ndarray:

@@ -9,8 +9,9 @@ with the number of files. :class:`RecordWriter` appends records to a JSONL or CS
 one; :func:`done_files` reads such a file back so that a re-run with ``--resume`` skips the files it
 already holds (a record torn by a crash is cut off first and its file done again).
 
-Records are the ``predict --json`` ones: ``{"file", "label", "probabilities": {normal, benign,
-malignant}, "mode", "model", "warnings"}``, or ``{"file", "error": {"type", "message"}}``.
+Records are the ``predict --json`` ones (``Prediction.record``: ``{"file", "predicted_class", "probabilities":
+{normal, benign, malignant}, "suspicious_for_malignancy", "malignancy_threshold", "mode", "model",
+"warnings", …}``), or ``{"file", "error": {"type", "message"}}``; :func:`csv_row` is their one CSV form.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from .data import CLASSES, IMAGE_SUFFIXES
 from .scans import ScanError, read_mask, read_scan
 
 SCAN_SUFFIXES = IMAGE_SUFFIXES | {".dcm", ".dicom"}
-CSV_FIELDS = ["file", "label", "p_normal", "p_benign", "p_malignant", "mode", "model", "warnings",
-              "error_type", "error_message"]
+CSV_FIELDS = ["file", "predicted_class", "p_normal", "p_benign", "p_malignant", "suspicious_for_malignancy",
+              "malignancy_threshold", "low_confidence", "unfamiliar", "familiarity_score", "in_training_data", "mode",
+              "model", "warnings", "error_type", "error_message"]
 FORMATS = ("jsonl", "csv")
 
 
@@ -114,7 +116,7 @@ def iter_records(predictor, files: list[str], masks: list[str] | None = None, wo
 
                 from .explain import heatmap_overlay
 
-                heat = predictor.grad_cam(scan, prediction.label, mask)
+                heat = predictor.grad_cam(scan, prediction.predicted_class, mask)
                 Image.fromarray(heatmap_overlay(scan.rgb, heat)).save(
                     Path(grad_cam_dir) / f"{Path(item['file']).stem}.gradcam.png")
             yield prediction.record(item["file"])
@@ -135,13 +137,26 @@ def _one_line(text: str) -> str:
 
 
 def csv_row(record: dict) -> list[str]:
-    """The CSV columns of a record; every field on one line, so one record is one line."""
+    """The CSV columns of a record (:data:`CSV_FIELDS`): every field on one line, so one record is one line,
+    and text a spreadsheet would run as a formula gets a leading ``'`` (a file named ``=cmd()`` stays text)."""
     p = record.get("probabilities") or {}
     error = record.get("error") or {}
-    return [_one_line(record["file"]), record.get("label", ""),
-            *(f"{p[c]:.6f}" if p else "" for c in CLASSES),
-            record.get("mode", ""), record.get("model", ""), _one_line(" | ".join(record.get("warnings", []))),
-            error.get("type", ""), _one_line(error.get("message", ""))]
+
+    def text(value) -> str:
+        value = _one_line("" if value is None else str(value))
+        return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+    def number(value, digits: int = 6) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    def flag(value) -> str:
+        return "" if value is None else str(bool(value)).lower()
+
+    return [text(record["file"]), record.get("predicted_class", ""), *(number(p.get(c)) for c in CLASSES),
+            flag(record.get("suspicious_for_malignancy")), number(record.get("malignancy_threshold")),
+            flag(record.get("low_confidence")), flag(record.get("unfamiliar")), number(record.get("familiarity_score"), 3),
+            text(record.get("in_training_data")), record.get("mode", ""), record.get("model", ""),
+            text(" | ".join(record.get("warnings", []))), error.get("type", ""), text(error.get("message", ""))]
 
 
 class RecordWriter:

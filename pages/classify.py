@@ -22,14 +22,13 @@ from imagemasknet.charts import probability_chart
 from imagemasknet.data import CLASSES
 from imagemasknet.explain import heatmap_overlay, outline
 from imagemasknet.models import DEFAULT_MODEL, get_spec
-from imagemasknet.owndata import load_site_threshold, site_threshold_for, site_threshold_mismatch
-from imagemasknet.report import html_report, results_csv
+from imagemasknet.decision import LOW_CONFIDENCE_BELOW
+from imagemasknet.owndata import load_site_threshold, site_threshold_mismatch, site_threshold_path
+from imagemasknet.report import flag_sentence, html_report, results_csv
 from pages import through_app
 
 through_app()
 
-SCAN_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
-MASK_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 DISPLAY_LONG_SIDE = 900  # images are shown (and put in reports) at most this large
 CANVAS_WIDTH = 520
 CANVAS_MAX_HEIGHT = 560
@@ -79,8 +78,9 @@ def model_key(name: str) -> str:
     return predict_module.active_model_key() if name == predict_module.DEFAULT_MODEL else f"shipped:{name}"
 
 
-@st.cache_resource(show_spinner="Loading the model…")
+@st.cache_resource(show_spinner="Loading the model and indexing its training scans…")
 def _load_predictor(key: str, name: str) -> predict_module.Predictor:
+    predict_module.training_data_index()  # built once per server, so no upload waits for it
     if name == predict_module.DEFAULT_MODEL:
         return predict_module.Predictor.active()
     return predict_module.Predictor.shipped(name)
@@ -93,8 +93,17 @@ def load_predictor(name: str) -> predict_module.Predictor:
 # Each entry holds the lesion outline at the scan's size (about 0.3 MB for a BUSI scan), so the count bounds
 # the server's memory; a miss costs one ~20 ms forward pass.
 @st.cache_data(max_entries=128, ttl=6 * 3600, show_spinner="Classifying…")
-def cached_prediction(model: str, key: str, scan_digest: str, mask_digest: str | None, _scan, _mask):
+def cached_prediction(model: str, key: str, site: tuple, scan_digest: str, mask_digest: str | None, _scan, _mask):
+    """``site`` names the saved site threshold's version, which the malignancy flag depends on."""
     return load_predictor(model).predict(_scan, _mask)
+
+
+def site_threshold_version() -> tuple:
+    try:
+        info = site_threshold_path().stat()
+    except OSError:
+        return ()
+    return info.st_mtime_ns, info.st_size
 
 
 @st.cache_data(max_entries=48, ttl=6 * 3600, show_spinner="Computing Grad-CAM…")
@@ -330,7 +339,8 @@ def classify(items: list[Item], model: str) -> None:
             continue
         item.mask_key = mask_digest(item.mask)
         try:
-            item.prediction = cached_prediction(model, model_key(model), item.digest, item.mask_key, item.scan, item.mask)
+            item.prediction = cached_prediction(model, model_key(model), site_threshold_version(), item.digest,
+                                                item.mask_key, item.scan, item.mask)
         except predict_module.ScanError as error:
             item.error, item.error_type = str(error), type(error).__name__
 
@@ -339,9 +349,11 @@ def results_table(items: list[Item], model: str) -> None:
     rows = []
     for item in items:
         p = item.prediction
+        flag = {True: "suspicious", False: "not flagged", None: "no threshold"}[p.suspicious_for_malignancy] if p else ""
         rows.append({
             "File": item.name,
-            "Class": p.label.capitalize() if p else "error",
+            "Malignancy flag": flag,
+            "Class": (p.predicted_class.capitalize() + (" (low confidence)" if p.low_confidence else "")) if p else "error",
             **{c.capitalize(): (p.probabilities[c] if p else None) for c in CLASSES},
             "Mode": MODE_LABEL.get(p.mode, p.mode) if p else "",
             "Warnings": " | ".join(p.warnings + item.notes) if p else (item.error or ""),
@@ -351,6 +363,7 @@ def results_table(items: list[Item], model: str) -> None:
                    for c in CLASSES}
     st.dataframe(rows, hide_index=True, width="stretch", key="results_table",
                  column_config={"File": st.column_config.TextColumn("File", width="medium"),
+                                "Malignancy flag": st.column_config.TextColumn("Malignancy flag", width="small"),
                                 "Class": st.column_config.TextColumn("Class", width="small"),
                                 **probability,
                                 "Mode": st.column_config.TextColumn("Mode", width="small"),
@@ -358,6 +371,17 @@ def results_table(items: list[Item], model: str) -> None:
     st.download_button("Download results (CSV)", results_csv([item.record() for item in items]),
                        file_name=f"imagemasknet-{model}-results.csv", mime="text/csv", on_click="ignore",
                        icon=":material/download:", key="download_csv")
+
+
+def malignancy_flag(prediction: predict_module.Prediction) -> None:
+    """The decision first, in large type: suspicious or not at the sensitivity-set threshold."""
+    sentence = md(flag_sentence(prediction))
+    if prediction.suspicious_for_malignancy:
+        st.error(f"### Suspicious for malignancy\n{sentence}", icon=":material/flag:")
+    elif prediction.suspicious_for_malignancy is False:
+        st.success(f"### Not flagged for malignancy\n{sentence}", icon=":material/check_circle:")
+    else:
+        st.info(sentence, icon=":material/info:")
 
 
 def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> None:
@@ -392,22 +416,21 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
         if prediction is None:
             st.error(md(item.error), icon=":material/error:")
         else:
+            malignancy_flag(prediction)
             left, right = st.columns(2)
-            left.metric("Predicted class", prediction.label.capitalize())
+            left.metric("Predicted class", prediction.predicted_class.capitalize(),
+                        delta="low confidence" if prediction.low_confidence else None, delta_color="off",
+                        delta_arrow="off")
             right.metric("Calibrated probability", f"{prediction.confidence:.1%}")
+            if prediction.low_confidence:
+                st.warning(f"Low confidence: no class reaches {LOW_CONFIDENCE_BELOW:.0%}; read the probabilities, "
+                           "not the class.", icon=":material/help:")
             source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
             st.markdown(f"Mode: **{MODE_LABEL.get(prediction.mode, prediction.mode)}**{source}")
             predictor = load_predictor(model)
             st.caption(f"Model {model}, version {predictor.version or 'unversioned'}")
             site = load_site_threshold()
-            weights_sha256 = predictor.weights_sha256
-            threshold = site_threshold_for(prediction.mode, model, site, weights_sha256)
-            if threshold is not None:
-                p_malignant = prediction.probabilities["malignant"]
-                verdict = "**above** the site's threshold" if p_malignant >= threshold else "below the site's threshold"
-                st.markdown(f"P(malignant) {p_malignant:.1%} is {verdict} of {threshold:.1%} "
-                            f"(chosen for sensitivity {site.get('sensitivity', 0):.0%} on {md(str(site.get('data', 'site data')))}).")
-            elif site and (reason := site_threshold_mismatch(site, model, weights_sha256)):
+            if site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
                 st.caption(f"The saved site threshold is not applied: {md(reason)}. Choose one for this model "
                            "with `imagemasknet evaluate --data SITE_SCANS --save-threshold`.")
             report_box = st.container()
@@ -427,14 +450,25 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
         outlined = outline(outlined, _resize_mask(item.mask, size_hw), USER_MASK_RGB)
         legend.append(f'<span style="color:{USER_MASK_CSS}">■</span> your mask')
         captions.append("the user's mask (cyan)")
-    if prediction is not None and prediction.lesion_mask is not None:
+    called_normal = prediction is not None and prediction.predicted_class == "normal"
+    with legend_box:
+        show_anyway = called_normal and prediction.lesion_mask is not None and prediction.lesion_mask.any() and st.toggle(
+            "Show the model's outline anyway", key="outline_on_normal",
+            help="The model calls this scan normal, so the shape its lesion head draws is not a lesion it claims.")
+    if prediction is not None and prediction.lesion_mask is not None and (not called_normal or show_anyway):
         outlined = outline(outlined, _resize_mask(prediction.lesion_mask, size_hw), LESION_RGB)
-        legend.append(f'<span style="color:{LESION_CSS}">■</span> lesion outlined by the model')
-        captions.append("the lesion outlined by the model (amber)")
+        if called_normal:
+            legend.append(f'<span style="color:{LESION_CSS}">■</span> outline drawn by the model although it calls the scan normal')
+            captions.append("the outline the model drew although it calls the scan normal (amber)")
+        else:
+            legend.append(f'<span style="color:{LESION_CSS}">■</span> lesion outlined by the model')
+            captions.append("the lesion outlined by the model (amber)")
     with legend_box:
         if legend:  # fixed strings, no user text
             st.markdown('<span style="font-size:0.9rem">' + " &nbsp;&nbsp; ".join(legend) + "</span>",
                         unsafe_allow_html=True)
+        elif called_normal:
+            st.caption("No lesion outline: the model calls this scan normal.")
         elif prediction is not None:
             st.caption("No outline: the model draws no lesion and no mask was used.")
     with outline_box:
@@ -450,7 +484,7 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
                                   format_func=lambda c: "the predicted class" if c == "predicted" else c)
         with cam_opacity_col:
             opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
-        target = prediction.label if choice == "predicted" else choice
+        target = prediction.predicted_class if choice == "predicted" else choice
         with cam_col:
             try:
                 heat = cached_grad_cam(model, model_key(model), item.digest, item.mask_key, target, size_hw, item.scan, item.mask)
@@ -487,12 +521,13 @@ def main() -> None:
         if use_mask:
             mask_source = st.radio("Lesion mask", [UPLOAD, DRAW], horizontal=True, key="mask_source")
             if mask_source == UPLOAD:
-                mask_files = st.file_uploader(
-                    "Mask files", type=MASK_TYPES, accept_multiple_files=True, key="masks",
+                mask_files = st.file_uploader(  # any type: a file we cannot use is refused below, with the reason
+                    "Mask files", accept_multiple_files=True, key="masks",
                     help="White (or any bright/opaque) lesion on black. With several scans, name each mask after "
                          "its scan: case.png ← case_mask.png.") or []
     with upload_col:
-        files = st.file_uploader("Scans", type=SCAN_TYPES, accept_multiple_files=True, key="scans",
+        # Any type: a file the reader refuses gets its reason on the page (a filtered uploader only shows a red chip).
+        files = st.file_uploader("Scans", accept_multiple_files=True, key="scans",
                                  help="B-mode breast ultrasound: PNG, JPEG, BMP, TIFF or DICOM; one or several.")
     if not files:
         st.info("Drop one or several scans above to classify them.", icon=":material/upload_file:")

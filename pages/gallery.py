@@ -14,6 +14,7 @@ import streamlit as st
 from imagemasknet import gallery as g
 from imagemasknet.charts import probability_chart
 from imagemasknet.data import CLASSES, DatasetNotFoundError, find_data_root, listing_fingerprint, load_arrays, load_busi
+from imagemasknet.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.data import read_mask as read_mask_files
 from imagemasknet.explain import heatmap_overlay
 from imagemasknet.predict import Prediction, Predictor, ScanError, read_scan, shipped_weights
@@ -268,7 +269,7 @@ def browse(rows: list[g.CaseRow], order: str, style: str, with_predictions: bool
     chosen_results = row1[3].multiselect("Model's result", list(g.RESULTS), key="g_results", placeholder="any",
                                          disabled=not with_predictions,
                                          help=f"Keeps scans with any chosen result; low confidence: top probability "
-                                              f"under {g.LOW_CONFIDENCE:.0%}.")
+                                              f"under {LOW_CONFIDENCE_BELOW:.0%} (the rule every page, report and record uses).")
     query = row1[4].text_input("Search file name", key="g_query", placeholder="e.g. malignant (12)")
 
     shown = g.sort_rows(g.filter_rows(rows, chosen_classes, chosen_folds, chosen_flags, chosen_results, query), order)

@@ -133,7 +133,7 @@ def test_one_scan_image_only(app, predictor):
     upload(app, SCAN)
     expected = predictor.predict(read_scan(SCAN))
     shown = metrics(app)
-    assert shown["Predicted class"] == expected.label.capitalize()
+    assert shown["Predicted class"] == expected.predicted_class.capitalize()
     assert shown["Calibrated probability"] == f"{expected.confidence:.1%}"
     assert mode_line(app) == "Mode: **image only**"
     assert len(app.get("plotly_chart")) == 1
@@ -144,7 +144,7 @@ def test_one_scan_image_only(app, predictor):
     # moving the opacity slider reruns without recomputing anything or failing
     app.slider(key="cam_opacity").set_value(0.8).run()
     assert not app.exception
-    assert metrics(app)["Predicted class"] == expected.label.capitalize()
+    assert metrics(app)["Predicted class"] == expected.predicted_class.capitalize()
 
 
 def test_mask_mode_with_uploaded_mask(app, predictor):
@@ -161,7 +161,7 @@ def test_mask_mode_with_uploaded_mask(app, predictor):
     expected = predictor.predict(scan, read_mask(MASK, scan.pixels.shape))
     assert mode_line(app) == "Mode: **with mask** (uploaded mask)"
     assert metrics(app)["Calibrated probability"] == f"{expected.confidence:.1%}"
-    assert metrics(app)["Predicted class"] == expected.label.capitalize()
+    assert metrics(app)["Predicted class"] == expected.predicted_class.capitalize()
     assert any("your mask" in text for text in markdown(app))
 
     # toggling mask mode off again goes back to the image-only result
@@ -216,7 +216,7 @@ def test_drawn_mask(app, predictor, monkeypatch):
     expected = predictor.predict(scan, mask_from_drawing(fake.last, scan.pixels.shape))
     assert mode_line(app) == "Mode: **with mask** (drawn mask)"
     assert metrics(app)["Calibrated probability"] == f"{expected.confidence:.1%}"
-    assert metrics(app)["Predicted class"] == expected.label.capitalize()
+    assert metrics(app)["Predicted class"] == expected.predicted_class.capitalize()
     assert [t.label for t in app.tabs] == ["Draw the lesion", "Outlines"]
 
 
@@ -307,17 +307,17 @@ def test_batch_with_corrupt_file(app, predictor):
     table = app.dataframe[0].value
     assert list(table["File"]) == [SCAN.name, broken[0], SECOND.name]
     first, second = predictor.predict(read_scan(SCAN)), predictor.predict(read_scan(SECOND))
-    assert list(table["Class"]) == [first.label.capitalize(), "error", second.label.capitalize()]
+    assert list(table["Class"]) == [first.predicted_class.capitalize(), "error", second.predicted_class.capitalize()]
     assert table["Malignant"][0] == pytest.approx(first.probabilities["malignant"])
     assert "damaged" in table["Warnings"][1] or "not" in table["Warnings"][1]
     assert "Download results (CSV)" in [b.label for b in app.get("download_button")]
 
     detail = app.selectbox(key="detail")
     assert detail.options == [SCAN.name, SECOND.name]
-    assert metrics(app)["Predicted class"] == first.label.capitalize()
+    assert metrics(app)["Predicted class"] == first.predicted_class.capitalize()
     detail.set_value(2).run()
     assert not app.exception
-    assert metrics(app)["Predicted class"] == second.label.capitalize()
+    assert metrics(app)["Predicted class"] == second.predicted_class.capitalize()
     assert metrics(app)["Calibrated probability"] == f"{second.confidence:.1%}"
 
 

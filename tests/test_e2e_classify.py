@@ -70,7 +70,7 @@ def test_classify_scan_then_mask_then_drawing(streamlit_server, browser_page, ex
     page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(SCAN))
     wait_for_mode(page, "image only")
     prediction = expected["image"]
-    assert metric_values(page)[0] == prediction.label.capitalize()
+    assert metric_values(page)[0] == prediction.predicted_class.capitalize()
     assert metric_values(page)[1] == f"{prediction.confidence:.1%}"
     chart = page.locator('[data-testid="stPlotlyChart"]').first
     chart.locator("svg").first.wait_for()
@@ -88,7 +88,7 @@ def test_classify_scan_then_mask_then_drawing(streamlit_server, browser_page, ex
     wait_for_mode(page, "with mask")
     with_mask = expected["mask"]
     assert page.get_by_text("(uploaded mask)").is_visible()
-    assert metric_values(page) == [with_mask.label.capitalize(), f"{with_mask.confidence:.1%}"]
+    assert metric_values(page) == [with_mask.predicted_class.capitalize(), f"{with_mask.confidence:.1%}"]
     assert page.get_by_text("your mask").first.is_visible()
     screenshot(page, "classify-mask.png")
 
@@ -129,12 +129,12 @@ def test_batch_with_a_corrupt_file(streamlit_server, browser_page, expected, tmp
     table = page.locator('[data-testid="stDataFrame"]').first
     table.wait_for()
     assert page.get_by_text("Download results (CSV)").is_visible()
-    assert metric_values(page)[0] == expected["image"].label.capitalize()  # the first good file's details
+    assert metric_values(page)[0] == expected["image"].predicted_class.capitalize()  # the first good file's details
 
     # open the other good file's details
     page.locator('[data-testid="stSelectbox"]', has_text="Show details for").click()
     page.get_by_role("option", name=SECOND.name).click()
     page.locator("h4", has_text=SECOND.name).wait_for()
     wait_idle(page)
-    assert metric_values(page)[0] == expected["second"].label.capitalize()
+    assert metric_values(page)[0] == expected["second"].predicted_class.capitalize()
     screenshot(page, "classify-batch.png")

@@ -62,7 +62,7 @@ def test_ten_sessions_at_once_each_get_their_own_correct_result_and_nothing_touc
     from imagemasknet.predict import Predictor, read_scan
 
     predictor = Predictor.shipped()
-    expected = [predictor.predict(read_scan(path)).label.capitalize() for path in SCANS]
+    expected = [predictor.predict(read_scan(path)).predicted_class.capitalize() for path in SCANS]
     assert len(set(expected)) > 1  # the scans do not all get one class, so a mix-up would show
 
     roots = [server.tmp, server.work, REPO, Path.home() / ".streamlit"]

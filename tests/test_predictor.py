@@ -69,7 +69,7 @@ def test_every_accepted_format_gives_the_png_label(predictor, busi_root):
     for name, data in variants.items():
         scan = read_scan(data, name=name)
         assert scan.pixels.shape == pixels.shape, name
-        assert predictor.predict(scan).label == original.label, name
+        assert predictor.predict(scan).predicted_class == original.predicted_class, name
 
 
 def test_mask_for_a_model_that_takes_none_is_a_clear_error(predictor, busi_root, monkeypatch):
@@ -79,12 +79,13 @@ def test_mask_for_a_model_that_takes_none_is_a_clear_error(predictor, busi_root,
         predictor.predict(scan, np.zeros(scan.pixels.shape, bool))
 
 
-def test_mask_of_another_size_is_resized_by_read_mask(predictor, busi_root):
+def test_a_mask_of_another_size_never_reaches_the_model(predictor, busi_root):
     scan = read_scan(busi_root / "benign" / "images" / "benign (1).png")
     small = Image.open(busi_root / "benign" / "masks" / "benign (1)_mask.png").convert("L").resize((100, 80))
-    mask = read_mask(_encode(small, "PNG"), scan.pixels.shape)
-    assert mask.shape == scan.pixels.shape and mask.any()
-    assert predictor.predict(scan, mask).mode == "mask"
+    with pytest.raises(MaskError, match=r"100 × 80 pixels but the scan is"):
+        read_mask(_encode(small, "PNG"), scan.pixels.shape)
+    with pytest.raises(MaskError, match="a mask must have the scan's size"):
+        predictor.predict(scan, np.zeros((80, 100), dtype=bool))
 
 
 def test_grad_cam_is_well_formed_in_both_modes(predictor, busi_root):

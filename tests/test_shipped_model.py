@@ -62,7 +62,7 @@ def test_outputs_have_the_right_shapes_and_ranges_in_both_modes(predictor, busi_
         probabilities = np.array([prediction.probabilities[c] for c in CLASSES])
         assert np.all((probabilities >= 0) & (probabilities <= 1))
         assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
-        assert prediction.label in CLASSES
+        assert prediction.predicted_class in CLASSES
         assert prediction.lesion_mask.shape == scan.pixels.shape and prediction.lesion_mask.dtype == bool
     raw = predictor.model(torch.zeros(2, 1, 256, 256))
     assert raw.logits.shape == (2, 3) and raw.lesion_logits.shape == (2, 1, 256, 256)
@@ -80,7 +80,7 @@ def test_reference_predictions_reproduce(predictor, card, busi_root):
         prediction = predictor.predict(read_scan(cases[reference["id"]].image_path))
         top, second = sorted(reference["probabilities"].values(), reverse=True)[:2]
         if top - second > 2 * tolerance:
-            assert prediction.label == reference["predicted"]
+            assert prediction.predicted_class == reference["predicted"]
         for c in CLASSES:
             assert prediction.probabilities[c] == pytest.approx(reference["probabilities"][c], abs=tolerance)
 

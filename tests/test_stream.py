@@ -92,7 +92,9 @@ def test_csv_output_and_file_list(busi_root, predictor, tmp_path, capsys):
     expected = in_memory(predictor, files[3:] + files[:3])
     assert [r[0] for r in rows[1:]] == [e["file"] for e in expected]
     for row, record in zip(rows[1:], expected):
-        assert row[1] == record["label"]
+        assert row[1] == record["predicted_class"]
+        flagged = record["suspicious_for_malignancy"]
+        assert row[CSV_FIELDS.index("suspicious_for_malignancy")] == ("" if flagged is None else str(flagged).lower())
         assert float(row[4]) == pytest.approx(record["probabilities"]["malignant"], abs=1e-6)
     assert set(done_files(out)) == set(files)
     capsys.readouterr()

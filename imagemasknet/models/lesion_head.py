@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..familiarity import texture_statistics
 from .base import ModelOutput
 
 DECODER_CHANNELS = 32
@@ -49,9 +50,5 @@ class LesionModel(nn.Module):
         focus = F.adaptive_avg_pool2d(focus, deepest.shape[-2:])
         lesion_pool = (deepest * focus).sum((2, 3)) / (focus.sum((2, 3)) + 1e-3)
         pooled = torch.cat([deepest.mean((2, 3)), lesion_pool], dim=1)
-        return ModelOutput(self.classify(pooled), lesion_logits)
-
-    def pooled_features(self, image: torch.Tensor) -> torch.Tensor:
-        """The deepest features averaged over the scan (B, C): what the distance to the training
-        data is measured on."""
-        return self.encode(image)[-1].mean((2, 3))
+        texture = None if self.training else texture_statistics(features).detach()
+        return ModelOutput(self.classify(pooled), lesion_logits, texture)

@@ -1,0 +1,115 @@
+"""The decision material a shipped model carries, all of it from its cross-validation's out-of-fold
+predictions (each BUSI scan judged by the one fold model that never trained on it), never from
+external scans; BUS-BRA only reports what it gives there.
+
+* the out-of-fold predictions themselves (``weights/NAME.oof.json``: what the Gallery marks with);
+* the malignancy flag: per mode, the P(malignant) threshold that flags 90 % of the out-of-fold malignant
+  scans, with its sensitivity and specificity there, those of the same rule cross-validated (the
+  threshold chosen on four folds' predictions and applied to the fifth's), and on BUS-BRA;
+* the familiarity reference (``weights/NAME.familiarity.safetensors``) and its two thresholds, set from the
+  out-of-fold familiarity scores, with how often each fires on BUSI and BUS-BRA.
+
+``summarise.py --ship`` calls :func:`decision_material`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imagemasknet.data import CLASSES, load_arrays, load_dataset
+from imagemasknet.decision import TARGET_SENSITIVITY, flag_figures, sensitivity_threshold
+from imagemasknet.evaluate import predict_arrays
+from imagemasknet.familiarity import FamiliarityReference
+from imagemasknet.metrics import softmax
+from imagemasknet.owndata import load_training_data
+from imagemasknet.predict import Predictor
+from imagemasknet.runs import read_json
+
+MALIGNANT = CLASSES.index("malignant")
+
+
+def _arrays_for(run: Path):
+    config = read_json(run / "config.json")
+    return load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), config["image_size"])
+
+
+def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
+    """One row per BUSI scan: its fold, label, calibrated probabilities per mode (from its fold's model
+    and temperature) and familiarity score (against that model's own training scans)."""
+    rows = []
+    cpu = torch.device("cpu")
+    for k in folds:
+        run = results / f"{preset}-fold{k}"
+        predictor = Predictor.from_run(run, device="cpu", check_training_data=False)
+        arrays, split = _arrays_for(run), read_json(run / "split.json")
+        test = arrays.take(split["test"])
+        predictions = {m: predict_arrays(predictor.model, predictor.spec, test, m, cpu) for m in predictor.spec.modes}
+        trained = predict_arrays(predictor.model, predictor.spec, arrays.take(split["train"]), "image", cpu)
+        scores = FamiliarityReference.fit(trained.texture).score(predictions["image"].texture)
+        probabilities = {m: softmax(p.logits, predictor.temperatures.get(m, 1.0)) for m, p in predictions.items()}
+        for n, image_id in enumerate(test.ids):
+            rows.append({"id": image_id, "label": CLASSES[int(test.labels[n])], "fold": k,
+                         "probabilities": {m: {c: round(float(v), 6) for c, v in zip(CLASSES, probabilities[m][n])}
+                                           for m in probabilities},
+                         "familiarity": round(float(scores[n]), 4)})
+    return rows
+
+
+def _malignancy_flag(rows: list[dict], mode: str, external: dict | None) -> dict:
+    labels = np.array([CLASSES.index(r["label"]) for r in rows])
+    p = np.array([r["probabilities"][mode]["malignant"] for r in rows])
+    folds = np.array([r["fold"] for r in rows])
+    threshold = sensitivity_threshold(labels == MALIGNANT, p, TARGET_SENSITIVITY)
+    entry = {"threshold": threshold, "out_of_fold": flag_figures(labels, p, p >= threshold)}
+    if len(np.unique(folds)) > 1:
+        nested = np.zeros(len(rows), dtype=bool)
+        for k in np.unique(folds):
+            others = folds != k
+            nested[~others] = p[~others] >= sensitivity_threshold(labels[others] == MALIGNANT, p[others], TARGET_SENSITIVITY)
+        entry["cross_validated"] = flag_figures(labels, p, nested)
+    if external is not None:
+        entry["busbra"] = flag_figures(external["labels"], external["p"][mode], external["p"][mode] >= threshold)
+    return entry
+
+
+def decision_material(results: Path, preset: str, folds: list[int], shipped: Predictor, busbra: str | None) -> dict:
+    """Everything above for the shipped model; writes nothing (``summarise.ship`` writes the files)."""
+    rows = out_of_fold(results, preset, folds)
+    scores = np.array([r["familiarity"] for r in rows])
+    run = results / f"{preset}-all"
+    arrays, split = _arrays_for(run), read_json(run / "split.json")
+    cpu = torch.device("cpu")
+    trained = predict_arrays(shipped.model, shipped.spec, arrays.take(split["train"]), "image", cpu)
+    reference = FamiliarityReference.fit(trained.texture).with_thresholds(scores)
+    validation = predict_arrays(shipped.model, shipped.spec, arrays.take(split["validation"]), "image", cpu)
+    validation_scores = reference.score(validation.texture)
+    familiarity = {
+        "unfamiliar_above": reference.unfamiliar_above, "refuse_above": reference.refuse_above,
+        "rule": "unfamiliar above the 95th percentile of the out-of-fold BUSI scores; refused as not an ultrasound "
+                "above 1.5 × their maximum",
+        "busi_out_of_fold": {"n": len(scores), "unfamiliar": float((scores > reference.unfamiliar_above).mean()),
+                             "median": float(np.median(scores)), "max": float(scores.max())},
+        "busi_validation_split_of_the_shipped_model": {
+            "n": len(validation_scores), "unfamiliar": float((validation_scores > reference.unfamiliar_above).mean()),
+            "refused": float((validation_scores > reference.refuse_above).mean())},
+    }
+    external = None
+    if busbra:
+        data = load_dataset(busbra)
+        scans = load_arrays(data, shipped.image_size)
+        predictions = {m: predict_arrays(shipped.model, shipped.spec, scans, m, cpu) for m in shipped.spec.modes}
+        external = {"labels": scans.labels,
+                    "p": {m: softmax(p.logits, shipped.temperatures.get(m, 1.0))[:, MALIGNANT] for m, p in predictions.items()}}
+        external_scores = reference.score(predictions["image"].texture)
+        familiarity["busbra"] = {"n": len(external_scores),
+                                 "unfamiliar": float((external_scores > reference.unfamiliar_above).mean()),
+                                 "refused": float((external_scores > reference.refuse_above).mean()),
+                                 "median": float(np.median(external_scores)), "max": float(external_scores.max()),
+                                 "note": "256-px decoded scans; report only, chose nothing"}
+    flag = {"target_sensitivity": TARGET_SENSITIVITY,
+            "chosen_on": f"the {len(rows)} out-of-fold BUSI predictions of the 5-fold cross-validation (each scan "
+                         "judged by the fold model that never trained on it, calibrated by that fold's temperature)",
+            "modes": {m: _malignancy_flag(rows, m, external) for m in shipped.spec.modes}}
+    return {"out_of_fold": rows, "malignancy_flag": flag, "familiarity": familiarity, "reference": reference}
