@@ -215,6 +215,7 @@ def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: st
                                     "on it, calibrated by that fold's temperature; familiarity against that model's training scans",
         "predictions": material["out_of_fold"]})
     material["reference"].save(familiarity_path(target))
+    write_json(target.with_name(f"{spec.name}.history.json"), read_json(run / "history.json"))  # the Training page's curves
     card = {
         "name": spec.name,
         "version": dt.date.today().isoformat(),

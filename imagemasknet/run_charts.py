@@ -43,9 +43,26 @@ PALETTE = ("#3A6EA5", "#E07B39", "#3C9D5D", "#B03A48", "#7E57C2", "#8C6D31", "#0
            "#AFB42B")
 CLASS_COLOURS = {"normal": "#3C9D5D", "benign": "#3A6EA5", "malignant": "#B03A48"}
 METRIC_NAMES = {
-    "accuracy": "accuracy", "macro_precision": "precision (macro)", "macro_recall": "recall (macro)",
-    "macro_f1": "F1 (macro)", "macro_auc": "AUC (macro)", "ece": "expected calibration error",
+    "accuracy": "accuracy", "recall_malignant": "malignant sensitivity", "macro_precision": "precision (macro)",
+    "macro_recall": "recall (macro)", "macro_f1": "F1 (macro)", "macro_auc": "AUC (macro)",
+    "ece": "expected calibration error",
 }
+# Plain words for every figure the tables show (the data keep their short keys).
+_PLAIN = {
+    **METRIC_NAMES, "recall_benign": "benign sensitivity", "recall_normal": "normal sensitivity",
+    "specificity_malignant": "malignant specificity", "specificity_benign": "benign specificity",
+    "specificity_normal": "normal specificity", "auc_malignant": "malignant AUC (one vs rest)",
+    "auc_benign": "benign AUC (one vs rest)", "auc_normal": "normal AUC (one vs rest)", "lesion_dice": "lesion Dice",
+    "uncalibrated_ece": "calibration error before temperature", "busbra_auc": "BUS-BRA AUC (benign vs malignant)",
+    "busbra_called_normal": "BUS-BRA lesions called normal", "inner_validation_loss": "inner-validation loss",
+    "loss": "loss",
+}
+HIGHLIGHTED = "malignant sensitivity"  # the figure that matters most clinically: tables mark its row
+
+
+def plain(metric: str) -> str:
+    """A metric's name in plain words."""
+    return _PLAIN.get(metric, metric.replace("_", " "))
 _FOLD = re.compile(r"^(?P<preset>.+)-fold(?P<fold>\d+)$")
 _RUN_FILES = ("config.json", "history.json", "status.json", "log.txt", "best.safetensors", "last.safetensors")
 LAYOUT = dict(template="plotly_white", font={"size": 13}, margin={"l": 10, "r": 10, "t": 50, "b": 10},
@@ -219,15 +236,59 @@ def looks_like_run(path: Path) -> bool:
     return path.is_dir() and (any((path / name).exists() for name in _RUN_FILES) or any(path.glob("metrics*.json")))
 
 
-def scan_runs(root: str | Path) -> list[RunFolder]:
-    """Every run folder directly under ``root`` (or ``root`` itself when it is one), by name."""
+def scan_runs(root: str | Path, inside: str | Path | None = None) -> list[RunFolder]:
+    """Every run folder directly under ``root`` (or ``root`` itself when it is one), by name. With ``inside``,
+    a folder that resolves outside it (a symbolic link leading out) is left unread."""
     root = Path(root)
-    if not root.is_dir():
+    if not root.is_dir() or (inside is not None and not _within(root, inside)):
         return []
     if looks_like_run(root) and (root / "config.json").exists():
         return [read_run(root)]
-    folders = [p for p in root.iterdir() if not p.name.startswith(".") and looks_like_run(p)]
+    folders = [p for p in root.iterdir() if not p.name.startswith(".") and (inside is None or _within(p, inside))
+               and looks_like_run(p)]
     return [read_run(p) for p in sorted(folders, key=lambda p: _natural(p.name))]
+
+
+def _within(path: Path, root: str | Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def shipped_history(weights_dir: Path, name: str) -> list[dict]:
+    """The shipped model's own per-epoch history (``NAME.history.json`` beside its weights), or []."""
+    history, _ = read_json_checked(Path(weights_dir) / f"{name}.history.json", list)
+    return [e for e in history or [] if isinstance(e, dict)]
+
+
+def results_folders(root: str | Path) -> list[str]:
+    """What the app may show run folders from: the results root itself (``""``) and its sub-folders that
+    hold run folders (a cross-validation's results, say), by name. Nothing outside ``root`` is listed, so a
+    visitor chooses among folders the server found, never types a path."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    names = [""]
+    try:
+        children = sorted(root.iterdir(), key=lambda p: _natural(p.name))
+    except OSError:
+        return names
+    for child in children:
+        if child.name.startswith(".") or not child.is_dir() or not _within(child, root) or looks_like_run(child):
+            continue
+        try:
+            if any(_within(p, root) and looks_like_run(p) for p in child.iterdir()):
+                names.append(child.name)
+        except OSError:
+            continue
+    return names
+
+
+def results_folder(root: str | Path, name: str) -> Path | None:
+    """The folder :func:`results_folders` listed under ``name``; None for any other name (``..``, an
+    absolute path, a link out of the root)."""
+    return Path(root) / name if name in results_folders(root) else None
 
 
 def _natural(name: str) -> list:
@@ -317,7 +378,7 @@ def metrics_wide(report: dict) -> list[dict]:
     """One row per metric, one column per mode: "value (95 % CI low–high)"."""
     table: dict[str, dict] = {}
     for row in metrics_rows(report):
-        table.setdefault(row["metric"], {"metric": row["metric"]})[row["mode"]] = _format(
+        table.setdefault(row["metric"], {"metric": plain(row["metric"])})[row["mode"]] = _format(
             row["value"], row["ci_low"], row["ci_high"])
     return list(table.values())
 
@@ -342,7 +403,7 @@ def card_rows(card: dict) -> list[dict]:
                 text = f"{_value(entry):.3f}"
             else:
                 continue
-            table.setdefault(name, {"metric": name})[mode] = text
+            table.setdefault(name, {"metric": plain(name)})[mode] = text
     return list(table.values())
 
 
@@ -360,7 +421,7 @@ def card_protocol_rows(card: dict, key: str = "study_protocol") -> list[dict]:
             continue
         for name, entry in block.items():
             if isinstance(entry, dict) and _value(entry) is not None:
-                table.setdefault(name, {"metric": name})[mode] = _format(
+                table.setdefault(name, {"metric": plain(name)})[mode] = _format(
                     _value(entry), _value(entry.get("ci_low")), _value(entry.get("ci_high")))
     return list(table.values())
 

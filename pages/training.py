@@ -36,8 +36,17 @@ def _stamp(root: Path) -> tuple:
 
 
 @st.cache_data(show_spinner="Reading run folders…", max_entries=8)
-def load_runs(root: str, stamp: tuple) -> list[rc.RunFolder]:
-    return rc.scan_runs(root)
+def load_runs(folder: str, root: str, stamp: tuple) -> list[rc.RunFolder]:
+    return rc.scan_runs(folder, inside=root)
+
+
+def highlighted(table: pd.DataFrame) -> "pd.io.formats.style.Styler":
+    """Marks the malignant-sensitivity row."""
+    def mark(row):
+        chosen = row.get("metric") == rc.HIGHLIGHTED or row.get("cross-validation metric") == rc.HIGHLIGHTED
+        return ["background-color: #FFF3D6; font-weight: 600" if chosen else ""] * len(row)
+
+    return table.style.apply(mark, axis=1)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -78,8 +87,8 @@ with st.container(border=True, key="model_card"):
         card_table = rc.card_rows(card)
         if card_table:
             st.markdown("**5-fold cross-validation on BUSI** (duplicate-aware folds; mean ± std over folds)")
-            st.dataframe(pd.DataFrame(card_table).rename(columns={"metric": "cross-validation metric"}),
-                         hide_index=True)
+            st.dataframe(highlighted(pd.DataFrame(card_table).rename(columns={"metric": "cross-validation metric"})),
+                         hide_index=True, width="stretch")
         protocol = rc.card_protocol_rows(card)
         external = rc.card_external_rows(card)
         if protocol or external:
@@ -87,10 +96,10 @@ with st.container(border=True, key="model_card"):
             if protocol:
                 left.markdown("**Study protocol** (tested on the images it trained on; optimistic, for comparison)")
                 left.dataframe(pd.DataFrame(protocol).rename(columns={"metric": "study-protocol metric"}),
-                               hide_index=True)
+                               hide_index=True, width="stretch")
             if external:
                 right.markdown("**External data** (never trained on)")
-                right.dataframe(pd.DataFrame(external), hide_index=True)
+                right.dataframe(pd.DataFrame(external), hide_index=True, width="stretch")
         for key, title in (("intended_use", "Intended use"), ("limitations", "Limitations")):
             value = card.get(key)
             if value:
@@ -101,6 +110,18 @@ with st.container(border=True, key="model_card"):
                         st.json(value)
                     else:
                         st.markdown(str(value))
+
+# --- the shipped model's own training curves (shipped beside its weights, so a fresh clone has them) -------
+shipped_history = rc.shipped_history(WEIGHTS_DIR, DEFAULT_MODEL)
+if shipped_history:
+    with st.expander(f"Training curves of the shipped model ({len(shipped_history)} epochs)", expanded=False):
+        left, right = st.columns(2)
+        histories = {f"{DEFAULT_MODEL} (shipped)": shipped_history}
+        left.plotly_chart(rc.curves_figure(histories, "loss", ["train", "validation"]), config=PLOT_CONFIG, key="s_loss")
+        right.plotly_chart(rc.curves_figure(histories, "accuracy", ["train", "validation"]), config=PLOT_CONFIG,
+                           key="s_accuracy")
+        st.caption("Trained on all BUSI scans but a duplicate-aware 10 % validation split, which these curves also "
+                   "show; its test figures are the cross-validation's above.")
 
 # --- audit log ---------------------------------------------------------------------------------------
 jobs.log_endings()
@@ -118,123 +139,132 @@ with st.expander(f"Audit log: launches, cancels, finishes, failures, promotions,
                    "crash); the other entries are intact.")
 
 # --- results folder ----------------------------------------------------------------------------------
-root_text = st.text_input("Results folder", value=str(runs_root()), key="t_root",
-                          help="A folder of run folders (default: $IMAGEMASKNET_RUNS or ./runs), or one run folder.")
-root = Path(root_text.strip() or ".").expanduser()
+# Only folders under the server's results root ($IMAGEMASKNET_RUNS, default ./runs) are offered, by name:
+# a visitor never types a path, so nothing outside the root is read or even tested for existence.
+root = runs_root()
+folders = rc.results_folders(root)
 runs: list[rc.RunFolder] = []
-if not root.exists():
-    st.error(f"`{root}` does not exist. Enter a folder that holds run folders.")
-elif not root.is_dir():
-    st.error(f"`{root}` is a file, not a folder. Enter a folder that holds run folders.")
+if not folders:
+    st.info("No training runs yet on this server. Train one with `imagemasknet train --preset lesion-effnet-lite0`, "
+            "or from the Retrain page; its curves and evaluations then appear here.", icon=":material/info:")
 else:
-    try:
-        runs = load_runs(str(root.resolve()), _stamp(root))
-    except OSError as error:
-        st.error(f"Cannot read `{root}`: {error}")
+    chosen_folder = st.selectbox("Results folder", folders, key="t_folder",
+                                 format_func=lambda n: "all runs (the results root)" if n == "" else n,
+                                 help="The server's results folder and the sub-folders in it that hold run folders "
+                                      "(set by the operator with IMAGEMASKNET_RUNS).")
+    folder = rc.results_folder(root, chosen_folder)
+    if folder is not None:
+        try:
+            runs = load_runs(str(folder), str(root), _stamp(folder))
+        except OSError:
+            st.warning("This results folder could not be read just now; try again.")
     if not runs:
-        st.info(f"No run folders in `{root}` yet. Train one with `imagemasknet train --preset lesion-resunet "
-                f"--out-dir {root}/my-run`, or point this at another results folder.")
+        st.info("No run folders here yet. Train one with `imagemasknet train --preset lesion-effnet-lite0`, or from "
+                "the Retrain page.", icon=":material/info:")
 
-if not runs:
-    st.stop()
+def show_runs(runs: list[rc.RunFolder]) -> None:
+    """The runs table, their curves, and one run's evaluation and log."""
+    by_name = {r.name: r for r in runs}
+    st.subheader(f"Runs ({len(runs)})")
+    st.dataframe(pd.DataFrame([r.summary() for r in runs]), hide_index=True,
+                 column_config={"problems": st.column_config.TextColumn(width="large")})
+    incomplete = [r for r in runs if r.problems or r.state != "finished"]
+    for run in incomplete:
+        what = "; ".join(run.problems) or f"state: {run.state}"
+        shown = [part for part, present in (("config", bool(run.config)), (f"{run.epochs_done} epochs", bool(run.history)),
+                                             ("metrics", bool(run.metrics))) if present]
+        st.warning(f"**{run.name}** is incomplete ({run.state}): {what}. Showing what it has"
+                   + (f": {', '.join(shown)}." if shown else " — nothing readable yet."), icon=":material/construction:")
 
-by_name = {r.name: r for r in runs}
-st.subheader(f"Runs ({len(runs)})")
-st.dataframe(pd.DataFrame([r.summary() for r in runs]), hide_index=True,
-             column_config={"problems": st.column_config.TextColumn(width="large")})
-incomplete = [r for r in runs if r.problems or r.state != "finished"]
-for run in incomplete:
-    what = "; ".join(run.problems) or f"state: {run.state}"
-    shown = [part for part, present in (("config", bool(run.config)), (f"{run.epochs_done} epochs", bool(run.history)),
-                                         ("metrics", bool(run.metrics))) if present]
-    st.warning(f"**{run.name}** is incomplete ({run.state}): {what}. Showing what it has"
-               + (f": {', '.join(shown)}." if shown else " — nothing readable yet."), icon=":material/construction:")
+    # --- curves -----------------------------------------------------------------------------------------
+    st.subheader("Curves per epoch")
+    with_history = [r.name for r in runs if r.history]
+    if not with_history:
+        st.info("No run has finished an epoch yet.")
+    else:
+        controls = st.columns([2.6, 1.7, 1.3])
+        default = [n for n in with_history if n.endswith("fold0")][:3] or with_history[:2]
+        chosen = controls[0].multiselect("Runs to compare", with_history, default=default, key="t_runs")
+        splits = controls[1].multiselect("Splits", list(SPLIT_NAMES), default=["train", "heldout"], key="t_splits",
+                                         format_func=SPLIT_NAMES.get)
+        all_modes = sorted({m for n in chosen for m in by_name[n].modes}, key=lambda m: (m != "image", m))
+        modes = controls[2].multiselect("Modes", all_modes, default=all_modes, key="t_modes",
+                                        help="Inference modes: image only, or image + lesion mask.")
+        histories = {n: by_name[n].history for n in chosen}
+        if histories:
+            loss_tab, scores_tab, extra_tab = st.tabs(["Loss & accuracy", "Precision, recall, F1", "AUC & lesion Dice"])
+            with loss_tab:
+                left, right = st.columns(2)
+                left.plotly_chart(rc.curves_figure(histories, "loss", splits, modes), config=PLOT_CONFIG, key="c_loss")
+                right.plotly_chart(rc.curves_figure(histories, "accuracy", splits, modes), config=PLOT_CONFIG,
+                                   key="c_accuracy")
+            with scores_tab:
+                st.caption("Precision, recall and F1 are macro averages over the three classes (not recorded for training).")
+                columns = st.columns(3)
+                for column, metric in zip(columns, ("macro_precision", "macro_recall", "macro_f1")):
+                    column.plotly_chart(rc.curves_figure(histories, metric, splits, modes, height=360), config=PLOT_CONFIG,
+                                        key=f"c_{metric}")
+            with extra_tab:
+                left, right = st.columns(2)
+                left.plotly_chart(rc.curves_figure(histories, "macro_auc", splits, modes), config=PLOT_CONFIG, key="c_auc")
+                right.plotly_chart(rc.curves_figure(histories, "lesion_dice", splits, modes), config=PLOT_CONFIG,
+                                   key="c_dice")
 
-# --- curves -----------------------------------------------------------------------------------------
-st.subheader("Curves per epoch")
-with_history = [r.name for r in runs if r.history]
-if not with_history:
-    st.info("No run has finished an epoch yet.")
-else:
-    controls = st.columns([2.6, 1.7, 1.3])
-    default = [n for n in with_history if n.endswith("fold0")][:3] or with_history[:2]
-    chosen = controls[0].multiselect("Runs to compare", with_history, default=default, key="t_runs")
-    splits = controls[1].multiselect("Splits", list(SPLIT_NAMES), default=["train", "heldout"], key="t_splits",
-                                     format_func=SPLIT_NAMES.get)
-    all_modes = sorted({m for n in chosen for m in by_name[n].modes}, key=lambda m: (m != "image", m))
-    modes = controls[2].multiselect("Modes", all_modes, default=all_modes, key="t_modes",
-                                    help="Inference modes: image only, or image + lesion mask.")
-    histories = {n: by_name[n].history for n in chosen}
-    if histories:
-        loss_tab, scores_tab, extra_tab = st.tabs(["Loss & accuracy", "Precision, recall, F1", "AUC & lesion Dice"])
-        with loss_tab:
-            left, right = st.columns(2)
-            left.plotly_chart(rc.curves_figure(histories, "loss", splits, modes), config=PLOT_CONFIG, key="c_loss")
-            right.plotly_chart(rc.curves_figure(histories, "accuracy", splits, modes), config=PLOT_CONFIG,
-                               key="c_accuracy")
-        with scores_tab:
-            st.caption("Precision, recall and F1 are macro averages over the three classes (not recorded for training).")
-            columns = st.columns(3)
-            for column, metric in zip(columns, ("macro_precision", "macro_recall", "macro_f1")):
-                column.plotly_chart(rc.curves_figure(histories, metric, splits, modes, height=360), config=PLOT_CONFIG,
-                                    key=f"c_{metric}")
-        with extra_tab:
-            left, right = st.columns(2)
-            left.plotly_chart(rc.curves_figure(histories, "macro_auc", splits, modes), config=PLOT_CONFIG, key="c_auc")
-            right.plotly_chart(rc.curves_figure(histories, "lesion_dice", splits, modes), config=PLOT_CONFIG,
-                               key="c_dice")
+    # --- one run's evaluation ----------------------------------------------------------------------------
+    st.subheader("Evaluation of a run")
+    names = [r.name for r in runs]
+    # Default: the first run evaluated on its own test fold, else the first with any evaluation.
+    first = next((n for n in names if {"metrics-test", "metrics"} & set(by_name[n].metrics) and by_name[n].fold is not None),
+                 next((n for n in names if by_name[n].metrics), names[0]))
+    name = st.selectbox("Run", names, index=names.index(first), key="t_run")
+    run = by_name[name]
+    status = run.status
+    st.caption(" · ".join(part for part in (
+        f"model {run.arch}", f"state {run.state}",
+        f"epoch {run.epochs_done}" + (f" of {run.epochs_total}" if run.epochs_total else ""),
+        f"started {status['started']}" if status.get("started") else "",
+        f"updated {status['updated']}" if status.get("updated") else "",
+        f"fold {run.fold}" if run.fold is not None else "",
+    ) if part))
+    if run.problems:
+        st.warning(f"This run folder is incomplete — it shows what it has. {'; '.join(run.problems)}.",
+                   icon=":material/construction:")
+    if not run.metrics:
+        st.info(f"No evaluation yet. Make one with `imagemasknet evaluate --run {run.path}` "
+                "(writes metrics.json to the run folder).")
+    else:
+        report_name = st.selectbox("Evaluation", sorted(run.metrics, key=lambda f: (f != "metrics-test", f)), key="t_report",
+                                   format_func=lambda f: f"{f}.json — {run.metrics[f].get('evaluated_on', '')}")
+        report = run.metrics[report_name]
+        st.caption(f"{report.get('n', '?')} scans; 95 % bootstrap confidence intervals in brackets.")
+        st.dataframe(pd.DataFrame(rc.metrics_wide(report)), hide_index=True)
+        for mode, result in report.get("modes", {}).items():
+            st.markdown(f"**Mode: {mode}**" + (f" — temperature {result['temperature']:.2f}"
+                                               if isinstance(result.get("temperature"), (int, float)) else ""))
+            left, middle, right = st.columns(3)
+            if result.get("confusion"):
+                left.plotly_chart(rc.confusion_figure(result["confusion"], title=f"Confusion matrix ({mode})"),
+                                  config=PLOT_CONFIG, key=f"cm_{mode}")
+            aucs = {c: rc._value(result.get("metrics", {}).get(f"auc_{c}")) for c in result.get("roc", {})}
+            if result.get("roc"):
+                middle.plotly_chart(rc.roc_figure(result["roc"], aucs, title=f"ROC, one class vs rest ({mode})"),
+                                    config=PLOT_CONFIG, key=f"roc_{mode}")
+            if result.get("reliability"):
+                ece = rc._value(result.get("metrics", {}).get("ece"))
+                right.plotly_chart(rc.reliability_figure(result["reliability"], f"Reliability ({mode})", ece),
+                                   config=PLOT_CONFIG, key=f"rel_{mode}")
+    log = ""
+    try:
+        log = "\n".join((run.path / "log.txt").read_text(errors="replace").splitlines()[-30:])
+    except OSError:
+        pass
+    if log:
+        with st.expander("Log (last 30 lines)"):
+            st.code(log, language=None)
 
-# --- one run's evaluation ----------------------------------------------------------------------------
-st.subheader("Evaluation of a run")
-names = [r.name for r in runs]
-# Default: the first run evaluated on its own test fold, else the first with any evaluation.
-first = next((n for n in names if {"metrics-test", "metrics"} & set(by_name[n].metrics) and by_name[n].fold is not None),
-             next((n for n in names if by_name[n].metrics), names[0]))
-name = st.selectbox("Run", names, index=names.index(first), key="t_run")
-run = by_name[name]
-status = run.status
-st.caption(" · ".join(part for part in (
-    f"model {run.arch}", f"state {run.state}",
-    f"epoch {run.epochs_done}" + (f" of {run.epochs_total}" if run.epochs_total else ""),
-    f"started {status['started']}" if status.get("started") else "",
-    f"updated {status['updated']}" if status.get("updated") else "",
-    f"fold {run.fold}" if run.fold is not None else "",
-) if part))
-if run.problems:
-    st.warning(f"This run folder is incomplete — it shows what it has. {'; '.join(run.problems)}.",
-               icon=":material/construction:")
-if not run.metrics:
-    st.info(f"No evaluation yet. Make one with `imagemasknet evaluate --run {run.path}` "
-            "(writes metrics.json to the run folder).")
-else:
-    report_name = st.selectbox("Evaluation", sorted(run.metrics, key=lambda f: (f != "metrics-test", f)), key="t_report",
-                               format_func=lambda f: f"{f}.json — {run.metrics[f].get('evaluated_on', '')}")
-    report = run.metrics[report_name]
-    st.caption(f"{report.get('n', '?')} scans; 95 % bootstrap confidence intervals in brackets.")
-    st.dataframe(pd.DataFrame(rc.metrics_wide(report)), hide_index=True)
-    for mode, result in report.get("modes", {}).items():
-        st.markdown(f"**Mode: {mode}**" + (f" — temperature {result['temperature']:.2f}"
-                                           if isinstance(result.get("temperature"), (int, float)) else ""))
-        left, middle, right = st.columns(3)
-        if result.get("confusion"):
-            left.plotly_chart(rc.confusion_figure(result["confusion"], title=f"Confusion matrix ({mode})"),
-                              config=PLOT_CONFIG, key=f"cm_{mode}")
-        aucs = {c: rc._value(result.get("metrics", {}).get(f"auc_{c}")) for c in result.get("roc", {})}
-        if result.get("roc"):
-            middle.plotly_chart(rc.roc_figure(result["roc"], aucs, title=f"ROC, one class vs rest ({mode})"),
-                                config=PLOT_CONFIG, key=f"roc_{mode}")
-        if result.get("reliability"):
-            ece = rc._value(result.get("metrics", {}).get("ece"))
-            right.plotly_chart(rc.reliability_figure(result["reliability"], f"Reliability ({mode})", ece),
-                               config=PLOT_CONFIG, key=f"rel_{mode}")
-log = ""
-try:
-    log = "\n".join((run.path / "log.txt").read_text(errors="replace").splitlines()[-30:])
-except OSError:
-    pass
-if log:
-    with st.expander("Log (last 30 lines)"):
-        st.code(log, language=None)
+
+if runs:
+    show_runs(runs)
 
 # --- cross-validation spread -------------------------------------------------------------------------
 groups = rc.cv_groups(runs)

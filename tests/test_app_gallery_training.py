@@ -317,7 +317,8 @@ def test_training_page_shows_runs_charts_and_survives_broken_folders(runs_folder
     at = _app(TRAINING)
     at.run(timeout=TIMEOUT)
     _no_errors(at)
-    assert at.text_input(key="t_root").value == str(runs_folder)
+    assert not at.text_input  # no free path to type
+    assert at.selectbox(key="t_folder").options[0] == "all runs (the results root)"
     runs_table = next(d.value for d in at.dataframe if "run" in d.value.columns)
     assert {"tiny-fold1", "broken-fold9", "just-started", "garbage"} <= set(runs_table["run"])
     warnings = " ".join(w.value for w in at.warning)
@@ -347,24 +348,60 @@ def test_training_page_shows_runs_charts_and_survives_broken_folders(runs_folder
     _no_errors(at)
 
 
-def test_training_page_other_folder(runs_folder, monkeypatch, tmp_path):
+def _page_text(at: AppTest) -> str:
+    """Everything the page shows a visitor: text, notices, choices and table cells."""
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success", "subheader", "title")
+             for e in getattr(at, kind)]
+    parts += [str(o) for box in at.selectbox for o in box.options]
+    parts += [str(o) for box in at.multiselect for o in box.options]
+    parts += [d.value.to_string() for d in at.dataframe]
+    return "\n".join(parts)
+
+
+def test_training_page_reads_only_folders_under_the_results_root(runs_folder, monkeypatch, tmp_path):
+    """Issue 19: a visitor picks among folders the server found under the results root; run folders outside it
+    are never read, neither by name nor through a symbolic link, and no message says whether a path exists."""
+    root = tmp_path / "results"
+    shutil.copytree(runs_folder / "tiny-fold1", root / "tiny-fold1")
+    shutil.copytree(runs_folder / "tiny-fold1", root / "cv-a" / "model-fold0")
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(runs_folder / "tiny-fold1", outside / "planted-secret-run")
+    (root / "escape-link").symlink_to(outside / "planted-secret-run")  # a run folder that is a link out
+    (root / "linked-results").symlink_to(outside)  # a results folder that is a link out
+    monkeypatch.setenv("IMAGEMASKNET_RUNS", str(root))
+    at = _app(TRAINING)
+    at.run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert not at.text_input
+    assert rc.results_folders(root) == ["", "cv-a"]
+    for name in ("", "cv-a"):
+        at.selectbox(key="t_folder").set_value(name).run(timeout=TIMEOUT)
+        _no_errors(at)
+        text = _page_text(at)
+        assert "planted-secret-run" not in text and "escape-link" not in text and "linked-results" not in text
+        assert str(outside) not in text
+    # What a forged request could send instead of a listed name (a selectbox sends only listed ones, and the
+    # page resolves names through results_folder, which maps anything else to nothing).
+    for sneaky in (str(outside), "../elsewhere", "cv-a/../../elsewhere", "linked-results", "escape-link", "/etc"):
+        assert rc.results_folder(root, sneaky) is None
+    assert rc.scan_runs(root / "escape-link", inside=root) == []
+    assert [r.name for r in rc.scan_runs(root, inside=root)] == ["tiny-fold1"]
+
+
+def test_training_page_on_a_fresh_clone_shows_the_shipped_model_without_an_error(monkeypatch, tmp_path):
+    """Issue 17: no runs folder yet is a neutral note; the shipped model's card, its own training curves and
+    its per-fold cross-validation chart are there anyway, with plain metric names."""
     monkeypatch.setenv("IMAGEMASKNET_RUNS", str(tmp_path / "none-yet"))
     at = _app(TRAINING)
     at.run(timeout=TIMEOUT)
     _no_errors(at)
-    assert any("does not exist" in e.value for e in at.error)
-    a_file = tmp_path / "file.txt"
-    a_file.write_text("x")
-    at.text_input(key="t_root").set_value(str(a_file)).run(timeout=TIMEOUT)
-    assert any("not a folder" in e.value for e in at.error)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    at.text_input(key="t_root").set_value(str(empty)).run(timeout=TIMEOUT)
-    assert any("No run folders" in i.value for i in at.info)
-    at.text_input(key="t_root").set_value(str(runs_folder / "tiny-fold1")).run(timeout=TIMEOUT)  # one run folder
-    _no_errors(at)
-    assert not at.error
-    assert len(at.get("plotly_chart")) >= 7
+    assert not at.error and not (tmp_path / "none-yet").exists()
+    assert any("No training runs yet" in i.value for i in at.info)
+    assert "Cross-validation: per-fold spread" in [s.value for s in at.subheader]
+    assert len(at.get("plotly_chart")) >= 3  # the shipped model's loss and accuracy curves, the fold spread
+    card_table = next(d.value for d in at.dataframe if "cross-validation metric" in d.value.columns)
+    names = list(card_table["cross-validation metric"])
+    assert "malignant sensitivity" in names and "recall_malignant" not in names
 
 
 def test_run_reader_reports_what_is_wrong(runs_folder):
