@@ -7,8 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import PRESETS, TrainConfig, preset
-from .models import DEFAULT_MODEL
+from .config import DEFAULT_MODEL, PRESETS, TrainConfig, preset
 
 
 def _optional_int(text: str) -> int | None:
@@ -339,10 +338,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import count_parameters, build_model, get_spec, list_models
 
+    width = max(len(n) for n in list_models())
     for name in list_models():
         spec = get_spec(name)
-        print(f"{name:16} modes: {'/'.join(spec.modes):11} lesion map: {'yes' if spec.predicts_lesion else 'no ':3}  "
-              f"parameters: {count_parameters(build_model(name)):>11,}  {spec.description}")
+        start = "from scratch" if spec.pretrained is None else (
+            f"from {spec.pretrained.dataset} ({spec.pretrained.package} {spec.pretrained.version()}, {spec.pretrained.licence})")
+        print(f"{name:{width}}  modes: {'/'.join(spec.modes):11} lesion map: {'yes' if spec.predicts_lesion else 'no ':3}  "
+              f"parameters: {count_parameters(build_model(name)):>11,}  trained {start}\n{'':{width}}  {spec.description}")
     return 0
 
 
@@ -376,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a registered model. A preset sets the study's settings; flags override it. "
                                             "Under torchrun (torchrun --nproc_per_node N -m imagemasknet train ...) it trains "
                                             "data-parallel over the N processes; --batch-size is the global batch.")
-    train.add_argument("--preset", choices=list(PRESETS), help="start from a preset (study-m1, study-m2, lesion-resunet)")
+    train.add_argument("--preset", choices=list(PRESETS), help="start from a preset: " + ", ".join(PRESETS))
     train.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to log.txt)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint (its own settings)")
     train.add_argument("--no-verify", action="store_true", help="load a data copy even if it fails its checksums")

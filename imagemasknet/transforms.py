@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-AUGMENTATIONS = ("none", "flip", "study-m2", "ultrasound", "ultrasound-strong")
+from .config import AUGMENTATIONS  # the names TrainConfig offers; built here
 
 
 def _random_gamma(image: torch.Tensor) -> torch.Tensor:
