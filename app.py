@@ -1,5 +1,7 @@
-"""ImageMaskNet web app: `streamlit run app.py`. Navigation, page config and the notice only."""
+"""ImageMaskNet web app: `streamlit run app.py`. Navigation, page config and the notices only."""
 import streamlit as st
+
+from imagemasknet.jobs import active_model_notice
 
 st.set_page_config(page_title="ImageMaskNet", page_icon="🩺", layout="wide")
 
@@ -10,4 +12,6 @@ page = st.navigation([
     st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
 ])
 st.sidebar.warning("**Research use only — not a diagnosis.**", icon=":material/info:")
+if notice := active_model_notice():  # a retrained model replaces the shipped one: every page says so
+    st.warning(notice, icon=":material/published_with_changes:")
 page.run()

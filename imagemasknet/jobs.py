@@ -745,22 +745,45 @@ def check_promotable(name: str, root: Path | None = None) -> Run:
     return run
 
 
-def promote(name: str, root: Path | None = None, *, admin: AdminSession | None = None) -> dict:
+def promotion_concerns(name: str, root: Path | None = None) -> list[str]:
+    """Why promoting a finished run needs an administrator's explicit override, as sentences: it trained on
+    a subset (``limit``), or it is below the active model on malignant sensitivity (image mode, where both
+    are known). Empty when it may be promoted as it is."""
+    root = Path(root or runs_root()).resolve()
+    config = Run(root / name).config
+    concerns = []
+    if config.get("limit"):
+        concerns.append(f"it trained on a subset of {config['limit']} scans per split (a quick check, not a model)")
+    row = next((r for r in comparison(name, root) if r["metric"] == "recall_malignant" and r["mode"] == "image"), None)
+    if row and row["active"] is not None and row["run"] is not None and row["run"] < row["active"]:
+        concerns.append(f"its malignant sensitivity ({row['run']:.3f}) is below the active model's ({row['active']:.3f})")
+    return concerns
+
+
+def promote(name: str, root: Path | None = None, *, admin: AdminSession | None = None,
+            override: str | None = None) -> dict:
     """Make a finished run the active model; the model it replaces becomes ``active/previous``.
 
-    The new model is staged in a fresh folder under ``.models/``, checked to load, and only then is
-    the ``active`` link swapped with one ``os.replace``: a crash or a full disk at any point leaves
-    the previous active model in place and loadable. Only for a signed-in administrator; audited.
-    Returns the new ``model.json``.
+    A run with :func:`promotion_concerns` is refused unless ``override`` gives the administrator's reason,
+    which the audit log records with the concerns. The new model is staged in a fresh folder under
+    ``.models/``, checked to load, and only then is the ``active`` link swapped with one ``os.replace``: a
+    crash or a full disk at any point leaves the previous active model in place and loadable. Only for a
+    signed-in administrator; audited. Returns the new ``model.json``.
     """
     require_admin(admin)
     root = Path(root or runs_root()).resolve()
-    with _audited("promote", name, admin, root):
+    concerns = promotion_concerns(name, root) if Run(root / name).path.is_dir() else []
+    reason = (override or "").strip()
+    detail = f"override: {reason}; concerns: {'; '.join(concerns)}" if concerns and reason else None
+    with _audited("promote", name, admin, root, detail):
+        if concerns and not reason:
+            raise PromotionError(f"run {name} is not promoted: {'; and '.join(concerns)}. Promote it anyway only with "
+                                 "a reason, which the audit log records.")
         return _promote(name, root)
 
 
 @contextlib.contextmanager
-def _audited(action: str, run: str | None, admin: AdminSession, root: Path) -> Iterator[None]:
+def _audited(action: str, run: str | None, admin: AdminSession, root: Path, detail: str | None = None) -> Iterator[None]:
     """Log ``action`` with the active model's hash before and after, whether it succeeds or not."""
     before = audit_log.active_model_hash(root)
     try:
@@ -770,7 +793,8 @@ def _audited(action: str, run: str | None, admin: AdminSession, root: Path) -> I
                          model_after=audit_log.active_model_hash(root), detail=str(error), root=root)
         raise
     audit_log.append(action, run=run, session=admin, model_before=before,
-                     model_after=audit_log.active_model_hash(root), root=root)
+                     model_after=audit_log.active_model_hash(root), root=root,
+                     **({"detail": detail} if detail else {}))
 
 
 def _promote(name: str, root: Path) -> dict:
@@ -922,6 +946,18 @@ def comparison(name: str, root: Path | None = None) -> list[dict]:
             rows.append({"metric": metric, "mode": mode, "active": a, "run": b,
                          "difference": None if a is None or b is None else b - a})
     return rows
+
+
+def active_model_notice(root: Path | None = None) -> str | None:
+    """The banner every page shows while a promoted model replaces the shipped one; None otherwise."""
+    from .models import DEFAULT_MODEL
+
+    card = active_card(root)
+    if card is None:
+        return None
+    return (f"Active model: {card['version']}, a retrained {card['arch']} promoted {card.get('promoted_at', '?')}, "
+            f"in place of the shipped {DEFAULT_MODEL}. Its figures are its own run's, not the shipped model's "
+            "cross-validation; an administrator can roll it back on the Retrain page.")
 
 
 def active_label(root: Path | None = None) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image, ImageDraw
 
+from imagemasknet import jobs
 from imagemasknet import predict as predict_module
 from imagemasknet.charts import probability_chart
 from imagemasknet.data import CLASSES
@@ -212,11 +213,22 @@ def model_controls() -> tuple[str, bool]:
     if not models:
         st.error("No model weights are installed (expected weights/*.safetensors); the page cannot classify.")
         st.stop()
-    name = st.selectbox("Model", models, key="model",
-                        format_func=lambda n: f"{n} (default)" if n == DEFAULT_MODEL else n,
-                        help="Models with shipped weights; the default first.")
-    spec = get_spec(name)
-    st.caption(spec.description)
+    promoted = jobs.active_card()
+
+    def label(n: str) -> str:
+        if n != DEFAULT_MODEL:
+            return n
+        return f"{promoted['version']} (retrained {promoted['arch']}, promoted)" if promoted else f"{n} (default)"
+
+    name = st.selectbox("Model", models, key="model", format_func=label,
+                        help="Models with shipped weights; the default first (or the model promoted in its place).")
+    spec = get_spec(promoted["arch"] if promoted and name == DEFAULT_MODEL else name)
+    if promoted and name == DEFAULT_MODEL:
+        st.caption(f"A retrained {md(promoted['arch'])} from run {md(promoted['version'])}, promoted "
+                   f"{md(promoted.get('promoted_at', '?'))} in place of the shipped {DEFAULT_MODEL}. "
+                   f"{md(promoted.get('trained_on', ''))}.")
+    else:
+        st.caption(spec.description)
     if spec.needs_mask:
         reason = f"The model '{name}' always needs a lesion mask: upload or draw one for each scan."
         st.toggle("Use a lesion mask", value=True, disabled=True, key="use_mask_required", help=reason)

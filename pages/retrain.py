@@ -203,15 +203,50 @@ def finished_panel(job: jobs.Job) -> None:
     if admin() is None:
         st.caption("An administrator can promote this run to the active model.")
         return
-    if st.button("Promote to active model", type="primary", icon=":material/upgrade:", key=f"promote:{job.name}"):
+    if st.button("Promote to active model…", icon=":material/upgrade:", key=f"promote:{job.name}"):
+        st.session_state["retrain_promoting"] = job.name
+    if st.session_state.get("retrain_promoting") == job.name:  # open until confirmed, cancelled or dismissed
+        confirm_promotion(job.name)
+
+
+def _promotion_closed() -> None:
+    st.session_state.pop("retrain_promoting", None)
+
+
+@st.dialog("Promote to the active model?", width="large", on_dismiss=_promotion_closed)
+def confirm_promotion(name: str) -> None:
+    """The candidate beside the active model, what speaks against it, and an explicit confirmation."""
+    card = jobs.active_card()
+    st.markdown(f"**{md(name)}** would replace the active model, "
+                f"{md(card['version']) if card else 'the shipped ' + md(DEFAULT_MODEL)}, for every user of this app.")
+    rows = jobs.comparison(name)
+    if rows:
+        table = pd.DataFrame(rows).rename(columns={"active": "active model", "run": "this run"})
+        table["metric"] = table["metric"].map(rc.plain)
+        st.dataframe(table, hide_index=True, width="stretch", column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in ("active model", "this run", "difference")})
+    concerns = jobs.promotion_concerns(name)
+    reason = ""
+    for concern in concerns:
+        st.warning(f"Not recommended: {md(concern)}.", icon=":material/warning:")
+    if concerns:
+        reason = st.text_input("Reason for promoting it anyway (recorded in the audit log)", key=f"override:{name}",
+                               max_chars=300)
+    ready = not concerns or bool(reason.strip())
+    left, right = st.columns(2)
+    if left.button("Promote", type="primary", disabled=not ready, icon=":material/upgrade:", key=f"confirm:{name}"):
         try:
-            jobs.promote(job.name, admin=admin())
+            jobs.promote(name, admin=admin(), override=reason or None)
         except (jobs.JobError, access.AccessError) as error:
             st.error(str(error), icon=":material/error:")
         else:
+            _promotion_closed()
             models_changed()
-            flash("success", f"Promoted: {job.name} is now the active model (the previous one is kept for roll back).")
+            flash("success", f"Promoted: {name} is now the active model (the previous one is kept for roll back).")
             st.rerun()
+    if right.button("Cancel", key=f"cancel-promotion:{name}"):
+        _promotion_closed()
+        st.rerun()
 
 
 @st.fragment(run_every=2)

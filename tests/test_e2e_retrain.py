@@ -89,7 +89,13 @@ def test_retrain_start_watch_promote(streamlit_server, browser_page):
     screenshot(page, "retrain.png")
 
     page.get_by_role("button", name=re.compile("Promote to active model")).click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("subset of 20 scans").wait_for()  # the confirmation names what speaks against it
+    dialog.get_by_label(re.compile("Reason for promoting it anyway")).fill("a one-epoch browser test run")
+    dialog.get_by_label(re.compile("Reason for promoting it anyway")).press("Enter")
+    dialog.get_by_role("button", name=re.compile("^Promote$")).click()
     wait_for_text(page, "is now the active model", timeout=60)
+    assert page.get_by_text("Active model:").first.is_visible()
     active = page.locator(".st-key-retrain_active").inner_text()
     name = re.search(r"lesion-resunet-\d{8}-\d{6}", run.inner_text()).group(0)
     assert name in active and "Roll back" in active

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from e2e_helpers import ADMIN_PASSWORD
 from imagemasknet import access, audit_log, cli, jobs
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = {"epochs": 1, "limit": 20, "image_size": 64, "fold": 0, "seed": 0}
+QUICK_REASON = "a one-epoch test run, promoted to test promotion"
 LONG = {**QUICK, "epochs": 400}  # long enough to be interrupted; each epoch takes well under a second
 
 
@@ -102,7 +104,11 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     assert accuracy["active"] == pytest.approx(shipped_card["cross_validation"]["image"]["accuracy"]["mean"])
     assert accuracy["run"] == pytest.approx(job.history[-1]["heldout"]["image"]["accuracy"])
 
-    card = jobs.promote(name, admin=admin)
+    # A 20-scan quick run is refused unless an administrator gives a reason, which the log keeps.
+    with pytest.raises(jobs.PromotionError, match="subset of 20 scans"):
+        jobs.promote(name, admin=admin)
+    assert jobs.active_card() is None
+    card = jobs.promote(name, admin=admin, override=QUICK_REASON)
     assert card["version"] == name and card["arch"] == "lesion-resunet"
     assert card["temperature"] == read_json(root / name / "calibration.json")["temperature"]
     assert (root / "active").is_symlink() and (root / "active" / "model.safetensors").is_file()
@@ -120,7 +126,7 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     # A second run promoted over it keeps it as "previous"; roll back restores it, twice undoes.
     other = "lesion-resunet-20990101-000000"
     shutil.copytree(root / name, root / other)
-    jobs.promote(other, admin=admin)
+    jobs.promote(other, admin=admin, override=QUICK_REASON)
     assert jobs.active_card()["version"] == other and jobs.previous_card()["version"] == name
     assert active_model_key() not in (key_promoted, f"shipped:{DEFAULT_MODEL}")
     assert jobs.rollback(admin=admin)["version"] == name
@@ -130,7 +136,7 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
 
     # Rolling back the first promotion returns to the shipped model.
     (root / "active").unlink()
-    jobs.promote(name, admin=admin)
+    jobs.promote(name, admin=admin, override=QUICK_REASON)
     assert jobs.rollback(admin=admin) is None
     assert jobs.active_card() is None and not (root / "active").exists()
     shipped = Predictor.active(device="cpu")
@@ -142,12 +148,14 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     assert log.unreadable_lines == 0
     assert [(e["action"], e["run"], e["outcome"]) for e in log.entries[:3]] == [
         ("login", None, "ok"), ("launch", name, "ok"), ("finish", name, "finished")]
-    assert [e["action"] for e in log.entries[3:]] == ["promote", "promote", "rollback", "rollback", "rollback",
+    assert [(e["action"], e["outcome"]) for e in log.entries[3:5]] == [("promote", "failed"), ("promote", "ok")]
+    assert f"override: {QUICK_REASON}" in log.entries[4]["detail"] and "subset of 20 scans" in log.entries[4]["detail"]
+    assert [e["action"] for e in log.entries[4:]] == ["promote", "promote", "rollback", "rollback", "rollback",
                                                       "promote", "rollback"]
-    assert all(e["session"] == admin.id and e["outcome"] == "ok" for e in log.entries[3:])
+    assert all(e["session"] == admin.id and e["outcome"] == "ok" for e in log.entries[4:])
     shipped_hash = file_sha256(REPO / "weights" / f"{DEFAULT_MODEL}.safetensors")
     run_hash = file_sha256(root / name / "best.safetensors")
-    first, last = log.entries[3], log.entries[-1]
+    first, last = log.entries[4], log.entries[-1]
     assert (first["run"], first["model_before"], first["model_after"]) == (name, shipped_hash, run_hash)
     assert (last["run"], last["model_before"], last["model_after"]) == (name, run_hash, shipped_hash)
     assert log.entries[1]["model_before"] == log.entries[1]["model_after"] == shipped_hash
@@ -231,7 +239,7 @@ def test_failed_run_shows_its_log_and_takes_over_a_stale_lock(env, tmp_path, adm
     assert job.record["returncode"] == 2
     assert not jobs.lock_path().exists()
     with pytest.raises(jobs.PromotionError, match="no run folder"):
-        jobs.promote(job.name, admin=admin)
+        jobs.promote(job.name, admin=admin, override=QUICK_REASON)
 
 
 def test_pid_reuse_and_live_locks(env, admin):
@@ -272,7 +280,7 @@ def test_cancel_stops_the_job_cleanly(env, admin):
     assert jobs.current_job() is None and not jobs.lock_path().exists()
     assert jobs.cancel(job.name, admin=admin) is None  # nothing left to stop
     with pytest.raises(jobs.PromotionError, match="cancelled"):
-        jobs.promote(job.name, admin=admin)
+        jobs.promote(job.name, admin=admin, override=QUICK_REASON)
 
 
 def test_cancel_while_starting_is_recorded_as_cancelled(env, admin):
@@ -288,7 +296,7 @@ def test_cancel_while_starting_is_recorded_as_cancelled(env, admin):
 
 def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run, admin):
     promoted = copy_run(finished_run)
-    jobs.promote(promoted, admin=admin)
+    jobs.promote(promoted, admin=admin, override=QUICK_REASON)
     job = jobs.start(jobs.config_from_form(LONG), admin=admin)
     wait_until(lambda: len(job.history) >= 1 and job.status.get("state") == "running", what="training", job=job)
     os.killpg(job.pid, signal.SIGKILL)
@@ -300,7 +308,7 @@ def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run
     assert jobs.current_job() is None
     assert Predictor.active(device="cpu").version == promoted
     with pytest.raises(jobs.PromotionError, match="crashed"):
-        jobs.promote(job.name, admin=admin)
+        jobs.promote(job.name, admin=admin, override=QUICK_REASON)
     # a crashed job's lock (had its launcher died too) is stale: the next launch may take it over
     write_json(jobs.lock_path(), {"pid": job.pid, "run": job.name})
     assert jobs.current_job() is None
@@ -311,7 +319,7 @@ def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run
 def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run, monkeypatch, admin):
     first = copy_run(finished_run, "lesion-resunet-20990101-000001")
     second = copy_run(finished_run, "lesion-resunet-20990101-000002")
-    jobs.promote(first, admin=admin)
+    jobs.promote(first, admin=admin, override=QUICK_REASON)
     key = active_model_key()
 
     def copy_half_then_fail(source, target):
@@ -322,7 +330,7 @@ def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run
     with monkeypatch.context() as patch:
         patch.setattr(jobs, "_copy_file", copy_half_then_fail)
         with pytest.raises(jobs.PromotionError, match="disk is full"):
-            jobs.promote(second, admin=admin)
+            jobs.promote(second, admin=admin, override=QUICK_REASON)
     assert active_model_key() == key and jobs.active_card()["version"] == first
     assert Predictor.active(device="cpu").version == first
     assert not [p for p in (runs_root() / ".models").iterdir() if p.name.startswith(".")]
@@ -334,9 +342,9 @@ def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run
     with monkeypatch.context() as patch:
         patch.setattr(jobs, "_swap_active", crash)
         with pytest.raises(KeyboardInterrupt):
-            jobs.promote(second, admin=admin)
+            jobs.promote(second, admin=admin, override=QUICK_REASON)
     assert jobs.active_card()["version"] == first and Predictor.active(device="cpu").version == first
-    jobs.promote(second, admin=admin)  # and the next promotion works
+    jobs.promote(second, admin=admin, override=QUICK_REASON)  # and the next promotion works
     assert jobs.active_card()["version"] == second and jobs.previous_card()["version"] == first
 
 
@@ -345,12 +353,12 @@ def test_only_finished_loadable_runs_are_promoted(env, finished_run, admin):
     best = runs_root() / broken / "best.safetensors"
     best.write_bytes(best.read_bytes()[:1000])
     with pytest.raises(jobs.PromotionError, match="does not load"):
-        jobs.promote(broken, admin=admin)
+        jobs.promote(broken, admin=admin, override=QUICK_REASON)
     running = copy_run(finished_run, "lesion-resunet-20990101-000004")
     status = read_json(runs_root() / running / "status.json")
     write_json(runs_root() / running / "status.json", {**status, "state": "running", "pid": os.getpid()})
     with pytest.raises(jobs.PromotionError, match="running"):
-        jobs.promote(running, admin=admin)
+        jobs.promote(running, admin=admin, override=QUICK_REASON)
     assert jobs.active_card() is None and not (runs_root() / "active").exists()
 
 
@@ -411,8 +419,19 @@ def test_page_promotes_and_rolls_back(env, finished_run, admin, retrain_page):
     assert any("finished" in m.value for m in at.markdown)
     assert at.dataframe  # the side-by-side table
     at.button(key=f"promote:{name}").click().run()
+    assert jobs.active_card() is None  # a confirmation first, with the concerns and no primary button yet
+    assert any("subset of 20 scans" in w.value for w in at.warning)
+    assert at.button(key=f"confirm:{name}").disabled
+    at.text_input(key=f"override:{name}").set_value(QUICK_REASON).run()
+    at.button(key=f"confirm:{name}").click().run()
     assert jobs.active_card()["version"] == name
     assert any("is now the active model" in s.value for s in at.success)
+    assert QUICK_REASON in audit_log.read().entries[-1]["detail"]
+    # Every page now names the promoted model in a banner, and Classify's model box names it too.
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    assert not app.exception
+    assert any(f"Active model: {name}" in w.value for w in app.warning)
+    assert name in app.selectbox(key="model").options[0]
     at.button(key="retrain_rollback").click().run()
     assert jobs.active_card() is None
     assert any("Rolled back" in s.value for s in at.success)
