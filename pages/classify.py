@@ -31,7 +31,9 @@ from pages import through_app
 through_app()
 
 DISPLAY_LONG_SIDE = 900  # images are shown (and put in reports) at most this large
-CANVAS_WIDTH = 520
+# The canvas sits in a full-width row of its own, no wider than the page's content at the narrowest supported
+# window (1024 px, sidebar open: 564 px, measured in Chromium), so every pixel of the scan can be drawn on.
+CANVAS_WIDTH = 560
 CANVAS_MAX_HEIGHT = 560
 USER_MASK_RGB = (0, 213, 255)  # cyan: the user's mask
 LESION_RGB = (255, 179, 0)  # amber: the lesion the model outlines
@@ -341,6 +343,10 @@ def drawing_canvas(item: Item, rendered_before: str | None) -> None:
         return
     drawings.pop(item.digest, None)
     drawings[item.digest] = {"mask": mask, "json": result.json_data}
+    if mask.any():
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        st.caption(f"Drawn lesion: columns {cols[0]}–{cols[-1]}, rows {rows[0]}–{rows[-1]} of the "
+                   f"{width} × {height}-pixel scan ({mask.mean():.1%} of it).")
     while len(drawings) > 64:  # a session keeps its latest drawings only
         drawings.pop(next(iter(drawings)))
 
@@ -403,6 +409,7 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
         st.error(md(item.error), icon=":material/error:")
         return
     result_col, chart_col = st.columns([2, 3], gap="large")
+    draw_box = st.container(key="draw_lesion") if draw else None
     head_left, head_right = st.columns(2, gap="large")
     scan_col, cam_col = st.columns(2, gap="large")
     with head_right:
@@ -412,15 +419,14 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
         st.markdown("**Scan**")
         legend_box = st.container()
     with scan_col:
-        if draw:
-            draw_tab, outline_box = st.tabs(["Draw the lesion", "Outlines"])
-            with draw_tab:
-                drawing_canvas(item, rendered_before)
-            # this run's drawing is the mask: attach it again before classifying
-            item.mask, item.mask_source, item.notes, item.prediction, item.error = None, "", [], None, None
-            attach_drawn_masks([item])
-        else:
-            outline_box = st.container()
+        outline_box = st.container()
+    if draw_box is not None:
+        with draw_box:
+            st.markdown("**Draw the lesion**")
+            drawing_canvas(item, rendered_before)
+        # this run's drawing is the mask: attach it again before classifying
+        item.mask, item.mask_source, item.notes, item.prediction, item.error = None, "", [], None, None
+        attach_drawn_masks([item])
     classify([item], model)
     prediction = item.prediction
 

@@ -138,3 +138,38 @@ def test_batch_with_a_corrupt_file(streamlit_server, browser_page, expected, tmp
     wait_idle(page)
     assert metric_values(page)[0] == expected["second"].predicted_class.capitalize()
     screenshot(page, "classify-batch.png")
+
+
+@pytest.mark.parametrize("window_width", [1024, 2560])
+def test_a_rectangle_drawn_to_the_canvas_right_edge_reaches_the_scan_right_edge(streamlit_server, browser, window_width):
+    """Issue 17: at the narrowest and the widest supported window the canvas fits the page, so a rectangle
+    dragged to its right edge marks the scan's last column, and its left side lands where it was drawn."""
+    context = browser.new_context(viewport={"width": window_width, "height": 1000}, device_scale_factor=1)
+    page = context.new_page()
+    try:
+        open_app(page, streamlit_server)
+        page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(SCAN))
+        wait_for_mode(page, "image only")
+        page.get_by_text("Use a lesion mask").click()
+        wait_idle(page)
+        page.get_by_text("Draw on the scan").click()
+        wait_for_mode(page, "image only")
+        page.get_by_text("Rectangle").click()
+        wait_idle(page)
+        canvas = page.locator("canvas.upper-canvas").first
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        content = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMainBlockContainer\"]');"
+                                " return m.getBoundingClientRect().right - parseFloat(getComputedStyle(m).paddingRight); }")
+        assert box["x"] + box["width"] <= content + 1, (box, content)  # nothing of the canvas is cut off
+        page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.3 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] - 1, box["y"] + 0.6 * box["height"], steps=10)
+        page.mouse.up()
+        caption = page.get_by_text(re.compile(r"^Drawn lesion: columns"))
+        caption.wait_for(timeout=60000)
+        first, last, width = map(int, re.search(r"columns (\d+)–(\d+), rows \d+–\d+ of the (\d+) ×", caption.inner_text()).groups())
+        assert last == width - 1, caption.inner_text()
+        assert abs(first - width / 2) <= width / 100 + 2, caption.inner_text()
+    finally:
+        context.close()
