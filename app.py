@@ -11,6 +11,8 @@ page = st.navigation([
     st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
     st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
 ])
+# Which page this run shows and which the last one did, so a page can tell a visit from a rerun.
+st.session_state["page_before"], st.session_state["page_now"] = st.session_state.get("page_now"), page.url_path
 st.sidebar.warning("**Research use only — not a diagnosis.**", icon=":material/info:")
 if notice := active_model_notice():  # a retrained model replaces the shipped one: every page says so
     st.warning(notice, icon=":material/published_with_changes:")

@@ -25,7 +25,7 @@ from imagemasknet.familiarity import FamiliarityReference
 from imagemasknet.metrics import softmax
 from imagemasknet.owndata import load_training_data
 from imagemasknet.predict import Predictor
-from imagemasknet.runs import read_json
+from imagemasknet.runs import file_sha256, read_json
 
 MALIGNANT = CLASSES.index("malignant")
 
@@ -49,8 +49,9 @@ def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
         trained = predict_arrays(predictor.model, predictor.spec, arrays.take(split["train"]), "image", cpu)
         scores = FamiliarityReference.fit(trained.texture).score(predictions["image"].texture)
         probabilities = {m: softmax(p.logits, predictor.temperatures.get(m, 1.0)) for m, p in predictions.items()}
+        files = {c.id: c.image_path for c in load_training_data(predictor.card["config"].get("data")).cases}
         for n, image_id in enumerate(test.ids):
-            rows.append({"id": image_id, "label": CLASSES[int(test.labels[n])], "fold": k,
+            rows.append({"id": image_id, "sha256": file_sha256(files[image_id])[:16], "label": CLASSES[int(test.labels[n])], "fold": k,
                          "probabilities": {m: {c: round(float(v), 6) for c, v in zip(CLASSES, probabilities[m][n])}
                                            for m in probabilities},
                          "familiarity": round(float(scores[n]), 4)})

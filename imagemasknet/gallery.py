@@ -160,13 +160,24 @@ def overlay(rgb: np.ndarray, mask: np.ndarray | None, style: str = "outline",
     return outline(rgb, mask, colour, thickness)
 
 
-def thumbnail(image: np.ndarray, mask: np.ndarray, style: str = "outline", size: int = THUMB_SIZE) -> np.ndarray:
-    """A size×size RGB thumbnail from a cached square scan and its mask."""
-    small = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-    small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size),
+THUMB_BOX = (THUMB_SIZE, THUMB_SIZE * 3 // 4)  # every tile's picture: the scan in its own shape, letterboxed
+
+
+def thumbnail(image: np.ndarray, mask: np.ndarray, style: str = "outline", size: int = THUMB_SIZE,
+              aspect: float = 1.0) -> np.ndarray:
+    """An RGB thumbnail from a cached square scan and its mask, back in the scan's own shape (``aspect`` =
+    width / height) and centred on black in a fixed box, so every tile is the same size."""
+    box_w, box_h = size, size * 3 // 4
+    width, height = (box_w, max(1, round(box_w / aspect))) if aspect >= box_w / box_h else (max(1, round(box_h * aspect)), box_h)
+    small = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+    small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height),
                                                                                Image.Resampling.NEAREST)) > 127
     # outline() scales its thickness by (image side / 512); this asks for a 2-pixel line.
-    return overlay(grey_to_rgb(small), small_mask, style, thickness=round(2 * 512 / max(size, 1)))
+    drawn = overlay(grey_to_rgb(small), small_mask, style, thickness=round(2 * 512 / max(width, height, 1)))
+    canvas = np.zeros((box_h, box_w, 3), np.uint8)
+    top, left = (box_h - height) // 2, (box_w - width) // 2
+    canvas[top:top + height, left:left + width] = drawn
+    return canvas
 
 
 def encode(rgb: np.ndarray, format: str = "JPEG") -> bytes:
@@ -181,9 +192,21 @@ def encode(rgb: np.ndarray, format: str = "JPEG") -> bytes:
 
 
 def thumbnail_bytes(arrays: Arrays, image_id: str, style: str = "outline", size: int = THUMB_SIZE,
-                    index: dict[str, int] | None = None) -> bytes:
+                    index: dict[str, int] | None = None, aspect: float = 1.0) -> bytes:
     row = (index or {i: n for n, i in enumerate(arrays.ids)})[image_id]
-    return encode(thumbnail(arrays.images[row], arrays.masks[row], style, size))
+    return encode(thumbnail(arrays.images[row], arrays.masks[row], style, size, aspect))
+
+
+def aspects(busi: Busi) -> dict[str, float]:
+    """Each scan's width / height, from its file header (the cached arrays are square)."""
+    out = {}
+    for case in busi.cases:
+        try:
+            with Image.open(case.image_path) as image:
+                out[case.id] = image.width / image.height
+        except OSError:
+            out[case.id] = 1.0
+    return out
 
 
 def data_uri(image_bytes: bytes, mime: str = "image/jpeg") -> str:
@@ -192,6 +215,33 @@ def data_uri(image_bytes: bytes, mime: str = "image/jpeg") -> str:
     import base64
 
     return f"data:{mime};base64,{base64.b64encode(image_bytes).decode('ascii')}"
+
+
+# --- what the marks come from -------------------------------------------------------------------------
+
+
+def out_of_fold(weights_dir: Path, name: str, busi: Busi) -> dict[str, dict[str, dict[str, float]]] | None:
+    """mode → id → calibrated probabilities from the model's cross-validation (``NAME.oof.json`` beside its
+    weights: each scan as judged by the fold model that never trained on it), for the scans of ``busi``
+    whose files are byte for byte the ones judged; None when the model ships none or no scan matches."""
+    try:
+        stored = json.loads((Path(weights_dir) / f"{name}.oof.json").read_text(encoding="utf-8"))
+        rows = {row["id"]: row for row in stored["predictions"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    from .runs import file_sha256
+
+    by_mode: dict[str, dict[str, dict[str, float]]] = {}
+    for case in busi.cases:
+        row = rows.get(case.id)
+        try:
+            if row is None or file_sha256(case.image_path)[:16] != row["sha256"]:
+                continue
+            for mode, probabilities in row["probabilities"].items():
+                by_mode.setdefault(mode, {})[case.id] = {c: float(probabilities[c]) for c in CLASSES}
+        except (OSError, KeyError, TypeError, ValueError):
+            continue
+    return by_mode or None
 
 
 # --- predictions of the shipped model over the whole data set -------------------------------------

@@ -1,6 +1,7 @@
 """The app's pages. ``app.py`` runs them through ``st.navigation``; each page calls :func:`through_app` first."""
 from __future__ import annotations
 
+import re
 import runpy
 from pathlib import Path
 
@@ -18,3 +19,8 @@ def through_app() -> None:
     if getattr(PagesManager, "uses_pages_directory", False):
         runpy.run_path(str(APP))
         st.stop()
+
+
+def md(text: object) -> str:
+    """Escape text we did not write (file names, run names, messages quoting them) for Streamlit markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(text))

@@ -26,7 +26,7 @@ from imagemasknet.models import DEFAULT_MODEL, get_spec
 from imagemasknet.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.owndata import load_site_threshold, site_threshold_mismatch, site_threshold_path
 from imagemasknet.report import flag_sentence, html_report, results_csv
-from pages import through_app
+from pages import md, through_app
 
 through_app()
 
@@ -138,9 +138,6 @@ def canvas_component():
 # ------------------------------------------------------------------------------------------------
 # Small helpers
 # ------------------------------------------------------------------------------------------------
-def md(text: str) -> str:
-    """Escape user-supplied text (file names, messages quoting them) for Streamlit markdown."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(text))
 
 
 def digest_of(data: bytes) -> str:

@@ -17,15 +17,16 @@ from imagemasknet.data import CLASSES, DatasetNotFoundError, find_data_root, lis
 from imagemasknet.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.data import read_mask as read_mask_files
 from imagemasknet.explain import heatmap_overlay
-from imagemasknet.predict import Prediction, Predictor, ScanError, read_scan, shipped_weights
+from imagemasknet.predict import WEIGHTS_DIR, Prediction, Predictor, ScanError, read_scan, shipped_weights
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.runs import WeightsError, file_sha256
 from imagemasknet.splits import SplitError, load_folds
-from pages import through_app
+from pages import md, through_app
 
 through_app()
 
 MODE_TEXT = {"image": "scan only", "mask": "scan + reference mask"}
+GRID_TILE_HEIGHT = 300  # px: every tile alike, whatever its badges (a 4:3 thumbnail and up to three lines)
 ORDER_TEXT = {"dataset": "dataset order", "confidence": "least confident first", "wrong first": "wrong first"}
 
 
@@ -45,7 +46,13 @@ def _data_key(root: Path) -> str:
 def dataset(root: str, key: str):
     busi = load_busi(root)
     arrays = load_arrays(busi, 256)  # drops unreadable scans from busi.cases too
-    return busi, arrays, {i: n for n, i in enumerate(arrays.ids)}, listing_fingerprint(busi)
+    return busi, arrays, {i: n for n, i in enumerate(arrays.ids)}, listing_fingerprint(busi), g.aspects(busi)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def out_of_fold(root: str, key: str, card_mtime: int):
+    """The shipped model's cross-validation predictions for the scans of this copy that it judged."""
+    return g.out_of_fold(WEIGHTS_DIR, DEFAULT_MODEL, dataset(root, key)[0])
 
 
 @st.cache_resource(show_spinner="Loading the shipped model…", max_entries=2)
@@ -74,8 +81,8 @@ def folds() -> dict[str, int]:
 @st.cache_data(show_spinner=False, max_entries=4000)
 def thumb(root: str, key: str, image_id: str, style: str) -> str:
     """A thumbnail as an inline data URI (no extra request per tile)."""
-    _, arrays, index, _ = dataset(root, key)
-    return g.data_uri(g.thumbnail_bytes(arrays, image_id, style, index=index))
+    _, arrays, index, _, aspect = dataset(root, key)
+    return g.data_uri(g.thumbnail_bytes(arrays, image_id, style, index=index, aspect=aspect.get(image_id, 1.0)))
 
 
 @st.cache_data(show_spinner="Drawing the case…", max_entries=32)
@@ -99,7 +106,7 @@ st.title("Gallery")
 try:
     root = find_data_root()
     key = _data_key(root)
-    busi, arrays, index, fingerprint = dataset(str(root), key)
+    busi, arrays, index, fingerprint, _ = dataset(str(root), key)
 except DatasetNotFoundError as error:
     st.error(f"**The BUSI data set was not found.**\n\n{error}", icon=":material/folder_off:")
     st.markdown(
@@ -117,7 +124,9 @@ if busi.report:
     with st.expander(f"{len(busi.report.problems)} problems while loading the data"):
         st.dataframe(pd.DataFrame([p.__dict__ for p in busi.report.problems]), hide_index=True)
 
-# The shipped model and its predictions over every scan (computed once, then read from disk).
+# The marks: each scan's out-of-fold prediction from the shipped model's cross-validation when it ships them
+# (a test: the fold model never saw the scan); otherwise the shipped model itself, which trained on most of
+# these scans, and the page says so.
 model, weights_sha, predictions = None, None, {}
 weights = shipped_weights(DEFAULT_MODEL)
 try:
@@ -127,6 +136,8 @@ except (OSError, WeightsError) as error:
     weights_sha = None
     st.warning(f"No shipped model to show predictions with ({error}); the model filters are off.",
                icon=":material/warning:")
+oof_file = WEIGHTS_DIR / f"{DEFAULT_MODEL}.oof.json"
+cross_validated = out_of_fold(str(root), key, oof_file.stat().st_mtime_ns if oof_file.exists() else 0) if model else None
 
 modes = list(model.spec.modes) if model else []
 top = st.columns([1, 1, 1, 1.2])
@@ -137,7 +148,12 @@ mode = top[1].selectbox("Model input", modes or ["image"], key="g_mode", format_
 order = top[2].selectbox("Order", list(ORDER_TEXT), key="g_order", format_func=ORDER_TEXT.get)
 
 progress_slot = st.empty()  # on every run, so the first run's progress bar does not move what follows
-if model is not None:
+if cross_validated:
+    predictions = cross_validated.get(mode, {})
+    st.caption(f"✓/✗ marks: **out-of-fold** predictions of {DEFAULT_MODEL}'s 5-fold cross-validation; each scan was "
+               f"judged by the fold model that never trained on it ({len(predictions)} of {len(busi.cases)} scans). "
+               "The case view's Grad-CAM and lesion come from the shipped model, which trained on these scans.")
+elif model is not None:
     temperature = float(model.temperatures.get(mode, 1.0))
     path = g.predictions_path(weights_sha, fingerprint, mode, temperature)
     stored = stored_predictions(str(path), path.stat().st_mtime_ns, str(root), key) if path.exists() else None
@@ -149,6 +165,9 @@ if model is not None:
         progress_slot.empty()
         stored = stored_predictions(str(path), path.stat().st_mtime_ns, str(root), key)
     predictions = stored or {}
+    st.warning(f"✓/✗ marks: the shipped {DEFAULT_MODEL}, which **trained on most of these scans**, so they are not a "
+               "test (no out-of-fold predictions ship with this model or match this copy of the data).",
+               icon=":material/school:")
 
 audit_file = g.audit_path(busi)
 dups = duplicates(str(root), key, audit_file.stat().st_mtime_ns if audit_file.exists() else 0)
@@ -178,11 +197,11 @@ with st.expander(f"Audit summary — {len(dups.groups)} near-duplicate groups, {
 
 # --- detail view ---
 def open_case(image_id: str) -> None:
-    st.query_params["case"] = image_id
+    st.session_state["g_case"] = image_id
 
 
 def close_case() -> None:
-    st.query_params.pop("case", None)
+    st.session_state.pop("g_case", None)
 
 
 def tile_text(row: g.CaseRow) -> str:
@@ -203,58 +222,78 @@ def tile_text(row: g.CaseRow) -> str:
     return "  \n".join(lines)
 
 
-selected = st.query_params.get("case")
-case_slot = st.container()  # one slot, open or not, so the grid below keeps its place and reruns redraw it in place
-if selected and selected in cases:
-    row, case = by_id[selected], cases[selected]
-    with case_slot.container(border=True, key="case_detail"):
-        head = st.columns([5, 1])
-        head[0].subheader(f"{row.id} — {row.label}")
-        head[1].button("Close", on_click=close_case, icon=":material/close:", key="close_case", width="stretch")
-        target = row.predicted if model is not None else None
-        try:
-            rgb, mask, heat, lesion = case_view(str(case.image_path), tuple(map(str, case.mask_paths)),
-                                                weights_sha if model is not None else None, mode, target)
-        except ScanError as error:
-            st.error(f"Cannot read {case.image_path.name}: {error}")
-        else:
-            left, middle, right = st.columns([1, 1, 1])
-            left.image(g.overlay(rgb, mask, style), width="stretch",
-                       caption=f"Reference mask ({style}); {rgb.shape[1]}×{rgb.shape[0]} px")
-            if heat is not None:
-                cam = heatmap_overlay(rgb, heat)
-                if lesion is not None:
-                    cam = g.overlay(cam, lesion, "outline", g.MODEL_COLOUR)
-                middle.image(cam, width="stretch",
-                             caption=f"Grad-CAM for '{target}'" + ("; the model's lesion in orange" if lesion is not None else ""))
-            else:
-                middle.info("No model, so no Grad-CAM.")
-            with right:
-                if row.probabilities:
-                    st.markdown(f"**Model:** {row.predicted} ({row.confidence:.0%}) — "
-                                + (":green[correct]" if row.correct else ":red[wrong]")
-                                + (" · :orange[low confidence]" if row.low_confidence else ""))
-                    st.plotly_chart(probability_chart(Prediction(row.predicted, row.probabilities, mode, model.name)),
-                                    config={"displayModeBar": False}, key="case_probabilities")
-                facts = {
-                    "label": row.label,
-                    "fold": "—" if row.fold is None else str(row.fold),
-                    "near-duplicate group": row.group or "none",
-                    "label conflict": "yes" if row.conflict else "no",
-                    "mask files": str(len(case.mask_paths)),
-                    "file": case.image_path.name,
-                }
-                st.dataframe(pd.DataFrame({"": list(facts), "value": list(facts.values())}), hide_index=True)
-        members = [i for i in dups.members(row.id) if i != row.id and i in by_id]
-        if members:
-            st.markdown(f"**Other members of near-duplicate group {row.group}**"
-                        + (" — :red[the group holds more than one label]" if row.conflict else ""))
-            strip = st.columns(max(len(members), 4))
-            for column, member in zip(strip, members):
-                with column:
-                    st.image(thumb(str(root), key, member, style), width="stretch")
-                    st.markdown(tile_text(by_id[member]))
-                    st.button("Open", key=f"open_dup_{member}", on_click=open_case, args=(member,))
+@st.dialog("Case", width="large", on_dismiss=close_case)
+def show_case(image_id: str) -> None:
+    """One scan in a dialog, in view wherever its tile was: the reference mask, Grad-CAM and the model's lesion,
+    its probabilities and facts, and the other members of its near-duplicate group."""
+    row, case = by_id[image_id], cases[image_id]
+    head = st.columns([5, 1])
+    head[0].subheader(f"{row.id} — {row.label}")
+    if head[1].button("Close", icon=":material/close:", key="close_case", width="stretch"):
+        close_case()
+        st.rerun()
+    target = row.predicted if model is not None else None
+    try:
+        rgb, mask, heat, lesion = case_view(str(case.image_path), tuple(map(str, case.mask_paths)),
+                                            weights_sha if model is not None else None, mode, target)
+    except ScanError as error:
+        st.error(f"Cannot read {case.image_path.name}: {error}")
+        return
+    left, middle, right = st.columns([1, 1, 1])
+    left.image(g.overlay(rgb, mask, style), width="stretch",
+               caption=f"Reference mask ({style}); {rgb.shape[1]}×{rgb.shape[0]} px")
+    if heat is not None:
+        cam = heatmap_overlay(rgb, heat)
+        if lesion is not None:
+            cam = g.overlay(cam, lesion, "outline", g.MODEL_COLOUR)
+        middle.image(cam, width="stretch",
+                     caption=f"Grad-CAM for '{target}'" + ("; the model's lesion in orange" if lesion is not None else "")
+                             + ". From the shipped model, which trained on this scan: not a test.")
+    else:
+        middle.info("No model, so no Grad-CAM.")
+    with right:
+        if row.probabilities:
+            source = "out of fold" if cross_validated else "the shipped model, trained on it"
+            st.markdown(f"**Model ({source}):** {row.predicted} ({row.confidence:.0%}) — "
+                        + (":green[correct]" if row.correct else ":red[wrong]")
+                        + (" · :orange[low confidence]" if row.low_confidence else ""))
+            st.plotly_chart(probability_chart(Prediction(row.predicted, row.probabilities, mode, model.name)),
+                            config={"displayModeBar": False}, key="case_probabilities")
+        facts = {
+            "file": case.image_path.name,
+            "label": row.label,
+            "fold": "—" if row.fold is None else str(row.fold),
+            "near-duplicate group": row.group or "none",
+            "label conflict": "yes" if row.conflict else "no",
+            "mask files": str(len(case.mask_paths)),
+        }
+        st.markdown("  \n".join(f"**{name}:** {md(value)}" for name, value in facts.items()))
+    members = [i for i in dups.members(row.id) if i != row.id and i in by_id]
+    if members:
+        st.markdown(f"**Other members of near-duplicate group {row.group}**"
+                    + (" — :red[the group holds more than one label]" if row.conflict else ""))
+        strip = st.columns(max(len(members), 4))
+        for column, member in zip(strip, members):
+            with column:
+                st.image(thumb(str(root), key, member, style), width="stretch")
+                st.markdown(tile_text(by_id[member]))
+                if st.button("Open", key=f"open_dup_{member}"):
+                    open_case(member)
+                    st.rerun()
+
+
+
+
+# A case opens in a dialog (in view wherever its tile was): from its tile, from a near-duplicate in another
+# case, or from a link with ?case=NAME (read once). It stays open until closed, and never outlives a visit to
+# another page (app.py records the page each run shows).
+if st.session_state.get("page_before") != st.session_state.get("page_now"):
+    close_case()
+if (linked := st.query_params.get("case")) is not None:
+    st.query_params.pop("case", None)
+    open_case(linked)
+if (opened := st.session_state.get("g_case")) in cases:
+    show_case(opened)
 
 # --- filters, grid and pages ---
 @st.fragment
@@ -287,7 +326,7 @@ def browse(rows: list[g.CaseRow], order: str, style: str, with_predictions: bool
             st.info("No scan matches these filters.")
         grid = st.grid(6, gap="small")
         for row in g.page_of(shown, page):
-            with grid.container(border=True):
+            with grid.container(border=True, height=GRID_TILE_HEIGHT):
                 st.image(thumb(root, key, row.id, style), width="stretch")
                 st.markdown(tile_text(row))
                 if st.button("Open", key=f"open_{row.id}", icon=":material/zoom_in:", type="tertiary"):

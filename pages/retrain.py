@@ -5,7 +5,6 @@ and the job runs as its own process, so it carries on when the browser closes.
 from __future__ import annotations
 
 import math
-import re
 
 import pandas as pd
 import streamlit as st
@@ -14,7 +13,7 @@ from imagemasknet import access, jobs
 from imagemasknet import run_charts as rc
 from imagemasknet.config import PRESETS
 from imagemasknet.models import DEFAULT_MODEL
-from pages import through_app
+from pages import md, through_app
 
 through_app()
 
@@ -32,9 +31,6 @@ STATE_TEXT = {
 }
 
 
-def md(text: object) -> str:
-    """Escape text we did not write (run names, error messages) for Streamlit markdown."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(text))
 
 
 def flash(kind: str, message: str) -> None:

@@ -209,8 +209,10 @@ def test_gallery_detail_view_and_audit_summary(gallery_env, top_level_slot):
     at.button(key="open_malignant (93)").click().run(timeout=TIMEOUT)
     _no_errors(at)
     assert top_level_slot(at, grid) == grid_slot is not None  # opening a case leaves the grid in its place
-    assert at.query_params["case"] == ["malignant (93)"] or at.query_params["case"] == "malignant (93)"
+    assert "case" not in at.query_params  # nothing that would keep it open on another page
     assert any(s.value == "malignant (93) — malignant" for s in at.subheader)
+    facts = " ".join(m.value for m in at.markdown)
+    assert "**file:** malignant \\(93\\)\\.png" in facts  # the whole file name, not a cut-off table cell
     captions = " ".join(c for image in at.image for c in image.captions)
     assert "Reference mask" in captions and "Grad-CAM" in captions
     assert len(at.get("plotly_chart")) == 1  # the probabilities
@@ -219,7 +221,15 @@ def test_gallery_detail_view_and_audit_summary(gallery_env, top_level_slot):
 
     at.button(key="open_dup_benign (399)").click().run(timeout=TIMEOUT)
     assert any(s.value == "benign (399) — benign" for s in at.subheader)
+    at.run(timeout=TIMEOUT)  # a rerun of the page (a filter changed) keeps it open
+    assert any(s.value == "benign (399) — benign" for s in at.subheader)
     at.button(key="close_case").click().run(timeout=TIMEOUT)
+    assert not any("—" in s.value for s in at.subheader)
+    at.query_params["case"] = "malignant (93)"  # a shared link opens it
+    at.run(timeout=TIMEOUT)
+    assert any(s.value == "malignant (93) — malignant" for s in at.subheader)
+    at.session_state["page_before"], at.session_state["page_now"] = "training", "gallery"  # back from another page
+    at.run(timeout=TIMEOUT)
     assert not any("—" in s.value for s in at.subheader)
 
     # Audit summary: per-class counts with duplicates and conflicts.
@@ -302,11 +312,26 @@ def test_thumbnail_styles_differ():
     mask = np.zeros((256, 256), bool)
     mask[80:160, 60:200] = True
     outline, filled = g.thumbnail(image, mask, "outline"), g.thumbnail(image, mask, "filled")
-    assert outline.shape == filled.shape == (g.THUMB_SIZE, g.THUMB_SIZE, 3)
-    centre = g.THUMB_SIZE // 2
-    assert tuple(outline[centre, centre]) == (90, 90, 90)  # an outline leaves the lesion's inside alone
-    assert tuple(filled[centre, centre]) != (90, 90, 90)
+    box_w, box_h = g.THUMB_BOX
+    assert outline.shape == filled.shape == (box_h, box_w, 3)
+    centre = (box_h // 2, box_w // 2)
+    assert tuple(outline[centre]) == (90, 90, 90)  # an outline leaves the lesion's inside alone
+    assert tuple(filled[centre]) != (90, 90, 90)
     assert (outline != [90, 90, 90]).any(axis=2).sum() > 0
+
+
+def test_thumbnails_keep_the_scan_shape_in_one_box_size():
+    """Issue 17: tiles are alike in size, and a scan is shown in its own shape (letterboxed), not squashed."""
+    image = np.full((256, 256), 200, np.uint8)
+    mask = np.zeros((256, 256), bool)
+    box_w, box_h = g.THUMB_BOX
+    for aspect in (0.8, 1.0, 4 / 3, 1.6, 2.2):
+        picture = g.thumbnail(image, mask, aspect=aspect)
+        assert picture.shape == (box_h, box_w, 3)
+        lit = (picture > 0).any(axis=2)
+        rows, cols = np.flatnonzero(lit.any(1)), np.flatnonzero(lit.any(0))
+        shown = (cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1)
+        assert shown == pytest.approx(aspect, rel=0.03), aspect
 
 
 # --- training -----------------------------------------------------------------------------------------

@@ -153,12 +153,16 @@ def test_gallery_filter_open_case_and_overlay(server, browser_page):
     captions = page.locator('[data-testid="stMarkdownContainer"] strong').all_inner_texts()
     assert not [c for c in captions if c.startswith(("benign (", "normal ("))]
 
-    page.locator('[data-testid="stButton"] button', has_text="Open").first.click()
+    # Open the case of the grid's last tile: it opens in a dialog, in view (not far above, off-screen).
+    last_open = page.locator('[data-testid="stButton"] button', has_text="Open").last
+    last_open.scroll_into_view_if_needed()
+    last_open.click()
     wait_idle(page)
-    heading = page.get_by_role("heading", name=re.compile(r"malignant \(\d+\) — malignant"))
+    heading = page.get_by_role("dialog").get_by_role("heading", name=re.compile(r"malignant \(\d+\) — malignant"))
     heading.wait_for()
     wait_images(page)
-    assert "case=" in page.url  # the open case is in the URL (shareable)
+    box, viewport = heading.bounding_box(), page.viewport_size
+    assert 0 <= box["y"] and box["y"] + box["height"] <= viewport["height"], (box, viewport)
     overlay = page.locator('[data-testid="stImage"]').filter(has_text="Reference mask").locator("img").first
     pixels = image_pixels(page, overlay)
     green = (pixels[..., 1] > 180) & (pixels[..., 0] < 90) & (pixels[..., 2] < 170)
@@ -166,6 +170,9 @@ def test_gallery_filter_open_case_and_overlay(server, browser_page):
     assert page.locator('[data-testid="stImage"]').filter(has_text="Grad-CAM").count() == 1
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for()  # the probabilities
     screenshot(page, "gallery-case.png", whole_page=False)
+    page.get_by_role("dialog").get_by_label("Close").click()  # the dialog's own close button
+    page.get_by_role("dialog").wait_for(state="detached")
+    wait_idle(page)
 
     # The filled style, and the audit summary.
     page.get_by_text("Fill the masks").click()
