@@ -22,7 +22,8 @@ from imagemasknet import predict as predict_module
 from imagemasknet.charts import probability_chart
 from imagemasknet.models import DEFAULT_MODEL, ModelSpec
 from imagemasknet.predict import Prediction, Predictor, mask_from_drawing, read_mask, read_scan
-from imagemasknet.report import CSV_COLUMNS, html_report, results_csv
+from imagemasknet.report import html_report, results_csv
+from imagemasknet.stream import CSV_FIELDS
 from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +61,11 @@ def upload(at, *paths_or_items):
     assert not at.exception, [e.value for e in at.exception]
 
 
+def shown(text: str) -> str:
+    """Page text as the reader sees it: without the markdown escapes the page adds to text it did not write."""
+    return re.sub(r"\\(.)", r"\1", text)
+
+
 def metrics(at) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
@@ -92,7 +98,16 @@ def test_app_frame_and_empty_page(app):
     assert any("Drop one or several scans" in i.value for i in app.info)
     uploader = app.get("file_uploader")[0]
     assert uploader.accept_multiple_files
-    assert {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"} <= {t.lstrip(".") for t in uploader.allowed_type}
+    assert not uploader.allowed_type  # every file reaches the reader, so a refusal can say why
+
+
+def test_a_file_of_another_type_is_refused_with_its_reason(app):
+    """Issue 16: a .txt upload is not just a red chip: the page names the file and what it accepts, and no
+    longer asks for scans to be dropped."""
+    upload(app, ("notes.txt", b"patient notes, not a scan"))
+    assert any("'notes.txt' is not an image this app can read (use PNG, JPEG, BMP, TIFF or DICOM)" in shown(e.value)
+               for e in app.error)
+    assert not any("Drop one or several scans" in i.value for i in app.info)
 
 
 def test_site_threshold_is_flagged(predictor, isolated_env):
@@ -108,8 +123,8 @@ def test_site_threshold_is_flagged(predictor, isolated_env):
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     at.run()
     upload(at, SCAN)
-    line = next(text for text in markdown(at) if "site's threshold" in text)
-    assert "**above**" in line and f"{threshold:.1%}" in line and "site" in line and "scans" in line
+    flag = next(shown(e.value) for e in at.error if "Suspicious for malignancy" in e.value)
+    assert f"{threshold:.1%}" in flag and "the saved site threshold" in flag and "site-scans" in flag
 
 
 def test_site_threshold_chosen_for_other_weights_is_not_applied(predictor, isolated_env):
@@ -125,7 +140,7 @@ def test_site_threshold_chosen_for_other_weights_is_not_applied(predictor, isola
     at.run()
     upload(at, SCAN)
     assert metrics(at)["Predicted class"]
-    assert not any("site's threshold" in text for text in markdown(at))
+    assert not any("the saved site threshold" in n.value for kind in ("error", "success", "info") for n in getattr(at, kind))
     assert any("site threshold is not applied" in c.value and "other weights" in c.value for c in at.caption)
 
 
@@ -371,7 +386,93 @@ def test_results_csv():
     records = [_prediction().record("a.png"),
                {"file": "=HYPERLINK(\"http://x\")", "error": {"type": "CorruptImageError", "message": "damaged"}}]
     rows = list(csv.reader(io.StringIO(results_csv(records))))
-    assert rows[0] == CSV_COLUMNS
+    assert rows[0] == CSV_FIELDS
     assert rows[1][:3] == ["a.png", "malignant", "0.050000"]
     assert rows[2][0].startswith("'=")  # a formula-like file name stays text in a spreadsheet
     assert rows[2][-2:] == ["CorruptImageError", "damaged"]
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 16: decisions a clinician can trust
+# ------------------------------------------------------------------------------------------------
+def _flag_box(at) -> str:
+    """The malignancy flag: the first error (suspicious), success (not flagged) or info (no threshold) box."""
+    for kind in ("error", "success", "info"):
+        for node in getattr(at, kind):
+            if "malignancy" in node.value:
+                return f"{kind}: {shown(node.value)}"
+    raise AssertionError("no malignancy flag on the page")
+
+
+def test_the_malignancy_flag_comes_first_and_follows_the_threshold(app, predictor):
+    prediction = predictor.predict(read_scan(SCAN))
+    upload(app, SCAN)
+    flag = _flag_box(app)
+    if prediction.malignancy_threshold is None:
+        assert flag.startswith("info: ") and "no sensitivity-set threshold" in flag
+    elif prediction.suspicious_for_malignancy:
+        assert flag.startswith("error: ") and "Suspicious for malignancy" in flag
+    else:
+        assert flag.startswith("success: ") and "Not flagged for malignancy" in flag
+    if prediction.malignancy_threshold is not None:
+        assert f"{prediction.malignancy_threshold:.1%}" in flag and f"{prediction.probabilities['malignant']:.1%}" in flag
+
+
+def _find_scan(predictor, condition, classes=("benign", "malignant", "normal"), limit=120):
+    for label in classes:
+        for path in sorted((BUSI / label / "images").glob("*.png"))[:limit]:
+            prediction = predictor.predict(read_scan(path))
+            if condition(prediction):
+                return path, prediction
+    pytest.skip("no BUSI scan meets the condition for the shipped model")
+
+
+def test_a_low_confidence_result_is_marked(app, predictor):
+    path, prediction = _find_scan(predictor, lambda p: p.low_confidence)
+    upload(app, path)
+    assert any("Low confidence" in w.value and "60%" in shown(w.value) for w in app.warning)
+    assert any(m.delta == "low confidence" for m in app.metric)
+
+
+def test_no_model_outline_on_a_scan_it_calls_normal_unless_asked(app, predictor):
+    path, prediction = _find_scan(predictor, lambda p: p.predicted_class == "normal" and p.lesion_mask is not None
+                                  and p.lesion_mask.any(), classes=("normal",))
+    upload(app, path)
+    assert any("calls this scan normal" in c.value for c in app.caption)
+    assert not any("lesion outlined by the model" in m.value for m in app.markdown)
+    app.toggle(key="outline_on_normal").set_value(True).run()
+    assert any("although it calls the scan normal" in m.value for m in app.markdown)
+
+
+def test_a_training_scan_says_its_result_is_not_a_test(app):
+    upload(app, SECOND)
+    assert any("is BUSI's 'benign (1)', in the training data: its result is not a test" in shown(w.value)
+               for w in app.warning)
+
+
+def test_a_mask_of_another_size_is_refused_naming_both_sizes(app):
+    from PIL import Image
+
+    app.toggle(key="use_mask").set_value(True).run()
+    small = Image.open(MASK).convert("L").resize((100, 80))
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG")
+    app.get("file_uploader")[1].upload("other_mask.png", buffer.getvalue(), "image/png")
+    upload(app, SCAN)
+    height, width = read_scan(SCAN).pixels.shape
+    assert any(f"100 × 80 pixels but the scan is {width} × {height}" in shown(i.value) for i in app.info)
+    assert mode_line(app).startswith("Mode: **image only**")
+
+
+def test_a_mask_off_the_model_lesion_gets_a_note(predictor):
+    scan = read_scan(SCAN)
+    lesion = predictor.predict(scan).lesion_mask
+    assert lesion is not None and lesion.any()
+    elsewhere = np.zeros_like(lesion)
+    rows, cols = np.nonzero(~lesion)
+    elsewhere[rows[0]:rows[0] + 5, cols[0]:cols[0] + 5] = True
+    elsewhere &= ~lesion
+    notes = predictor.predict(scan, elsewhere).warnings
+    assert any("does not overlap the lesion the model finds" in n for n in notes)
+    assert not any("does not overlap" in n for n in predictor.predict(scan, lesion).warnings)

