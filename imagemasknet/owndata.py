@@ -16,7 +16,6 @@ to those weights: a retrained, promoted or updated model has other probabilities
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import CLASSES, Busi, LoadReport, load_busi, load_dataset
+from .decision import sensitivity_threshold
 from .runs import file_sha256, now, read_json, runs_root, write_json
 
 DATA_MODES = ("replace", "add")
@@ -81,9 +81,8 @@ def choose_threshold(is_malignant: np.ndarray, p_malignant: np.ndarray, sensitiv
     if not y.any():
         return {**result, "threshold": None, "sensitivity": None, "specificity": None,
                 "note": "no malignant scans: no threshold can be chosen"}
-    positives = np.sort(p[y])[::-1]
-    needed = max(1, math.ceil(round(sensitivity * len(positives), 9)))
-    threshold = float(positives[needed - 1])
+    threshold = sensitivity_threshold(y, p, sensitivity)
+    positives = p[y]
     flagged = p >= threshold
     result.update(
         threshold=threshold,
