@@ -27,6 +27,8 @@ from imagemasknet.runs import save_weights, write_json
 from imagemasknet.splits import load_folds
 from imagemasknet.train import ScanDataset, TrainingStep
 
+from latency import median_ms
+
 # (label, preset, overrides): the two shipped recipes as they train, and what freezing and bf16 buy.
 CONFIGURATIONS = (
     ("lesion-resunet, bf16", "lesion-resunet", {"precision": "bf16"}),
@@ -74,17 +76,8 @@ class Trainer:
 
 
 def latency_ms(predictor: Predictor, scan, runs: int) -> dict[str, float]:
-    def median(call) -> float:
-        call()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
-
-    return {"predict_ms": median(lambda: predictor.predict(scan)),
-            "grad_cam_ms": median(lambda: predictor.grad_cam(scan, "malignant"))}
+    return {"predict_ms": median_ms(lambda: predictor.predict(scan), runs),
+            "grad_cam_ms": median_ms(lambda: predictor.grad_cam(scan, "malignant"), runs)}
 
 
 def main() -> int:
@@ -116,7 +109,8 @@ def main() -> int:
         for name in ("lesion-resunet", "lesion-effnet-lite0"):
             weights = Path(folder) / f"{name}.safetensors"
             save_weights(weights, build_model(name, pretrained=True))  # speed does not depend on the values
-            latency[name] = latency_ms(Predictor(name, weights, device="cpu"), scan, args.latency_runs)
+            latency[name] = latency_ms(Predictor(name, weights, device="cpu", check_training_data=False), scan,
+                                       args.latency_runs)
     load = os.getloadavg()
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
