@@ -76,7 +76,17 @@ with st.container(border=True, key="model_card"):
                 facts["design"] = architecture["description"]
         elif architecture:
             facts["architecture"] = str(architecture)
-        for key in ("trained_on", "date"):
+        pretrained = card.get("pretrained")
+        if isinstance(pretrained, dict):
+            facts["pretrained weights"] = (
+                f"{pretrained.get('dataset', 'ImageNet')} from the pip package `{pretrained.get('package')}` "
+                f"{pretrained.get('version', '')} (sha256 {str(pretrained.get('sha256', ''))[:12]}…, "
+                f"{pretrained.get('licence', 'licence unknown')}); trained at {pretrained.get('input_size')} px, "
+                f"{pretrained.get('channels')} channels, mean {pretrained.get('mean')}, std {pretrained.get('std')}. "
+                f"Adapted: {pretrained.get('adapted', '')}")
+        elif "pretrained" in card:
+            facts["pretrained weights"] = "none: trained from scratch"
+        for key in ("trained_on", "storage", "date"):
             if card.get(key):
                 facts[key.replace("_", " ")] = card[key]
         if isinstance(card.get("temperature"), dict):

@@ -444,3 +444,23 @@ def test_run_reader_reports_what_is_wrong(runs_folder):
     assert rc.metrics_wide(tiny.metrics["metrics"])[0]["metric"] == "accuracy"
     rows = rc.fold_values([tiny], "accuracy")
     assert {r["mode"] for r in rows} == {"image", "mask"} and all(r["fold"] == 1 for r in rows)
+
+
+def test_out_of_fold_marks_apply_only_to_the_very_files_judged(busi_subset, tmp_path):
+    """The Gallery's marks come from the cross-validation's out-of-fold file, matched by file hash: a scan
+    whose file differs (another copy under the same name) gets no mark from it."""
+    from imagemasknet.data import load_busi
+    from imagemasknet.runs import file_sha256, write_json
+
+    busi = load_busi(busi_subset)
+    first, second = busi.cases[:2]
+    rows = [{"id": case.id, "sha256": file_sha256(case.image_path)[:16], "label": case.label, "fold": 0,
+             "probabilities": {"image": {"normal": 0.1, "benign": 0.2, "malignant": 0.7},
+                               "mask": {"normal": 0.3, "benign": 0.3, "malignant": 0.4}}} for case in (first, second)]
+    rows[1]["sha256"] = "0" * 16  # judged on other pixels
+    write_json(tmp_path / "m.oof.json", {"model": "m", "predictions": rows})
+    marks = g.out_of_fold(tmp_path, "m", busi)
+    assert set(marks) == {"image", "mask"}
+    assert set(marks["image"]) == {first.id}
+    assert marks["mask"][first.id]["malignant"] == 0.4
+    assert g.out_of_fold(tmp_path, "absent", busi) is None
