@@ -326,3 +326,39 @@ def test_evaluate_run_uses_the_runs_own_data_folder(busi_root, make_busi_copy, m
     assert cli.main(["evaluate", "--run", str(run_dir), "--resamples", "10", "--json", str(out),
                      "--device", "cpu"]) == 0
     assert json.loads(out.read_text())["n"] == len(read_json(run_dir / "split.json")["test"])
+
+
+def test_the_checkpoint_rule_decides_what_best_holds(module_env, busi_root, tmp_path):
+    """``checkpoint="last"`` keeps the final epoch as best.safetensors; ``"average"`` keeps the mean of the last
+    epochs' weights, which average.safetensors also holds; the validation loss is recorded per half too."""
+    from safetensors.torch import load_file
+
+    last = train(quick_config(busi_root, tmp_path / "last", epochs=2, checkpoint="last"), progress=False)
+    best, final = load_file(str(last / "best.safetensors")), load_file(str(last / "last.safetensors"))
+    assert all(torch.equal(best[k], final[k]) for k in final)
+    halves = read_json(last / "history.json")[-1]["validation"]["image"]["loss_halves"]
+    assert len(halves) == 2 and all(h > 0 for h in halves)
+
+    averaged = train(quick_config(busi_root, tmp_path / "average", epochs=3, checkpoint="average", average_epochs=2),
+                     progress=False)
+    best, kept = load_file(str(averaged / "best.safetensors")), load_file(str(averaged / "average.safetensors"))
+    assert all(torch.equal(best[k], kept[k]) for k in kept)
+    assert not torch.equal(best["classify.1.weight"], load_file(str(averaged / "last.safetensors"))["classify.1.weight"])
+
+
+def test_epoch_average_is_the_mean_of_the_epochs_it_covers():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    window = train_module.EpochAverage(first=1)
+    seen = []
+    for epoch in range(4):
+        with torch.no_grad():
+            model[0].weight.fill_(float(epoch))
+        model[1].num_batches_tracked.fill_(epoch)
+        window.add(epoch, model)
+        seen.append(float(epoch))
+    average = window.module_like(model)
+    assert torch.allclose(average[0].weight, torch.full((2, 3), np.mean(seen[1:])))
+    assert int(average[1].num_batches_tracked) == 3  # integer buffers keep the latest value
+    restored = train_module.EpochAverage(first=0)
+    restored.load_state_dict(window.state_dict())
+    assert torch.equal(restored.module_like(model)[0].weight, average[0].weight)
