@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import DEFAULT_MODEL, PRESETS, TrainConfig, preset
+from .config import PRESETS, TrainConfig, preset
 
 
 def _optional_int(text: str) -> int | None:
@@ -304,7 +304,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: {len(masks)} masks for {len(files)} scans; give one --mask per scan, in order", file=sys.stderr)
         return 2
     try:
-        predictor = Predictor.from_run(Path(args.run)) if args.run else Predictor.shipped(args.model)
+        predictor = (Predictor.from_run(Path(args.run)) if args.run else
+                     Predictor.shipped(args.model) if args.model else Predictor.active())
     except (WeightsError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -446,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="*", metavar="FILE_OR_FOLDER")
     predict.add_argument("--files-from", metavar="LIST", help="also predict the files listed here, one per line ('-': stdin)")
     predict.add_argument("--mask", action="append", help="lesion mask for a scan (repeat: one per scan, in order)")
-    predict.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name")
+    predict.add_argument("--model", help="shipped model name (default: the default model, or the one promoted in its place)")
     predict.add_argument("--run", help="use a run folder's best checkpoint instead of a shipped model")
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON list, a record per file")

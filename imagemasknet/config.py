@@ -9,9 +9,6 @@ MASK_SCHEDULES = ("always", "never", "first-half", "random")
 PRECISIONS = ("fp32", "bf16")
 CHECKPOINT_RULES = ("lowest-loss", "last", "average")
 AUGMENTATIONS = ("none", "flip", "study-m2", "ultrasound", "ultrasound-strong")  # built in transforms.py
-# The model the app, the CLI and training use unless told otherwise; named here, not in the registry, so
-# that `imagemasknet --help` needs no PyTorch.
-DEFAULT_MODEL = "lesion-resunet"
 
 
 @dataclass

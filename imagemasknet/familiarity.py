@@ -1,7 +1,8 @@
 """How familiar a scan looks to a model, measured against the scans it trained on.
 
-The score is computed on **texture statistics**: the mean and standard deviation of every channel of the
-encoder's stride-4, -8 and -16 feature maps (the deepest map answers the classification question and
+The score is computed on **texture statistics** (``ModelOutput.texture``, which the lesion models compute
+in eval mode, :func:`imagemasknet.models.lesion_head.texture_statistics`): the mean and standard deviation
+of every channel of the encoder's stride-4, -8 and -16 feature maps (the deepest map answers the classification question and
 looks alike for a cat and a normal breast; the middle ones describe speckle, tissue and how the scanner
 renders them). Standardised by the training scans' statistics, each scan is projected on their top
 principal components; the score is the length of what that projection leaves out, divided by the
@@ -28,11 +29,6 @@ import torch
 COMPONENTS = 32  # principal components kept (BUSI's fold-0 texture statistics: a steep spectrum, flat after ~30)
 UNFAMILIAR_PERCENTILE = 95.0
 REFUSE_FACTOR = 1.5
-
-
-def texture_statistics(features: list[torch.Tensor]) -> torch.Tensor:
-    """(B, D): mean and standard deviation over space of each channel of every map but the deepest."""
-    return torch.cat([torch.cat([f.float().mean((2, 3)), f.float().std((2, 3))], 1) for f in features[:-1]], 1)
 
 
 @dataclass

@@ -75,7 +75,7 @@ for _variant, _note in (("lite0", "the shipped default"), ("lite1", "deeper"), (
         per_scan_mask_choice=True, pretrained=PRETRAINED[_variant],
     ))
 
-from ..config import DEFAULT_MODEL  # noqa: E402  (named in config so the CLI's help needs no torch)
+DEFAULT_MODEL = "lesion-resunet"  # the model the app and the CLI use unless told otherwise
 
 
 def list_models() -> list[str]:

@@ -9,10 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..familiarity import texture_statistics
 from .base import ModelOutput
 
 DECODER_CHANNELS = 32
+
+
+def texture_statistics(features: list[torch.Tensor]) -> torch.Tensor:
+    """(B, D): mean and standard deviation over space of each channel of every map but the deepest: what
+    :mod:`imagemasknet.familiarity` measures a scan's familiarity on."""
+    return torch.cat([torch.cat([f.float().mean((2, 3)), f.float().std((2, 3))], 1) for f in features[:-1]], 1)
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
