@@ -6,10 +6,10 @@ from imagemasknet.jobs import active_model_notice
 st.set_page_config(page_title="ImageMaskNet", page_icon="🩺", layout="wide")
 
 page = st.navigation([
-    st.Page("pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
-    st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
-    st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
-    st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
+    st.Page("app_pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
+    st.Page("app_pages/gallery.py", title="Gallery", icon=":material/photo_library:"),
+    st.Page("app_pages/training.py", title="Training", icon=":material/monitoring:"),
+    st.Page("app_pages/retrain.py", title="Retrain", icon=":material/model_training:"),
 ])
 # Which page this run shows and which the last one did, so a page can tell a visit from a rerun.
 st.session_state["page_before"], st.session_state["page_now"] = st.session_state.get("page_now"), page.url_path

@@ -158,7 +158,7 @@ def retrain_page():
     from streamlit.testing.v1 import AppTest
 
     def make(session: access.AdminSession | None = None):
-        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "retrain.py"), default_timeout=60)
+        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app_pages" / "retrain.py"), default_timeout=60)
         if session is not None:
             at.session_state["admin_session"] = session
         return at

@@ -23,8 +23,8 @@ from imagemasknet import run_charts as rc
 from imagemasknet.splits import load_folds
 
 REPO = Path(__file__).resolve().parent.parent
-GALLERY = str(REPO / "pages" / "gallery.py")
-TRAINING = str(REPO / "pages" / "training.py")
+GALLERY = str(REPO / "app_pages" / "gallery.py")
+TRAINING = str(REPO / "app_pages" / "training.py")
 
 
 

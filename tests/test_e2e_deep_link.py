@@ -1,6 +1,7 @@
 """A page opened by its address on a freshly started server (before anyone has loaded the app's root)
 must still come through app.py: the app's navigation and the research-use notice, not Streamlit's
-old-style listing of the pages folder (which would show an "app" entry and the file names)."""
+old-style listing of a pages folder (which would show an "app" entry and the file names). The pages live in
+app_pages/, which Streamlit does not discover on its own, so no private API is needed for this."""
 from __future__ import annotations
 
 import pytest

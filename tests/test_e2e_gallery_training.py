@@ -90,9 +90,8 @@ def image_pixels(page, locator) -> np.ndarray:
 
 
 def open_page(page, base_url: str, title: str) -> None:
-    """Open the app at its root, then the page through the sidebar menu, as a user does. (A fresh server
-    asked first for a deep link like /gallery runs the file under pages/ on its own, without app.py's
-    st.navigation and page config, so the tests go through the root.)"""
+    """Open the app at its root, then the page through the sidebar menu, as a user does (a deep link works
+    too: tests/test_e2e_deep_link.py)."""
     open_app(page, base_url)
     page.locator(f'[data-testid="stSidebarNav"] a[href$="/{title.lower()}"]').click()
     page.wait_for_url(re.compile(rf"/{title.lower()}"))

@@ -26,9 +26,8 @@ from imagemasknet.models import DEFAULT_MODEL, get_spec
 from imagemasknet.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.owndata import load_site_threshold, site_threshold_mismatch, site_threshold_path
 from imagemasknet.report import flag_sentence, html_report, results_csv
-from pages import md, through_app
+from app_pages import md
 
-through_app()
 
 DISPLAY_LONG_SIDE = 900  # images are shown (and put in reports) at most this large
 # The canvas sits in a full-width row of its own, no wider than the page's content at the narrowest supported
@@ -444,6 +443,9 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
             st.markdown(f"Mode: **{MODE_LABEL.get(prediction.mode, prediction.mode)}**{source}")
             predictor = load_predictor(model)
             st.caption(f"Model {model}, version {predictor.version or 'unversioned'}")
+            if prediction.familiarity is None:
+                st.caption("This model carries no familiarity reference, so nothing checks whether the scan is an "
+                           "ultrasound like its training scans; the shipped default model does.")
             site = load_site_threshold()
             if site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
                 st.caption(f"The saved site threshold is not applied: {md(reason)}. Choose one for this model "

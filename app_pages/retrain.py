@@ -13,9 +13,8 @@ from imagemasknet import access, jobs
 from imagemasknet import run_charts as rc
 from imagemasknet.config import PRESETS
 from imagemasknet.models import DEFAULT_MODEL
-from pages import md, through_app
+from app_pages import md
 
-through_app()
 
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 NO_PRESET = "(defaults)"

@@ -13,9 +13,7 @@ from imagemasknet import run_charts as rc
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.predict import WEIGHTS_DIR
 from imagemasknet.runs import runs_root
-from pages import through_app
 
-through_app()
 
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 SPLIT_NAMES = {"train": "train", "heldout": "held-out (test fold)", "validation": "validation (inner)"}

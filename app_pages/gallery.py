@@ -21,9 +21,8 @@ from imagemasknet.predict import WEIGHTS_DIR, Prediction, Predictor, ScanError, 
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.runs import WeightsError, file_sha256
 from imagemasknet.splits import SplitError, load_folds
-from pages import md, through_app
+from app_pages import md
 
-through_app()
 
 MODE_TEXT = {"image": "scan only", "mask": "scan + reference mask"}
 GRID_TILE_HEIGHT = 300  # px: every tile alike, whatever its badges (a 4:3 thumbnail and up to three lines)
