@@ -127,6 +127,18 @@ def copy_cases(busi_root: Path, dest: Path, case_ids: list[str], layout: str = "
     return dest
 
 
+@pytest.fixture(scope="session")
+def busi_case_files(busi_root):
+    """``busi_case_files(case_id)`` → (image, masks) of a case of the BUSI copy the tests use."""
+    return lambda case_id: case_files(busi_root, case_id)
+
+
+@pytest.fixture(scope="session")
+def copy_busi_cases(busi_root):
+    """``copy_busi_cases(dest, case_ids, layout="bundled")`` → a BUSI folder at ``dest`` with those real cases."""
+    return lambda dest, case_ids, layout="bundled": copy_cases(busi_root, dest, case_ids, layout)
+
+
 @pytest.fixture
 def make_busi_copy(busi_root, tmp_path):
     """``make_busi_copy(case_ids, layout="bundled", name="busi")`` → a fresh BUSI folder under tmp_path."""

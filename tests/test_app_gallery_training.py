@@ -17,7 +17,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import imagemasknet.data as data_module
-from conftest import copy_cases
 from imagemasknet import gallery as g
 from imagemasknet import run_charts as rc
 from imagemasknet.splits import load_folds
@@ -54,8 +53,8 @@ DUPLICATES = CONFLICTS | {"benign (1)", "benign (318)", "malignant (4)", "malign
 
 
 @pytest.fixture(scope="session")
-def busi_subset(busi_root, tmp_path_factory) -> Path:
-    return copy_cases(busi_root, tmp_path_factory.mktemp("busi-subset") / "Dataset_BUSI_with_GT", SUBSET)
+def busi_subset(copy_busi_cases, tmp_path_factory) -> Path:
+    return copy_busi_cases(tmp_path_factory.mktemp("busi-subset") / "Dataset_BUSI_with_GT", SUBSET)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 import imagemasknet.data as data_module
-from conftest import case_files
 from imagemasknet.data import (
     CLASSES,
     DatasetNotFoundError,
@@ -29,9 +28,9 @@ from imagemasknet.data import (
 SIZE = 64
 
 
-def original_mask(busi_root: Path, case_id: str) -> np.ndarray:
+def original_mask(busi_case_files, case_id: str) -> np.ndarray:
     """OR of a case's mask files, decoded independently of read_mask."""
-    image, masks = case_files(busi_root, case_id)
+    image, masks = busi_case_files(case_id)
     merged = None
     for path in masks:
         with Image.open(path) as m:
@@ -66,12 +65,12 @@ def test_bundled_layout_loads_all_780_cases(busi_root):
 
 # --------------------------------------------------------------------------- Kaggle layout + merging
 
-def test_kaggle_layout_merges_split_mask_back_exactly(busi_root, make_busi_copy):
+def test_kaggle_layout_merges_split_mask_back_exactly(busi_root, make_busi_copy, busi_case_files):
     root = make_busi_copy(["normal (1)", "malignant (53)"], layout="kaggle")
     # A real lesion mask cut into two halves, saved as NAME_mask.png and NAME_mask_1.png.
     lesion_id = "benign (10)"
-    image_path, (mask_path,) = case_files(busi_root, lesion_id)
-    full = original_mask(busi_root, lesion_id)
+    image_path, (mask_path,) = busi_case_files(lesion_id)
+    full = original_mask(busi_case_files, lesion_id)
     columns = np.flatnonzero(full.any(0))
     cut = (columns[0] + columns[-1]) // 2
     left, right = full.copy(), full.copy()
@@ -101,7 +100,7 @@ def test_kaggle_layout_merges_split_mask_back_exactly(busi_root, make_busi_copy)
     m53 = data.by_id()["malignant (53)"]
     assert len(m53.mask_paths) == 2
     assert np.array_equal(read_mask(m53.mask_paths, read_grey(m53.image_path).shape),
-                          original_mask(busi_root, "malignant (53)"))
+                          original_mask(busi_case_files, "malignant (53)"))
 
     # load_arrays gives the same scan and mask as the untouched bundled files.
     arrays = load_arrays(data, SIZE)
@@ -128,10 +127,10 @@ def test_kaggle_and_bundled_copies_decode_identically(busi_root, make_busi_copy)
 
 # --------------------------------------------------------------------------- mask of another size
 
-def test_mask_of_other_size_is_resized_nearest_and_binarised(busi_root, tmp_path):
+def test_mask_of_other_size_is_resized_nearest_and_binarised(busi_root, tmp_path, busi_case_files):
     lesion_id = "benign (10)"
-    image_path, _ = case_files(busi_root, lesion_id)
-    full = original_mask(busi_root, lesion_id)
+    image_path, _ = busi_case_files(lesion_id)
+    full = original_mask(busi_case_files, lesion_id)
     height, width = full.shape
     # Half-size, non-binary grey values: lesion 200, background 30, one ambiguous 127 ring.
     small_size = (width // 2, height // 2)
@@ -150,7 +149,7 @@ def test_mask_of_other_size_is_resized_nearest_and_binarised(busi_root, tmp_path
     iou = (merged & full).sum() / (merged | full).sum()
     assert iou > 0.95
     # Values are a plain OR with another (full-size) mask file.
-    both = read_mask((mask_file, case_files(busi_root, lesion_id)[1][0]), (height, width))
+    both = read_mask((mask_file, busi_case_files(lesion_id)[1][0]), (height, width))
     assert np.array_equal(both, merged | full)
 
     # Through the loader: a copy whose mask file is the half-size one.

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BUSI_ROOT, copy_cases
 from e2e_helpers import (  # noqa: F401  (fixtures)
     REPO, browser, browser_page, chromium_executable, open_app, running_server, screenshot, wait_idle,
 )
@@ -53,10 +52,8 @@ def results_folder(tmp_path_factory, gallery_data) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gallery_data(tmp_path_factory) -> Path:
-    if BUSI_ROOT is None:
-        pytest.skip("BUSI data set not found")
-    return copy_cases(BUSI_ROOT, tmp_path_factory.mktemp("e2e-busi") / "Dataset_BUSI_with_GT", SUBSET)
+def gallery_data(tmp_path_factory, copy_busi_cases) -> Path:
+    return copy_busi_cases(tmp_path_factory.mktemp("e2e-busi") / "Dataset_BUSI_with_GT", SUBSET)
 
 
 @pytest.fixture(scope="module")
