@@ -17,7 +17,8 @@ from imagemasknet.data import CLASSES, DatasetNotFoundError, find_data_root, lis
 from imagemasknet.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.data import read_mask as read_mask_files
 from imagemasknet.explain import heatmap_overlay
-from imagemasknet.predict import WEIGHTS_DIR, Prediction, Predictor, ScanError, read_scan, shipped_weights
+from imagemasknet.paths import WEIGHTS_DIR
+from imagemasknet.predict import Prediction, Predictor, ScanError, read_scan, shipped_weights
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.runs import WeightsError, file_sha256
 from imagemasknet.splits import SplitError, load_folds

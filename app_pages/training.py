@@ -11,8 +11,7 @@ import streamlit as st
 from imagemasknet import audit_log, jobs
 from imagemasknet import run_charts as rc
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.predict import WEIGHTS_DIR
-from imagemasknet.runs import runs_root
+from imagemasknet.paths import WEIGHTS_DIR, runs_root
 
 
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}

@@ -17,7 +17,8 @@ import numpy as np
 from imagemasknet.data import content_fingerprint, load_busi
 from imagemasknet.models import count_parameters, get_spec
 from imagemasknet.decision import LOW_CONFIDENCE_BELOW, is_low_confidence
-from imagemasknet.predict import WEIGHTS_DIR, Predictor, familiarity_path
+from imagemasknet.paths import WEIGHTS_DIR
+from imagemasknet.predict import Predictor, familiarity_path
 from imagemasknet.runs import read_json, save_weights, write_json
 from imagemasknet.splits import DEFAULT_SPLIT, load_folds
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import audit_log
-from .runs import atomic_write, folder_lock, read_json, runs_root, write_json
+from .paths import runs_root
+from .runs import atomic_write, folder_lock, read_json, write_json
 
 HASH_KEY = "admin_password_hash"
 HASH_ENV = "IMAGEMASKNET_ADMIN_HASH"

@@ -442,7 +442,8 @@ class DuplicateIndex:
     def __init__(self, busi: Busi, progress: bool = False):
         import json
 
-        from .data import cache_dir, listing_fingerprint
+        from .data import listing_fingerprint
+        from .paths import cache_dir
 
         self.cases = busi.cases
         path = cache_dir() / f"duplicate-index-{listing_fingerprint(busi)[:20]}-v1.npz"

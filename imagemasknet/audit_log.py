@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runs import file_sha256, now, runs_root
+from .paths import active_weights, runs_root
+from .runs import file_sha256, now
 
 LOG_NAME = "audit.jsonl"
 ACTIONS = ("launch", "cancel", "finish", "failure", "promote", "rollback", "login")
@@ -27,13 +28,10 @@ def log_path(root: Path | None = None) -> Path:
 
 def active_model_hash(root: Path | None = None) -> str | None:
     """SHA-256 of the weights the app classifies with now (a promoted model, else the shipped one)."""
-    from .jobs import active_path
-    from .models import DEFAULT_MODEL
-    from .predict import WEIGHTS_DIR
+    from .models import DEFAULT_MODEL  # the registry imports torch; the log is read without it
 
-    promoted = active_path(root) / "model.safetensors"
     try:
-        return file_sha256(promoted if promoted.is_file() else WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors")
+        return file_sha256(active_weights(DEFAULT_MODEL, root))
     except OSError:
         return None
 

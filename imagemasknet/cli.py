@@ -76,7 +76,7 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
     from .models import get_spec
     from .owndata import load_training_data
     from .runs import load_model, read_json, run_temperatures, write_json
-    from .train import pick_device
+    from .device import pick_device
 
     device = pick_device(args.device)
     decoded: dict[tuple, object] = {}
@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .models import get_spec
     from .runs import load_model, read_json, run_temperatures, write_json
     from .splits import resolve_split
-    from .train import pick_device
+    from .device import pick_device
 
     device = pick_device(args.device)
     if args.run:

@@ -22,15 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .paths import BUNDLED_COPY, LOCAL_COPY, SHARED_COPY, cache_dir, data_override
 from .verify import DataIntegrityError  # noqa: F401  (re-exported: the loader raises it)
 
 CLASSES = ("normal", "benign", "malignant")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _MASK_NAME = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<k>\d+))?$")
-SHARED_COPY = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
-# The copy that ships with the project (data/busi/ in the repository, with its checksums.sha256).
-BUNDLED_COPY = Path(__file__).resolve().parent.parent / "data" / "busi" / "Dataset_BUSI_with_GT"
-LOCAL_COPY = Path("data") / "Dataset_BUSI_with_GT"
 BUSI_HELP = (
     "The project ships BUSI in data/busi/Dataset_BUSI_with_GT (restore it with `git checkout -- data/busi`), "
     "or download BUSI ('Breast Ultrasound Images Dataset', Al-Dhabyani et al. 2020, Kaggle folder "
@@ -102,9 +99,9 @@ def find_data_root(explicit: str | os.PathLike | None = None) -> Path:
             raise DatasetNotFoundError(f"BUSI folder not found: {path}. {BUSI_HELP}")
         return path
     candidates = []
-    env = os.environ.get("IMAGEMASKNET_DATA")
+    env = data_override()
     if env:
-        candidates.append(("IMAGEMASKNET_DATA", Path(env)))
+        candidates.append(("IMAGEMASKNET_DATA", env))
     candidates += [("bundled copy", BUNDLED_COPY), ("local copy", LOCAL_COPY), ("shared copy", SHARED_COPY)]
     for _, path in candidates:
         if path.is_dir():
@@ -226,12 +223,6 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     if mask.shape != (size, size):
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
     return image, mask
-
-
-def cache_dir() -> Path:
-    path = Path(os.environ.get("IMAGEMASKNET_CACHE", Path.home() / ".cache" / "imagemasknet"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def listing_fingerprint(data: Busi) -> str:

@@ -103,7 +103,7 @@ def init(device_name: str = "auto") -> tuple[World, torch.device]:
 
 
 def _single_device(name: str) -> torch.device:
-    from .train import pick_device
+    from .device import pick_device
 
     return pick_device(name)
 

@@ -25,7 +25,8 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from .data import CLASSES, Arrays, Busi, cache_dir, listing_fingerprint
+from .data import CLASSES, Arrays, Busi, listing_fingerprint
+from .paths import cache_dir
 from .decision import is_low_confidence
 from .explain import fill, outline
 

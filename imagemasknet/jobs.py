@@ -46,11 +46,11 @@ from . import audit_log
 from .access import AdminSession, require_admin
 from .config import PRESETS, TrainConfig
 from .processes import process_alive, process_start
-from .runs import Run, folder_lock, now, read_json, runs_root, write_json
+from .paths import ACTIVE_NAME, WEIGHTS_DIR, active_model_dir, active_path, runs_root
+from .runs import Run, folder_lock, now, read_json, write_json
 
 LOCK_NAME = "train.lock"
 JOBS_DIR = ".jobs"
-ACTIVE_NAME = "active"
 MODELS_DIR = ".models"
 #: Refuse to launch when the runs folder's disk has less free space than this (checkpoints, logs).
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -646,10 +646,6 @@ def cancel(name: str | None = None, force: bool = False, root: Path | None = Non
 # --- the active model ---------------------------------------------------------------------------------
 
 
-def active_path(root: Path | None = None) -> Path:
-    return Path(root or runs_root()) / ACTIVE_NAME
-
-
 def read_card(folder: Path) -> dict | None:
     """A promoted model's ``model.json`` if the folder holds it and its weights, else None."""
     card = read_json(Path(folder) / "model.json")
@@ -660,8 +656,8 @@ def read_card(folder: Path) -> dict | None:
 
 def active_card(root: Path | None = None) -> dict | None:
     """The promoted model's card, or None while the shipped model is the active one."""
-    folder = active_path(root)
-    return read_card(folder.resolve()) if folder.exists() else None
+    folder = active_model_dir(root)
+    return read_card(folder) if folder is not None else None
 
 
 def previous_card(root: Path | None = None) -> dict | None:
@@ -923,7 +919,6 @@ def comparison(name: str, root: Path | None = None) -> list[dict]:
     """Rows {metric, mode, active, run}: a run's held-out numbers beside the active model's (the shipped
     card's cross-validation means, or a promoted model's own held-out numbers)."""
     from .models import DEFAULT_MODEL
-    from .predict import WEIGHTS_DIR
 
     root = Path(root or runs_root()).resolve()
     mine = run_metrics(root / name)

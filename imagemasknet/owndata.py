@@ -25,7 +25,8 @@ import numpy as np
 
 from .data import CLASSES, Busi, LoadReport, load_busi, load_dataset
 from .decision import sensitivity_threshold
-from .runs import file_sha256, now, read_json, runs_root, write_json
+from .paths import runs_root
+from .runs import file_sha256, now, read_json, write_json
 
 DATA_MODES = ("replace", "add")
 OWN_PREFIX = "own:"

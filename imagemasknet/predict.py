@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import BUNDLED_COPY, CLASSES, SHARED_COPY
+from .data import CLASSES
 from .decision import is_low_confidence, is_suspicious
+from .device import pick_device
 from .familiarity import FamiliarityReference
+from .paths import BUNDLED_COPY, SHARED_COPY, WEIGHTS_DIR, active_model_dir
 from .metrics import softmax
 from .models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
 from .runs import WeightsError, file_sha256, load_model, read_json, run_temperatures
@@ -29,14 +31,6 @@ from .scans import (  # noqa: F401  (re-exported: one import for callers)
 )
 from .transforms import normalise
 
-def _weights_dir() -> Path:
-    """The shipped weights: inside the installed package (``pip install .`` maps the repository's
-    ``weights/`` to ``imagemasknet/weights/``, see pyproject.toml), else the checkout's ``weights/``."""
-    installed = Path(__file__).resolve().parent / "weights"
-    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "weights"
-
-
-WEIGHTS_DIR = _weights_dir()
 
 
 @dataclass
@@ -84,21 +78,6 @@ def available_models() -> list[str]:
     return sorted(names, key=lambda n: n != DEFAULT_MODEL)
 
 
-def active_model_dir() -> Path | None:
-    """The promoted model's folder (``runs_root()/active``, resolved, so its two files belong
-    together even while a promotion swaps the link), or None when the shipped model is active."""
-    from .runs import runs_root
-
-    link = runs_root() / "active"
-    try:
-        folder = link.resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-    if not (folder / "model.json").is_file() or not (folder / "model.safetensors").is_file():
-        return None
-    return folder
-
-
 def active_model_key() -> str:
     """Changes whenever a model is promoted or rolled back: key a cached Predictor.active() by it."""
     folder = active_model_dir()
@@ -130,8 +109,6 @@ class Predictor:
     def __init__(self, arch: str, weights: Path, temperatures: dict[str, float] | None = None,
                  card: dict | None = None, image_size: int = 256, device: str = "auto", version: str = "",
                  familiarity: FamiliarityReference | None = None, check_training_data: bool = True):
-        from .train import pick_device
-
         self.spec: ModelSpec = get_spec(arch)
         self.device = pick_device(device)
         self.image_size = image_size

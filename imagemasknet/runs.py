@@ -26,10 +26,6 @@ from .processes import process_alive
 RUN_STATES = ("running", "finished", "failed", "cancelled")
 
 
-def runs_root() -> Path:
-    return Path(os.environ.get("IMAGEMASKNET_RUNS", "runs"))
-
-
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -199,6 +195,8 @@ class Run:
 
 
 def list_runs(root: Path | None = None) -> list[Run]:
+    from .paths import runs_root
+
     root = Path(root or runs_root())
     if not root.is_dir():
         return []

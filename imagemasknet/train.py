@@ -34,19 +34,10 @@ from .data import CLASSES, Arrays, load_arrays
 from .evaluate import Predictions, model_input, predict_arrays
 from .metrics import fit_temperature, point_metrics, softmax
 from .models import ModelSpec, build_model, get_spec
-from .runs import load_state, now, read_json, runs_root, save_state, save_weights, write_json
+from .paths import runs_root
+from .runs import load_state, now, read_json, save_state, save_weights, write_json
 from .splits import inner_validation, resolve_split
 from .transforms import augment_pair, build_augmentation
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 class ScanDataset(torch.utils.data.Dataset):

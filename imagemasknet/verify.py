@@ -177,7 +177,7 @@ def ensure_verified(dataset_root: str | os.PathLike) -> VerifyReport | None:
     base = checksum_root(dataset_root)
     if base is None:
         return None
-    from .data import cache_dir
+    from .paths import cache_dir
 
     try:
         signature = _signature(base)

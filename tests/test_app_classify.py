@@ -24,7 +24,7 @@ from imagemasknet.models import DEFAULT_MODEL, ModelSpec
 from imagemasknet.predict import Prediction, Predictor, mask_from_drawing, read_mask, read_scan
 from imagemasknet.report import html_report, results_csv
 from imagemasknet.stream import CSV_FIELDS
-from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
+from imagemasknet.paths import BUNDLED_COPY, SHARED_COPY
 
 REPO = Path(__file__).resolve().parent.parent
 BUSI = BUNDLED_COPY if BUNDLED_COPY.is_dir() else SHARED_COPY

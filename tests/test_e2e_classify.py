@@ -14,7 +14,7 @@ import pytest
 from e2e_helpers import (  # noqa: F401  (fixtures)
     browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
 )
-from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
+from imagemasknet.paths import BUNDLED_COPY, SHARED_COPY
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,7 @@ import pytest
 from e2e_helpers import (  # noqa: F401  (fixtures)
     REPO, browser, chromium_executable, classify_concurrently, running_server,
 )
-from imagemasknet.data import BUNDLED_COPY, SHARED_COPY
+from imagemasknet.paths import BUNDLED_COPY, SHARED_COPY
 
 pytestmark = pytest.mark.e2e
 

@@ -32,7 +32,8 @@ from imagemasknet.owndata import (
     site_threshold_mismatch,
 )
 from imagemasknet.run_charts import read_run
-from imagemasknet.runs import file_sha256, load_model, read_json, runs_root
+from imagemasknet.paths import runs_root
+from imagemasknet.runs import file_sha256, load_model, read_json
 from imagemasknet.splits import inner_validation, load_folds, resolve_split
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,7 +24,8 @@ from imagemasknet.config import PRESETS, TrainConfig
 from imagemasknet.data import DatasetNotFoundError
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.predict import Predictor, active_model_key, read_scan
-from imagemasknet.runs import Run, file_sha256, read_json, runs_root, write_json
+from imagemasknet.paths import runs_root
+from imagemasknet.runs import Run, file_sha256, read_json, write_json
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import torch
 
 from imagemasknet.data import CLASSES, load_busi
 from imagemasknet.models import DEFAULT_MODEL, build_model, get_spec
-from imagemasknet.predict import WEIGHTS_DIR, Predictor, available_models, read_scan
+from imagemasknet.paths import WEIGHTS_DIR
+from imagemasknet.predict import Predictor, available_models, read_scan
 from imagemasknet.runs import read_json
 from imagemasknet.splits import load_folds
 
