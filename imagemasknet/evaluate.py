@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .data import CLASSES, Arrays
 from .metrics import bootstrap, confusion, dice, expected_calibration_error, reliability, roc_auc, roc_curve, softmax
 from .models import ModelSpec
-from .transforms import normalise
+from .transforms import model_input
 
 
 @dataclass
@@ -21,13 +21,6 @@ class Predictions:
     logits: np.ndarray  # (N, 3), before temperature
     dice: np.ndarray  # (N,), NaN where the model predicts no lesion map or the scan has no lesion
     texture: np.ndarray | None = None  # (N, D) the familiarity score's statistics, for models that give them
-
-
-def model_input(spec: ModelSpec, images: torch.Tensor, masks: torch.Tensor | None, mode: str, device: torch.device):
-    """uint8 scans and bool masks (B, 1, S, S) → the (image, mask) pair a model takes in ``mode``."""
-    image = normalise(images.to(device), spec.normalisation, spec.image_channels)
-    mask = masks.to(device).float() if mode == "mask" else None
-    return image, mask
 
 
 @torch.no_grad()

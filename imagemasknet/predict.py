@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from .data import CLASSES
+from .data import CLASSES, resize_pair
 from .decision import is_low_confidence, is_suspicious
 from .device import pick_device
 from .familiarity import FamiliarityReference
@@ -29,7 +28,7 @@ from .scans import (  # noqa: F401  (re-exported: one import for callers)
     AspectRatioError, CorruptImageError, DecompressionBombError, EmptyFileError, ImageTooSmallError, MaskError,
     MultiFrameError, NotAnImageError, NotUltrasoundError, Scan, ScanError, mask_from_drawing, read_mask, read_scan,
 )
-from .transforms import normalise
+from .transforms import model_input
 
 
 
@@ -196,19 +195,15 @@ class Predictor:
         return "mask"
 
     def _inputs(self, scan: Scan, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        size = (self.image_size, self.image_size)
-        pixels = scan.pixels
-        if pixels.shape != size:
-            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
-        image = normalise(torch.from_numpy(np.array(pixels))[None, None].to(self.device), self.spec.normalisation,
-                          self.spec.image_channels)
-        if mask is None:
-            return image, None
-        if mask.shape != scan.pixels.shape:
+        """The scan (and mask) resized and normalised exactly as training and evaluation do."""
+        if mask is not None and mask.shape != scan.pixels.shape:
             raise MaskError(f"The mask is {mask.shape[1]} × {mask.shape[0]} pixels but the scan is "
                             f"{scan.pixels.shape[1]} × {scan.pixels.shape[0]}; a mask must have the scan's size.")
-        small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
-        return image, torch.from_numpy(small)[None, None].float().to(self.device)
+        pixels, small = resize_pair(scan.pixels, mask if mask is not None else np.zeros(scan.pixels.shape, bool),
+                                    self.image_size)
+        return model_input(self.spec, torch.from_numpy(np.array(pixels))[None, None],
+                           torch.from_numpy(np.array(small))[None, None], "mask" if mask is not None else "image",
+                           self.device)
 
     def predict(self, scan: Scan, mask: np.ndarray | None = None) -> Prediction:
         """Classify one scan; with a mask (bool, the scan's size) in mask mode. Raises

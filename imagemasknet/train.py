@@ -31,13 +31,13 @@ from tqdm import tqdm
 from . import distributed
 from .config import TrainConfig
 from .data import CLASSES, Arrays, load_arrays
-from .evaluate import Predictions, model_input, predict_arrays
+from .evaluate import Predictions, predict_arrays
 from .metrics import fit_temperature, point_metrics, softmax
 from .models import ModelSpec, build_model, get_spec
 from .paths import runs_root
 from .runs import load_state, now, read_json, save_state, save_weights, write_json
 from .splits import inner_validation, resolve_split
-from .transforms import augment_pair, build_augmentation
+from .transforms import augment_pair, build_augmentation, model_input
 
 
 class ScanDataset(torch.utils.data.Dataset):

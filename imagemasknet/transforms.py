@@ -173,3 +173,12 @@ def normalise(image: torch.Tensor, normalisation: str, channels: int) -> torch.T
     elif normalisation != "unit":
         raise ValueError(f"unknown normalisation '{normalisation}'")
     return x.expand(-1, channels, -1, -1) if channels != 1 else x
+
+
+def model_input(spec, images: torch.Tensor, masks: torch.Tensor | None, mode: str, device: torch.device):
+    """uint8 scans and bool masks (B, 1, S, S), resized as :func:`imagemasknet.data.resize_pair` does → the
+    (image, mask) pair the model ``spec`` (a registry entry: its channels and normalisation) takes in ``mode``.
+    Training, evaluation and the Predictor all go through here."""
+    image = normalise(images.to(device), spec.normalisation, spec.image_channels)
+    mask = masks.to(device).float() if mode == "mask" and masks is not None else None
+    return image, mask

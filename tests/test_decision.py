@@ -9,7 +9,7 @@ from PIL import Image
 
 from imagemasknet.data import read_grey, resize_pair
 from imagemasknet.decision import LOW_CONFIDENCE_BELOW, flag_figures, is_low_confidence, is_suspicious, sensitivity_threshold
-from imagemasknet.evaluate import model_input
+from imagemasknet.transforms import model_input
 from imagemasknet.familiarity import FamiliarityReference
 from imagemasknet.models import build_model, get_spec
 

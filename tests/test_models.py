@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagemasknet.evaluate import model_input
+from imagemasknet.transforms import model_input
 from imagemasknet.models import build_model, count_parameters, get_spec, list_models
 
 SIZE = 64
