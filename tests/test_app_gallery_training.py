@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 import imagemasknet.data as data_module
 from imagemasknet import gallery as g
 from imagemasknet import run_charts as rc
+from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.splits import load_folds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -463,3 +464,20 @@ def test_out_of_fold_marks_apply_only_to_the_very_files_judged(busi_subset, tmp_
     assert set(marks["image"]) == {first.id}
     assert marks["mask"][first.id]["malignant"] == 0.4
     assert g.out_of_fold(tmp_path, "absent", busi) is None
+
+
+def test_switching_the_model_input_reads_out_of_fold_marks_without_running_the_model(gallery_env, monkeypatch):
+    """Issue 17: with the cross-validation's out-of-fold predictions shipped, "scan + reference mask" does not
+    run the model over every scan (it took 34 s); the marks say where they come from."""
+    from imagemasknet.paths import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / f"{DEFAULT_MODEL}.oof.json").is_file():
+        pytest.skip("the shipped default model has no out-of-fold predictions")
+    monkeypatch.setattr(g, "predict_all", lambda *a, **k: pytest.fail("ran the model instead of reading the marks"))
+    at = _app(GALLERY)
+    at.run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert any("out-of-fold" in c.value for c in at.caption)
+    at.selectbox(key="g_mode").set_value("mask").run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert _count(at) == (31, 31) and any("✓" in t or "✗" in t for t in (m.value for m in at.markdown))
