@@ -98,15 +98,13 @@ with st.container(border=True, key="model_card"):
                          hide_index=True, width="stretch")
         protocol = rc.card_protocol_rows(card)
         external = rc.card_external_rows(card)
-        if protocol or external:
-            left, right = st.columns(2)
-            if protocol:
-                left.markdown("**Study protocol** (tested on the images it trained on; optimistic, for comparison)")
-                left.dataframe(pd.DataFrame(protocol).rename(columns={"metric": "study-protocol metric"}),
-                               hide_index=True, width="stretch")
-            if external:
-                right.markdown("**External data** (never trained on)")
-                right.dataframe(pd.DataFrame(external), hide_index=True, width="stretch")
+        if protocol:  # one under the other: side by side, their columns did not fit a 1280-px window
+            st.markdown("**Study protocol** (tested on the images it trained on; optimistic, for comparison)")
+            st.dataframe(pd.DataFrame(protocol).rename(columns={"metric": "study-protocol metric"}),
+                         hide_index=True, width="stretch")
+        if external:
+            st.markdown("**External data** (never trained on)")
+            st.dataframe(pd.DataFrame(external), hide_index=True, width="stretch")
         for key, title in (("intended_use", "Intended use"), ("limitations", "Limitations")):
             value = card.get(key)
             if value:
@@ -173,8 +171,8 @@ def show_runs(runs: list[rc.RunFolder]) -> None:
     """The runs table, their curves, and one run's evaluation and log."""
     by_name = {r.name: r for r in runs}
     st.subheader(f"Runs ({len(runs)})")
-    st.dataframe(pd.DataFrame([r.summary() for r in runs]), hide_index=True,
-                 column_config={"problems": st.column_config.TextColumn(width="large")})
+    st.dataframe(pd.DataFrame([r.summary() for r in runs]), hide_index=True, width="stretch",
+                 column_config={"run": st.column_config.TextColumn(width="medium")})
     incomplete = [r for r in runs if r.problems or r.state != "finished"]
     for run in incomplete:
         what = "; ".join(run.problems) or f"state: {run.state}"

@@ -106,7 +106,6 @@ class RunFolder:
     calibration: dict = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)  # file stem ("metrics", "metrics-test") → report
     problems: list[str] = field(default_factory=list)
-    weights: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -180,9 +179,8 @@ class RunFolder:
             "state": self.state,
             "epochs": f"{self.epochs_done}/{total}" if total else str(self.epochs_done),
             "last held-out accuracy": ", ".join(f"{m} {v:.3f}" for m, v in last.items()) or "—",
-            "metrics files": ", ".join(sorted(self.metrics)) or "—",
-            "weights": ", ".join(self.weights) or "—",
-            "problems": "; ".join(self.problems) or "",
+            "evaluations": len(self.metrics),
+            "problems": len(self.problems),  # named in full below the table
         }
 
 
@@ -222,7 +220,6 @@ def read_run(path: str | Path) -> RunFolder:
             run.problems.append(f"{metrics_file.name} has no per-mode results")
         else:
             run.metrics[metrics_file.stem] = report
-    run.weights = tuple(name for name in ("best.safetensors", "last.safetensors") if (path / name).is_file())
     state = run.state
     if state == "crashed":
         run.problems.append(f"status.json says running, but process {run.status.get('pid')} is gone — the run "

@@ -198,3 +198,26 @@ def test_training_page_charts(server, browser_page):
             target.evaluate("element => element.scrollIntoView({block: 'start'})")
             page.wait_for_timeout(800)
             screenshot(page, name, whole_page=False)
+
+
+def test_no_training_table_is_cut_off_at_1280_pixels(server, browser):
+    """Issue 17: at a 1280-px window every table of the Training page fits its column: no data grid needs a
+    horizontal scroll bar to show its columns."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    try:
+        open_page(page, server, "Training")
+        page.get_by_role("heading", name="Curves per epoch").wait_for()
+        page.locator('[data-testid="stDataFrame"]').first.wait_for()
+        wait_idle(page)
+        widths = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid="stDataFrame"]')).map(frame => {
+            const scroller = frame.querySelector('.dvn-scroller'); const head = Array.from(frame.querySelectorAll('[role=columnheader]')).map(h => h.innerText).join('/');
+            return {head, scroll: scroller ? scroller.scrollWidth : 0, client: scroller ? scroller.clientWidth : 0,
+                    frame: frame.getBoundingClientRect().right, column: frame.parentElement.getBoundingClientRect().right};
+        })""")
+        assert widths, "no tables on the Training page"
+        for n, width in enumerate(widths):
+            assert width["scroll"] <= width["client"] + 2, (n, width)
+            assert width["frame"] <= width["column"] + 1, (n, width)
+    finally:
+        context.close()
