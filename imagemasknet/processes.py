@@ -44,3 +44,10 @@ def process_alive(pid: Any, start: Any = None) -> bool:
     if isinstance(start, int) and process_start(pid) not in (None, start):
         return False
     return True
+
+
+def run_state(status: dict) -> str:
+    """A run's state from its ``status.json``: as recorded, except that a "running" run whose process is gone
+    is "crashed" (it could not record its own end)."""
+    state = str(status.get("state", "unknown"))
+    return "crashed" if state == "running" and not process_alive(status.get("pid")) else state

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import plotly.graph_objects as go
 
 from .data import CLASSES
-from .processes import process_alive
+from .processes import run_state
 
 #: Per-epoch metrics, as history.json names them, with the label the charts give them.
 CURVE_METRICS = {
@@ -130,10 +130,7 @@ class RunFolder:
 
     @property
     def state(self) -> str:
-        state = str(self.status.get("state", "unknown"))
-        if state == "running" and not process_alive(self.status.get("pid")):
-            return "crashed"
-        return state
+        return run_state(self.status)
 
     @property
     def epochs_done(self) -> int:

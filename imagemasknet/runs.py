@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .processes import process_alive
+from .processes import run_state
 
 RUN_STATES = ("running", "finished", "failed", "cancelled")
 
@@ -176,10 +176,7 @@ class Run:
 
     @property
     def state(self) -> str:
-        state = self.status.get("state", "unknown")
-        if state == "running" and not process_alive(self.status.get("pid")):
-            return "crashed"
-        return state
+        return run_state(self.status)
 
     def weights(self, which: str = "best") -> Path | None:
         for name in (f"{which}.safetensors", "last.safetensors"):
