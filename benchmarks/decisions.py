@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagemasknet.data import CLASSES, load_arrays, load_dataset
+from imagemasknet.data import CLASSES, Arrays, load_arrays, load_dataset
 from imagemasknet.decision import TARGET_SENSITIVITY, flag_figures, sensitivity_threshold
 from imagemasknet.evaluate import predict_arrays
-from imagemasknet.familiarity import FamiliarityReference
+from imagemasknet.familiarity import Familiarity, FamiliarityReference
 from imagemasknet.metrics import softmax
 from imagemasknet.owndata import load_training_data
 from imagemasknet.predict import Predictor
 from imagemasknet.runs import file_sha256, read_json
+from imagemasknet.transforms import augment_pair, build_augmentation
 
 MALIGNANT = CLASSES.index("malignant")
 
@@ -35,9 +36,41 @@ def _arrays_for(run: Path):
     return load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), config["image_size"])
 
 
+AUGMENTED_COPIES = 2  # of each training scan, under the run's own training augmentation, for the refusal reference
+
+
+def augmented_copies(arrays: Arrays, augmentation: str, seed: int, copies: int = AUGMENTED_COPIES) -> Arrays:
+    """The scans as the training augmentation draws them (seeded), ``copies`` of each."""
+    transform = build_augmentation(augmentation, arrays.images.shape[-1])
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        images, masks = [], []
+        for n in range(len(arrays.ids)):
+            for _ in range(copies):
+                image, mask = augment_pair(transform, torch.from_numpy(arrays.images[n])[None],
+                                           torch.from_numpy(arrays.masks[n].astype(np.uint8))[None])
+                images.append(image[0].numpy())
+                masks.append(mask[0].numpy().astype(bool))
+    finally:
+        torch.set_rng_state(generator_state)
+    return Arrays([f"{i}#{c}" for i in arrays.ids for c in range(copies)], np.repeat(arrays.labels, copies),
+                  np.stack(images), np.stack(masks))
+
+
+def _textures(predictor: Predictor, arrays: Arrays) -> np.ndarray:
+    return predict_arrays(predictor.model, predictor.spec, arrays, "image", torch.device("cpu")).texture
+
+
+def training_textures(predictor: Predictor, train: Arrays, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A model's training scans' texture statistics, and those of their augmented copies."""
+    augmentation = predictor.card["config"].get("augment", "ultrasound")
+    return _textures(predictor, train), _textures(predictor, augmented_copies(train, augmentation, seed))
+
+
 def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
-    """One row per BUSI scan: its fold, label, calibrated probabilities per mode (from its fold's model
-    and temperature) and familiarity score (against that model's own training scans)."""
+    """One row per BUSI scan: its fold, label, calibrated probabilities per mode (from its fold's model and
+    temperature) and both familiarity scores (against that model's own training scans)."""
     rows = []
     cpu = torch.device("cpu")
     for k in folds:
@@ -46,15 +79,16 @@ def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
         arrays, split = _arrays_for(run), read_json(run / "split.json")
         test = arrays.take(split["test"])
         predictions = {m: predict_arrays(predictor.model, predictor.spec, test, m, cpu) for m in predictor.spec.modes}
-        trained = predict_arrays(predictor.model, predictor.spec, arrays.take(split["train"]), "image", cpu)
-        scores = FamiliarityReference.fit(trained.texture).score(predictions["image"].texture)
+        plain, augmented = training_textures(predictor, arrays.take(split["train"]), seed=k)
+        scores = FamiliarityReference.fit(plain).score(predictions["image"].texture)
+        far = FamiliarityReference.fit(np.concatenate([plain, augmented])).score(predictions["image"].texture)
         probabilities = {m: softmax(p.logits, predictor.temperatures.get(m, 1.0)) for m, p in predictions.items()}
         files = {c.id: c.image_path for c in load_training_data(predictor.card["config"].get("data")).cases}
         for n, image_id in enumerate(test.ids):
             rows.append({"id": image_id, "sha256": file_sha256(files[image_id])[:16], "label": CLASSES[int(test.labels[n])], "fold": k,
-                         "probabilities": {m: {c: round(float(v), 6) for c, v in zip(CLASSES, probabilities[m][n])}
+                         "probabilities": {m: {c: round(float(v), 4) for c, v in zip(CLASSES, probabilities[m][n])}
                                            for m in probabilities},
-                         "familiarity": round(float(scores[n]), 4)})
+                         "familiarity": round(float(scores[n]), 4), "refusal_score": round(float(far[n]), 4)})
     return rows
 
 
@@ -79,22 +113,27 @@ def decision_material(results: Path, preset: str, folds: list[int], shipped: Pre
     """Everything above for the shipped model; writes nothing (``summarise.ship`` writes the files)."""
     rows = out_of_fold(results, preset, folds)
     scores = np.array([r["familiarity"] for r in rows])
+    far = np.array([r["refusal_score"] for r in rows])
     run = results / f"{preset}-all"
     arrays, split = _arrays_for(run), read_json(run / "split.json")
     cpu = torch.device("cpu")
-    trained = predict_arrays(shipped.model, shipped.spec, arrays.take(split["train"]), "image", cpu)
-    reference = FamiliarityReference.fit(trained.texture).with_thresholds(scores)
-    validation = predict_arrays(shipped.model, shipped.spec, arrays.take(split["validation"]), "image", cpu)
-    validation_scores = reference.score(validation.texture)
+    reference = Familiarity.fit(*training_textures(shipped, arrays.take(split["train"]), seed=len(folds)), scores, far)
+    unfamiliar, refusal = reference.unfamiliar, reference.refusal
+    validation = arrays.take(split["validation"])
+    seen = _textures(shipped, validation)
+    augmented = _textures(shipped, augmented_copies(validation, shipped.card["config"].get("augment", "ultrasound"), seed=99))
     familiarity = {
-        "unfamiliar_above": reference.unfamiliar_above, "refuse_above": reference.refuse_above,
-        "rule": "unfamiliar above the 95th percentile of the out-of-fold BUSI scores; refused as not an ultrasound "
-                "above 1.5 × their maximum",
-        "busi_out_of_fold": {"n": len(scores), "unfamiliar": float((scores > reference.unfamiliar_above).mean()),
-                             "median": float(np.median(scores)), "max": float(scores.max())},
+        "unfamiliar_above": unfamiliar.threshold, "refuse_above": refusal.threshold,
+        "rule": "unfamiliar above the 95th percentile of the out-of-fold BUSI scores against the training scans; "
+                "refused as not an ultrasound above 1.5 × the largest out-of-fold score against the training scans "
+                "and their augmented copies",
+        "busi_out_of_fold": {"n": len(scores), "unfamiliar": float((scores > unfamiliar.threshold).mean()),
+                             "median": float(np.median(scores)), "max": float(scores.max()),
+                             "refusal_score_max": float(far.max())},
         "busi_validation_split_of_the_shipped_model": {
-            "n": len(validation_scores), "unfamiliar": float((validation_scores > reference.unfamiliar_above).mean()),
-            "refused": float((validation_scores > reference.refuse_above).mean())},
+            "n": len(validation.ids), "unfamiliar": float((unfamiliar.score(seen) > unfamiliar.threshold).mean()),
+            "refused": float((refusal.score(seen) > refusal.threshold).mean()),
+            "refused_when_augmented_as_in_training": float((refusal.score(augmented) > refusal.threshold).mean())},
     }
     external = None
     if busbra:
@@ -103,11 +142,12 @@ def decision_material(results: Path, preset: str, folds: list[int], shipped: Pre
         predictions = {m: predict_arrays(shipped.model, shipped.spec, scans, m, cpu) for m in shipped.spec.modes}
         external = {"labels": scans.labels,
                     "p": {m: softmax(p.logits, shipped.temperatures.get(m, 1.0))[:, MALIGNANT] for m, p in predictions.items()}}
-        external_scores = reference.score(predictions["image"].texture)
+        external_scores = unfamiliar.score(predictions["image"].texture)
+        external_far = refusal.score(predictions["image"].texture)
         familiarity["busbra"] = {"n": len(external_scores),
-                                 "unfamiliar": float((external_scores > reference.unfamiliar_above).mean()),
-                                 "refused": float((external_scores > reference.refuse_above).mean()),
-                                 "median": float(np.median(external_scores)), "max": float(external_scores.max()),
+                                 "unfamiliar": float((external_scores > unfamiliar.threshold).mean()),
+                                 "refused": float((external_far > refusal.threshold).mean()),
+                                 "median": float(np.median(external_scores)), "refusal_score_max": float(external_far.max()),
                                  "note": "256-px decoded scans; report only, chose nothing"}
     flag = {"target_sensitivity": TARGET_SENSITIVITY,
             "chosen_on": f"the {len(rows)} out-of-fold BUSI predictions of the 5-fold cross-validation (each scan "

@@ -214,9 +214,11 @@ def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: st
     write_json(target.with_name(f"{spec.name}.oof.json"), {
         "model": spec.name, "note": "each BUSI scan's prediction by the cross-validation fold model that never trained "
                                     "on it, calibrated by that fold's temperature; familiarity against that model's training scans",
-        "predictions": material["out_of_fold"]})
+        "predictions": material["out_of_fold"]}, compact=True)
     material["reference"].save(familiarity_path(target))
-    write_json(target.with_name(f"{spec.name}.history.json"), read_json(run / "history.json"))  # the Training page's curves
+    write_json(target.with_name(f"{spec.name}.history.json"), read_json(run / "history.json"), compact=True)  # the Training page's curves
+    for path in (familiarity_path(target), target.with_name(f"{spec.name}.oof.json"), target.with_name(f"{spec.name}.history.json")):
+        path.chmod(0o644)  # installed with the package: readable by every user
     card = {
         "name": spec.name,
         "version": dt.date.today().isoformat(),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .data import CLASSES, resize_pair
 from .decision import is_low_confidence, is_suspicious
 from .device import pick_device
-from .familiarity import FamiliarityReference
+from .familiarity import Familiarity
 from .paths import BUNDLED_COPY, SHARED_COPY, WEIGHTS_DIR, active_model_dir
 from .metrics import softmax
 from .models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
@@ -107,7 +107,7 @@ class Predictor:
 
     def __init__(self, arch: str, weights: Path, temperatures: dict[str, float] | None = None,
                  card: dict | None = None, image_size: int = 256, device: str = "auto", version: str = "",
-                 familiarity: FamiliarityReference | None = None, check_training_data: bool = True):
+                 familiarity: Familiarity | None = None, check_training_data: bool = True):
         self.spec: ModelSpec = get_spec(arch)
         self.device = pick_device(device)
         self.image_size = image_size
@@ -215,12 +215,15 @@ class Predictor:
         warnings = list(scan.warnings)
         score = unfamiliar = None
         if self.familiarity is not None and output.texture is not None:
-            score = float(self.familiarity.score(output.texture.float().cpu().numpy())[0])
-            if score > self.familiarity.refuse_above:
-                raise NotUltrasoundError(not_ultrasound_message(scan.name, score, self.familiarity.refuse_above))
-            unfamiliar = score > self.familiarity.unfamiliar_above
+            texture = output.texture.float().cpu().numpy()
+            refusal = self.familiarity.refusal
+            if (far := float(refusal.score(texture)[0])) > refusal.threshold:
+                raise NotUltrasoundError(not_ultrasound_message(scan.name, far, refusal.threshold))
+            check = self.familiarity.unfamiliar
+            score = float(check.score(texture)[0])
+            unfamiliar = score > check.threshold
             if unfamiliar:
-                warnings.append(unfamiliar_notice(score, self.familiarity.unfamiliar_above))
+                warnings.append(unfamiliar_notice(score, check.threshold))
         logits = output.logits.float().cpu().numpy()
         probabilities = softmax(logits, self.temperatures.get(mode, 1.0))[0]
         lesion = None
@@ -254,15 +257,16 @@ class Predictor:
             return grad_cam(self.model, image, mask_tensor, target, scan.pixels.shape)
 
 
-def _familiarity_beside(weights: Path) -> FamiliarityReference | None:
+def _familiarity_beside(weights: Path) -> Familiarity | None:
     path = familiarity_path(weights)
-    return FamiliarityReference.load(path) if path.is_file() else None
+    return Familiarity.load(path) if path.is_file() else None
 
 
 def not_ultrasound_message(name: str, score: float, limit: float) -> str:
     subject = f"'{name}'" if name else "The file"
-    return (f"{subject} does not look like a breast ultrasound scan (its image texture scores {score:.1f} where BUSI's "
-            f"scans stay below {limit:.1f}), so it was not classified; upload a B-mode breast ultrasound image.")
+    return (f"{subject} does not look like a breast ultrasound scan (its image texture scores {score:.1f}, where BUSI's "
+            f"scans, augmented as in training, stay far below {limit:.1f}), so it was not classified; upload a B-mode "
+            "breast ultrasound image.")
 
 
 def unfamiliar_notice(score: float, limit: float) -> str:

@@ -70,10 +70,12 @@ def atomic_write(path: Path, write, mode: int | None = None) -> None:
         raise
 
 
-def write_json(path: Path, payload: Any) -> None:
+def write_json(path: Path, payload: Any, compact: bool = False) -> None:
+    """``compact``: no indentation (files that ship with the weights, which have a size budget)."""
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(payload, out, indent=2, sort_keys=False, default=str)
+            json.dump(payload, out, indent=None if compact else 2, separators=(",", ":") if compact else None,
+                      sort_keys=False, default=str)
             out.write("\n")
 
     atomic_write(path, write)

@@ -10,7 +10,7 @@ from PIL import Image
 from imagemasknet.data import read_grey, resize_pair
 from imagemasknet.decision import LOW_CONFIDENCE_BELOW, flag_figures, is_low_confidence, is_suspicious, sensitivity_threshold
 from imagemasknet.transforms import model_input
-from imagemasknet.familiarity import FamiliarityReference
+from imagemasknet.familiarity import Familiarity, FamiliarityReference
 from imagemasknet.models import build_model, get_spec
 
 
@@ -72,22 +72,31 @@ def test_texture_familiarity_puts_photographs_far_beyond_unseen_busi_scans(busi_
         photographs = reference.score(model(image).texture.numpy())
     assert np.median(unseen) < 1.6
     assert photographs.min() > 2 * unseen.max(), (photographs, unseen.max())
-    reference.with_thresholds(unseen)
-    assert reference.unfamiliar_above == pytest.approx(np.percentile(unseen, 95))
-    assert reference.refuse_above == pytest.approx(1.5 * unseen.max())
-    assert (photographs > reference.refuse_above).all()
+
+
+def test_the_two_checks_take_their_thresholds_from_out_of_fold_scores():
+    rng = np.random.default_rng(1)
+    plain, augmented = rng.normal(size=(60, 50)), rng.normal(scale=1.5, size=(60, 50)) + 2
+    out_of_fold, far = rng.uniform(0.8, 1.4, 200), rng.uniform(0.8, 1.2, 200)
+    familiarity = Familiarity.fit(plain, augmented, out_of_fold, far)
+    assert familiarity.unfamiliar.threshold == pytest.approx(np.percentile(out_of_fold, 95))
+    assert familiarity.refusal.threshold == pytest.approx(1.5 * far.max())
+    # The refusal reference spans the augmented copies too, so they look closer to it than to the plain one.
+    assert familiarity.refusal.score(augmented).mean() < familiarity.unfamiliar.score(augmented).mean()
 
 
 def test_a_familiarity_reference_survives_saving_and_a_damaged_one_is_refused(tmp_path):
     from imagemasknet.runs import WeightsError
 
     rng = np.random.default_rng(0)
-    reference = FamiliarityReference.fit(rng.normal(size=(80, 12)), components=4).with_thresholds(rng.uniform(0.8, 1.3, 50))
-    reference.save(tmp_path / "ref.safetensors")
-    loaded = FamiliarityReference.load(tmp_path / "ref.safetensors")
-    x = rng.normal(size=(5, 12))
-    np.testing.assert_allclose(loaded.score(x), reference.score(x), rtol=1e-5)
-    assert loaded.refuse_above == pytest.approx(reference.refuse_above)
+    familiarity = Familiarity.fit(rng.normal(size=(80, 60)), rng.normal(size=(80, 60)), rng.uniform(0.8, 1.3, 50),
+                                  rng.uniform(0.8, 1.3, 50))
+    familiarity.save(tmp_path / "ref.safetensors")
+    loaded = Familiarity.load(tmp_path / "ref.safetensors")
+    x = rng.normal(size=(5, 60))
+    for kind in ("unfamiliar", "refusal"):
+        np.testing.assert_allclose(getattr(loaded, kind).score(x), getattr(familiarity, kind).score(x), rtol=1e-4)
+        assert getattr(loaded, kind).threshold == pytest.approx(getattr(familiarity, kind).threshold)
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsError, match="familiarity reference"):
-        FamiliarityReference.load(tmp_path / "bad.safetensors")
+        Familiarity.load(tmp_path / "bad.safetensors")
