@@ -31,6 +31,10 @@ from imagemasknet.transforms import augment_pair, build_augmentation
 MALIGNANT = CLASSES.index("malignant")
 
 
+def _augmentation_of(run: Path) -> str:
+    return read_json(run / "config.json").get("augment", "ultrasound")
+
+
 def _arrays_for(run: Path):
     config = read_json(run / "config.json")
     return load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), config["image_size"])
@@ -62,9 +66,8 @@ def _textures(predictor: Predictor, arrays: Arrays) -> np.ndarray:
     return predict_arrays(predictor.model, predictor.spec, arrays, "image", torch.device("cpu")).texture
 
 
-def training_textures(predictor: Predictor, train: Arrays, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A model's training scans' texture statistics, and those of their augmented copies."""
-    augmentation = predictor.card["config"].get("augment", "ultrasound")
+def training_textures(predictor: Predictor, train: Arrays, augmentation: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A model's training scans' texture statistics, and those of their copies under its training augmentation."""
     return _textures(predictor, train), _textures(predictor, augmented_copies(train, augmentation, seed))
 
 
@@ -79,7 +82,7 @@ def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
         arrays, split = _arrays_for(run), read_json(run / "split.json")
         test = arrays.take(split["test"])
         predictions = {m: predict_arrays(predictor.model, predictor.spec, test, m, cpu) for m in predictor.spec.modes}
-        plain, augmented = training_textures(predictor, arrays.take(split["train"]), seed=k)
+        plain, augmented = training_textures(predictor, arrays.take(split["train"]), _augmentation_of(run), seed=k)
         scores = FamiliarityReference.fit(plain).score(predictions["image"].texture)
         far = FamiliarityReference.fit(np.concatenate([plain, augmented])).score(predictions["image"].texture)
         probabilities = {m: softmax(p.logits, predictor.temperatures.get(m, 1.0)) for m, p in predictions.items()}
@@ -117,11 +120,11 @@ def decision_material(results: Path, preset: str, folds: list[int], shipped: Pre
     run = results / f"{preset}-all"
     arrays, split = _arrays_for(run), read_json(run / "split.json")
     cpu = torch.device("cpu")
-    reference = Familiarity.fit(*training_textures(shipped, arrays.take(split["train"]), seed=len(folds)), scores, far)
+    reference = Familiarity.fit(*training_textures(shipped, arrays.take(split["train"]), _augmentation_of(run), seed=len(folds)), scores, far)
     unfamiliar, refusal = reference.unfamiliar, reference.refusal
     validation = arrays.take(split["validation"])
     seen = _textures(shipped, validation)
-    augmented = _textures(shipped, augmented_copies(validation, shipped.card["config"].get("augment", "ultrasound"), seed=99))
+    augmented = _textures(shipped, augmented_copies(validation, _augmentation_of(run), seed=99))
     familiarity = {
         "unfamiliar_above": unfamiliar.threshold, "refuse_above": refusal.threshold,
         "rule": "unfamiliar above the 95th percentile of the out-of-fold BUSI scores against the training scans; "
