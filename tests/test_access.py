@@ -17,6 +17,7 @@ import pytest
 from e2e_helpers import ADMIN_PASSWORD
 from imagemasknet import access, audit_log, cli, jobs
 from imagemasknet.config import TrainConfig
+from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.runs import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,7 +196,7 @@ def test_a_torn_line_never_corrupts_earlier_or_later_entries(tmp_path):
     log = audit_log.read(tmp_path)
     assert [e["action"] for e in log.entries] == ["login", "launch", "cancel"]
     assert log.unreadable_lines == 1
-    shipped = file_sha256(REPO / "weights" / "lesion-resunet.safetensors")
+    shipped = file_sha256(REPO / "weights" / f"{DEFAULT_MODEL}.safetensors")
     assert all(e["model_before"] == e["model_after"] == shipped for e in log.entries)
     with pytest.raises(ValueError):
         audit_log.append("delete-everything", root=tmp_path)

@@ -86,9 +86,11 @@ import json
 import sys
 
 records = json.load(open(sys.argv[1]))
-label = records[0].get("label")
+label = records[0].get("predicted_class")
 if label not in ("normal", "benign", "malignant"):
-    sys.exit(f"fresh-clone: predict printed no label: {records}")
+    sys.exit(f"fresh-clone: predict printed no predicted_class: {records}")
+if records[0]["model"] != "lesion-effnet-lite0" or not isinstance(records[0]["suspicious_for_malignancy"], bool):
+    sys.exit(f"fresh-clone: predict did not use the default model with its malignancy flag: {records}")
 p = records[0]["probabilities"]
 print(f"fresh-clone: predict on a bundled scan: {label} (P(malignant) {p['malignant']:.3f}, {records[0]['mode']} mode)")
 EOF

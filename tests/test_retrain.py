@@ -384,7 +384,7 @@ def test_page_form_renders_from_the_dataclass(env, admin, retrain_page):
             assert len(selects[field.label].options) == len(field.choices)
         else:
             assert field.label in checks
-    assert numbers["epochs"].value == PRESETS["lesion-resunet"].get("epochs", 60)
+    assert numbers["epochs"].value == PRESETS[DEFAULT_MODEL].get("epochs", 60)
     start = next(b for b in at.button if b.label == "Start training")
     assert not start.disabled
     # choosing a preset refills the form with its values
