@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from imagemasknet.models import DEFAULT_MODEL
+
 from e2e_helpers import (  # noqa: F401  (fixtures)
     ADMIN_PASSWORD, browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
 )
@@ -72,7 +74,7 @@ def test_retrain_start_watch_promote(streamlit_server, browser_page):
     sign_in(page)  # a new browser session: signed out again
     run = page.locator(".st-key-retrain_run")
     run.wait_for()
-    assert re.search(r"lesion-resunet-\d{8}-\d{6}", run.inner_text())
+    assert re.search(rf"{DEFAULT_MODEL}-\d{{8}}-\d{{6}}", run.inner_text())
 
     deadline = time.monotonic() + 180
     while "finished" not in run.inner_text():
@@ -97,5 +99,5 @@ def test_retrain_start_watch_promote(streamlit_server, browser_page):
     wait_for_text(page, "is now the active model", timeout=60)
     assert page.get_by_text("Active model:").first.is_visible()
     active = page.locator(".st-key-retrain_active").inner_text()
-    name = re.search(r"lesion-resunet-\d{8}-\d{6}", run.inner_text()).group(0)
+    name = re.search(rf"{DEFAULT_MODEL}-\d{{8}}-\d{{6}}", run.inner_text()).group(0)
     assert name in active and "Roll back" in active
