@@ -21,7 +21,7 @@ import torch
 from imagemasknet.data import CLASSES, Arrays, load_arrays, load_dataset
 from imagemasknet.decision import TARGET_SENSITIVITY, flag_figures, sensitivity_threshold
 from imagemasknet.evaluate import predict_arrays
-from imagemasknet.familiarity import Familiarity, FamiliarityReference
+from imagemasknet.familiarity import Familiarity
 from imagemasknet.metrics import softmax
 from imagemasknet.owndata import load_training_data
 from imagemasknet.predict import Predictor
@@ -82,9 +82,9 @@ def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
         arrays, split = _arrays_for(run), read_json(run / "split.json")
         test = arrays.take(split["test"])
         predictions = {m: predict_arrays(predictor.model, predictor.spec, test, m, cpu) for m in predictor.spec.modes}
-        plain, augmented = training_textures(predictor, arrays.take(split["train"]), _augmentation_of(run), seed=k)
-        scores = FamiliarityReference.fit(plain).score(predictions["image"].texture)
-        far = FamiliarityReference.fit(np.concatenate([plain, augmented])).score(predictions["image"].texture)
+        fold = Familiarity.fit(*training_textures(predictor, arrays.take(split["train"]), _augmentation_of(run), seed=k))
+        scores = fold.unfamiliar.score(predictions["image"].texture)
+        far = fold.refusal.score(predictions["image"].texture)
         probabilities = {m: softmax(p.logits, predictor.temperatures.get(m, 1.0)) for m, p in predictions.items()}
         files = {c.id: c.image_path for c in load_training_data(predictor.card["config"].get("data")).cases}
         for n, image_id in enumerate(test.ids):
@@ -118,13 +118,14 @@ def decision_material(results: Path, preset: str, folds: list[int], shipped: Pre
     scores = np.array([r["familiarity"] for r in rows])
     far = np.array([r["refusal_score"] for r in rows])
     run = results / f"{preset}-all"
-    arrays, split = _arrays_for(run), read_json(run / "split.json")
+    arrays, split, augmentation = _arrays_for(run), read_json(run / "split.json"), _augmentation_of(run)
     cpu = torch.device("cpu")
-    reference = Familiarity.fit(*training_textures(shipped, arrays.take(split["train"]), _augmentation_of(run), seed=len(folds)), scores, far)
+    reference = Familiarity.fit(*training_textures(shipped, arrays.take(split["train"]), augmentation, seed=len(folds)),
+                                scores, far)
     unfamiliar, refusal = reference.unfamiliar, reference.refusal
     validation = arrays.take(split["validation"])
     seen = _textures(shipped, validation)
-    augmented = _textures(shipped, augmented_copies(validation, _augmentation_of(run), seed=99))
+    augmented = _textures(shipped, augmented_copies(validation, augmentation, seed=99))
     familiarity = {
         "unfamiliar_above": unfamiliar.threshold, "refuse_above": refusal.threshold,
         "rule": "unfamiliar above the 95th percentile of the out-of-fold BUSI scores against the training scans; "

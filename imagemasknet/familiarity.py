@@ -73,14 +73,17 @@ class Familiarity:
     refusal: FamiliarityReference
 
     @classmethod
-    def fit(cls, plain: np.ndarray, augmented: np.ndarray, out_of_fold_unfamiliar: np.ndarray,
-            out_of_fold_refusal: np.ndarray) -> "Familiarity":
+    def fit(cls, plain: np.ndarray, augmented: np.ndarray, out_of_fold_unfamiliar: np.ndarray | None = None,
+            out_of_fold_refusal: np.ndarray | None = None) -> "Familiarity":
         """``plain``: the training scans' statistics; ``augmented``: those of their augmented copies; the
-        out-of-fold scores of each kind set the thresholds."""
+        out-of-fold scores of each kind set the thresholds (without them the thresholds stay infinite, as for
+        a fold model's references, whose scores are those out-of-fold scores)."""
         unfamiliar = FamiliarityReference.fit(plain)
-        unfamiliar.threshold = float(np.percentile(out_of_fold_unfamiliar, UNFAMILIAR_PERCENTILE))
         refusal = FamiliarityReference.fit(np.concatenate([plain, augmented]))
-        refusal.threshold = float(REFUSE_FACTOR * np.max(out_of_fold_refusal))
+        if out_of_fold_unfamiliar is not None:
+            unfamiliar.threshold = float(np.percentile(out_of_fold_unfamiliar, UNFAMILIAR_PERCENTILE))
+        if out_of_fold_refusal is not None:
+            refusal.threshold = float(REFUSE_FACTOR * np.max(out_of_fold_refusal))
         return cls(unfamiliar, refusal)
 
     def save(self, path: Path) -> None:
