@@ -1,7 +1,7 @@
 """ImageMaskNet web app: `streamlit run app.py`. Navigation, page config and the notices only."""
 import streamlit as st
 
-from imagemasknet.jobs import active_model_notice
+from imagemasknet.ops.promotion import active_model_notice
 
 st.set_page_config(page_title="ImageMaskNet", page_icon="🩺", layout="wide")
 

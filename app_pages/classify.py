@@ -2,38 +2,34 @@
 class, its calibrated probabilities, Grad-CAM and outlines; download a report or the batch table.
 
 This page only draws. Reading files, predicting, Grad-CAM, overlays, charts and reports live in the
-package (`imagemasknet.predict`, `.explain`, `.charts`, `.report`). Uploads stay in memory: their bytes go
+package (`imagemasknet.inference.predictor`, `.explain`, `.charts`, `.report`). Uploads stay in memory: their bytes go
 straight to `read_scan` / `read_mask` and are never written to disk.
 """
 from __future__ import annotations
 
-import hashlib
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import numpy as np
 import streamlit as st
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from imagemasknet import jobs
-from imagemasknet import predict as predict_module
-from imagemasknet.charts import probability_chart
-from imagemasknet.data import CLASSES
-from imagemasknet.explain import heatmap_overlay, outline
+from imagemasknet.data import scans
+from imagemasknet.models.card import active_card
+from imagemasknet.inference import predictor as predict_module
+from imagemasknet.app.charts import probability_chart
+from imagemasknet.data.busi import CLASSES
+from imagemasknet.inference.explain import heatmap_overlay, outline
 from imagemasknet.models import DEFAULT_MODEL, get_spec
-from imagemasknet.decision import LOW_CONFIDENCE_BELOW
-from imagemasknet.owndata import load_site_threshold, site_threshold_mismatch, site_threshold_path
-from imagemasknet.report import flag_sentence, html_report, results_csv
+from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
+from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_mismatch, site_threshold_path
+from imagemasknet.inference.report import flag_sentence, html_report, results_csv
+from imagemasknet.app.scan_view import (canvas_size, digest_of, display_size, drawn_mask, mask_digest, pair_masks,
+                                         resize_heat, resize_mask, resize_rgb)
 from app_pages import md
 
 
-DISPLAY_LONG_SIDE = 900  # images are shown (and put in reports) at most this large
-# The canvas sits in a full-width row of its own, no wider than the page's content at the narrowest supported
-# window (1024 px, sidebar open: 564 px, measured in Chromium), so every pixel of the scan can be drawn on.
-CANVAS_WIDTH = 560
-CANVAS_MAX_HEIGHT = 560
 USER_MASK_RGB = (0, 213, 255)  # cyan: the user's mask
 LESION_RGB = (255, 179, 0)  # amber: the lesion the model outlines
 USER_MASK_CSS, LESION_CSS = "#00D5FF", "#FFB300"
@@ -54,7 +50,7 @@ class Item:
     index: int
     name: str
     digest: str
-    scan: predict_module.Scan | None = None
+    scan: scans.Scan | None = None
     error: str | None = None  # the ScanError's sentence when the scan (or its prediction) is refused
     error_type: str = ""
     mask: np.ndarray | None = None
@@ -77,13 +73,13 @@ class Item:
 def model_key(name: str) -> str:
     """The default model is whatever the Retrain page promoted last; its key changes with each promotion,
     so cached Predictors and predictions never outlive the model that made them."""
-    return predict_module.active_model_key() if name == predict_module.DEFAULT_MODEL else f"shipped:{name}"
+    return predict_module.active_model_key() if name == DEFAULT_MODEL else f"shipped:{name}"
 
 
 @st.cache_resource(show_spinner="Loading the model and indexing its training scans…")
 def _load_predictor(key: str, name: str) -> predict_module.Predictor:
     predict_module.training_data_index()  # built once per server, so no upload waits for it
-    if name == predict_module.DEFAULT_MODEL:
+    if name == DEFAULT_MODEL:
         return predict_module.Predictor.active()
     return predict_module.Predictor.shipped(name)
 
@@ -112,7 +108,7 @@ def site_threshold_version() -> tuple:
 def cached_grad_cam(model: str, key: str, scan_digest: str, mask_digest: str | None, target: str, size_hw: tuple[int, int],
                     _scan, _mask) -> np.ndarray:
     heat = load_predictor(model).grad_cam(_scan, target, _mask)
-    return _resize_heat(heat, size_hw)
+    return resize_heat(heat, size_hw)
 
 
 def session_memo(store: str, key, compute, limit: int = 64):
@@ -139,69 +135,6 @@ def canvas_component():
 # ------------------------------------------------------------------------------------------------
 
 
-def digest_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def mask_digest(mask: np.ndarray | None) -> str | None:
-    if mask is None:
-        return None
-    return hashlib.sha256(np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest()
-
-
-def display_size(shape_hw: tuple[int, int], long_side: int = DISPLAY_LONG_SIDE) -> tuple[int, int]:
-    height, width = shape_hw[:2]
-    scale = min(1.0, long_side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _resize_rgb(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    if rgb.shape[:2] == size_hw:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize(size_hw[::-1], Image.Resampling.LANCZOS))
-
-
-def _resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    if mask.shape == size_hw:
-        return mask
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size_hw[::-1], Image.Resampling.NEAREST)) > 127
-
-
-def _resize_heat(heat: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    if heat.shape == size_hw:
-        return heat.astype(np.float32)
-    image = Image.fromarray(heat.astype(np.float32), "F").resize(size_hw[::-1], Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.float32)
-
-
-def _fill_enclosed(drawn: np.ndarray) -> np.ndarray:
-    """Pixels enclosed by strokes count too, so a traced freehand outline becomes a filled lesion."""
-    padded = Image.fromarray(np.pad(drawn, 1).astype(np.uint8) * 255, "L").copy()  # fromarray may share read-only memory
-    ImageDraw.floodfill(padded, (0, 0), 128)  # the outside, reached from the border
-    return np.asarray(padded)[1:-1, 1:-1] != 128
-
-
-def _stem(name: str) -> str:
-    return PurePath(name).stem.casefold()
-
-
-def pair_masks(items: list[Item], mask_files: list) -> dict[int, list]:
-    """Mask uploads per scan: with one scan every mask is its; otherwise by name (``case.png`` ←
-    ``case.png``, ``case_mask.png``, ``case_mask_1.png``; several masks of one scan are merged)."""
-    readable = [item for item in items if item.scan is not None]
-    if len(readable) == 1:
-        return {readable[0].index: list(mask_files)} if mask_files else {}
-    pairs: dict[int, list] = {}
-    for mask_file in mask_files:
-        mask_stem = _stem(mask_file.name)
-        for item in readable:
-            pattern = re.escape(_stem(item.name)) + r"([ _-]?mask([ _-]?\d+)?)?"
-            if re.fullmatch(pattern, mask_stem):
-                pairs.setdefault(item.index, []).append(mask_file)
-                break
-    return pairs
-
-
 # ------------------------------------------------------------------------------------------------
 # Page sections
 # ------------------------------------------------------------------------------------------------
@@ -211,20 +144,20 @@ def model_controls() -> tuple[str, bool]:
     if not models:
         st.error("No model weights are installed (expected weights/*.safetensors); the page cannot classify.")
         st.stop()
-    promoted = jobs.active_card()
+    promoted = active_card()
 
     def label(n: str) -> str:
         if n != DEFAULT_MODEL:
             return n
-        return f"{promoted['version']} (retrained {promoted['arch']}, promoted)" if promoted else f"{n} (default)"
+        return f"{promoted.version} (retrained {promoted.arch}, promoted)" if promoted else f"{n} (default)"
 
     name = st.selectbox("Model", models, key="model", format_func=label,
                         help="Models with shipped weights; the default first (or the model promoted in its place).")
-    spec = get_spec(promoted["arch"] if promoted and name == DEFAULT_MODEL else name)
+    spec = get_spec(promoted.arch if promoted and name == DEFAULT_MODEL else name)
     if promoted and name == DEFAULT_MODEL:
-        st.caption(f"A retrained {md(promoted['arch'])} from run {md(promoted['version'])}, promoted "
-                   f"{md(promoted.get('promoted_at', '?'))} in place of the shipped {DEFAULT_MODEL}. "
-                   f"{md(promoted.get('trained_on', ''))}.")
+        st.caption(f"A retrained {md(promoted.arch)} from run {md(promoted.version)}, promoted "
+                   f"{md(promoted.promoted_at or '?')} in place of the shipped {DEFAULT_MODEL}. "
+                   f"{md(promoted.trained_on)}.")
     else:
         st.caption(spec.description)
     if spec.needs_mask:
@@ -256,8 +189,8 @@ def read_uploads(files: list) -> list[Item]:
 
         def decode(uploaded=uploaded):
             try:
-                return predict_module.read_scan(uploaded.getvalue(), name=uploaded.name), None
-            except predict_module.ScanError as error:
+                return scans.read_scan(uploaded.getvalue(), name=uploaded.name), None
+            except scans.ScanError as error:
                 return None, error
 
         scan, error = session_memo("classify_scan_cache", (digest, uploaded.name), decode)
@@ -269,7 +202,7 @@ def read_uploads(files: list) -> list[Item]:
 
 
 def attach_uploaded_masks(items: list[Item], mask_files: list) -> None:
-    pairs = pair_masks(items, mask_files)
+    pairs = pair_masks({item.index: item.name for item in items if item.scan is not None}, mask_files)
     for item in items:
         if item.scan is None:
             continue
@@ -278,8 +211,8 @@ def attach_uploaded_masks(items: list[Item], mask_files: list) -> None:
             item.notes.append("No mask file matched this scan, so it was classified from the image alone.")
             continue
         try:
-            masks = [predict_module.read_mask(f.getvalue(), item.scan.pixels.shape, name=f.name) for f in files]
-        except predict_module.ScanError as error:
+            masks = [scans.read_mask(f.getvalue(), item.scan.pixels.shape, name=f.name) for f in files]
+        except scans.ScanError as error:
             item.notes.append(f"{error} The scan was classified from the image alone.")
             continue
         item.mask = np.logical_or.reduce(masks)
@@ -303,10 +236,7 @@ def drawing_canvas(item: Item, rendered_before: str | None) -> None:
     tool = st.radio("Drawing tool", list(TOOLS), horizontal=True, key="draw_tool")
     st.caption(TOOL_HELP[tool] + " Use the canvas toolbar to undo or clear.")
     height, width = item.scan.pixels.shape
-    canvas_w = CANVAS_WIDTH
-    canvas_h = round(canvas_w * height / width)
-    if canvas_h > CANVAS_MAX_HEIGHT:
-        canvas_h, canvas_w = CANVAS_MAX_HEIGHT, round(CANVAS_MAX_HEIGHT * width / height)
+    canvas_h, canvas_w = canvas_size((height, width))
     drawings = st.session_state.setdefault("classify_drawings", {})
     saved = drawings.get(item.digest)
     if rendered_before != item.digest:  # a freshly mounted canvas starts from the saved drawing
@@ -317,7 +247,7 @@ def drawing_canvas(item: Item, rendered_before: str | None) -> None:
         fill_color=f"rgba({r}, {g}, {b}, 0.25)",
         stroke_width=3 if TOOLS[tool] == "freedraw" else 2,
         stroke_color=USER_MASK_CSS,
-        background_image=Image.fromarray(_resize_rgb(item.scan.rgb, (canvas_h, canvas_w))),
+        background_image=Image.fromarray(resize_rgb(item.scan.rgb, (canvas_h, canvas_w))),
         drawing_mode=TOOLS[tool],
         initial_drawing=st.session_state.get("classify_canvas_initial"),
         height=canvas_h,
@@ -331,10 +261,9 @@ def drawing_canvas(item: Item, rendered_before: str | None) -> None:
     rgba = np.array(rgba)
     if rgba.ndim != 3 or rgba.shape[2] != 4:
         return
-    rgba[..., 3] = np.where(_fill_enclosed(rgba[..., 3] > 0), 255, 0)
     try:
-        mask = predict_module.mask_from_drawing(rgba, (height, width))
-    except predict_module.ScanError as error:
+        mask = drawn_mask(rgba, (height, width))
+    except scans.ScanError as error:
         st.error(md(str(error)))
         return
     drawings.pop(item.digest, None)
@@ -355,7 +284,7 @@ def classify(items: list[Item], model: str) -> None:
         try:
             item.prediction = cached_prediction(model, model_key(model), site_threshold_version(), item.digest,
                                                 item.mask_key, item.scan, item.mask)
-        except predict_module.ScanError as error:
+        except scans.ScanError as error:
             item.error, item.error_type = str(error), type(error).__name__
 
 
@@ -461,10 +390,10 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
                             key=f"chart-{item.index}")
 
     size_hw = display_size(item.scan.pixels.shape)
-    rgb = _resize_rgb(item.scan.rgb, size_hw)
+    rgb = resize_rgb(item.scan.rgb, size_hw)
     outlined, legend, captions = rgb, [], []
     if prediction is not None and prediction.mode == "mask" and item.mask is not None:
-        outlined = outline(outlined, _resize_mask(item.mask, size_hw), USER_MASK_RGB)
+        outlined = outline(outlined, resize_mask(item.mask, size_hw), USER_MASK_RGB)
         legend.append(f'<span style="color:{USER_MASK_CSS}">■</span> your mask')
         captions.append("the user's mask (cyan)")
     called_normal = prediction is not None and prediction.predicted_class == "normal"
@@ -473,7 +402,7 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
             "Show the model's outline anyway", key="outline_on_normal",
             help="The model calls this scan normal, so the shape its lesion head draws is not a lesion it claims.")
     if prediction is not None and prediction.lesion_mask is not None and (not called_normal or show_anyway):
-        outlined = outline(outlined, _resize_mask(prediction.lesion_mask, size_hw), LESION_RGB)
+        outlined = outline(outlined, resize_mask(prediction.lesion_mask, size_hw), LESION_RGB)
         if called_normal:
             legend.append(f'<span style="color:{LESION_CSS}">■</span> outline drawn by the model although it calls the scan normal')
             captions.append("the outline the model drew although it calls the scan normal (amber)")
@@ -505,7 +434,7 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
         with cam_col:
             try:
                 heat = cached_grad_cam(model, model_key(model), item.digest, item.mask_key, target, size_hw, item.scan, item.mask)
-            except predict_module.ScanError as error:
+            except scans.ScanError as error:
                 st.error(md(str(error)))
             else:
                 overlay = heatmap_overlay(rgb, heat, opacity)

@@ -1,6 +1,6 @@
 """Gallery: browse the BUSI copy with its masks, folds, audit flags and the shipped model's results.
 
-Draws only; everything it shows is computed in :mod:`imagemasknet.gallery`.
+Draws only; everything it shows is computed in :mod:`imagemasknet.app.gallery`.
 """
 from __future__ import annotations
 
@@ -11,17 +11,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from imagemasknet import gallery as g
-from imagemasknet.charts import probability_chart
-from imagemasknet.data import CLASSES, DatasetNotFoundError, find_data_root, listing_fingerprint, load_arrays, load_busi
-from imagemasknet.decision import LOW_CONFIDENCE_BELOW
-from imagemasknet.data import read_mask as read_mask_files
-from imagemasknet.explain import heatmap_overlay
-from imagemasknet.paths import WEIGHTS_DIR
-from imagemasknet.predict import Prediction, Predictor, ScanError, read_scan, shipped_weights
+from imagemasknet.app import gallery as g
+from imagemasknet.app.charts import probability_chart
+from imagemasknet.data.busi import CLASSES, DatasetNotFoundError, find_data_root, listing_fingerprint, load_arrays, load_busi
+from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
+from imagemasknet.data.busi import read_mask as read_mask_files
+from imagemasknet.inference.explain import heatmap_overlay
+from imagemasknet.core.paths import WEIGHTS_DIR
+from imagemasknet.inference.predictor import Prediction, Predictor, shipped_weights
+from imagemasknet.data.scans import ScanError, read_scan
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.runs import WeightsError, file_sha256
-from imagemasknet.splits import SplitError, load_folds
+from imagemasknet.models.weights import WeightsError
+from imagemasknet.core.files import file_sha256
+from imagemasknet.data.splits import SplitError, load_folds
 from app_pages import md
 
 

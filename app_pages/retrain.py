@@ -1,5 +1,5 @@
 """Retrain: launch a training job from the TrainConfig form, watch it live, cancel it, and promote a
-finished run to the active model (or roll back). Draws only; :mod:`imagemasknet.jobs` does the work,
+finished run to the active model (or roll back). Draws only; :mod:`imagemasknet.ops.jobs` does the work,
 and the job runs as its own process, so it carries on when the browser closes.
 """
 from __future__ import annotations
@@ -9,9 +9,16 @@ import math
 import pandas as pd
 import streamlit as st
 
-from imagemasknet import access, jobs
-from imagemasknet import run_charts as rc
-from imagemasknet.config import PRESETS
+from imagemasknet.app import charts
+from imagemasknet.app import tables
+from imagemasknet.models.card import active_card, previous_card
+from imagemasknet.ops import promotion
+from imagemasknet.ops import retrain_form
+from imagemasknet.ops import train_lock
+from imagemasknet.ops import access
+
+from imagemasknet.ops import jobs
+from imagemasknet.training.config import PRESETS
 from imagemasknet.models import DEFAULT_MODEL
 from app_pages import md
 
@@ -45,7 +52,7 @@ def models_changed() -> None:
 # --- the form, drawn from TrainConfig ----------------------------------------------------------------
 
 
-def widget(field: jobs.FormField, value, key: str):
+def widget(field: retrain_form.FormField, value, key: str):
     label, help_text = field.label, field.help or None
     if field.kind == "choice":
         options = list(field.choices)
@@ -123,8 +130,8 @@ def launch_form(running: jobs.Job | None) -> None:
                           if DEFAULT_MODEL in PRESETS else 0, key="retrain_preset",
                           help="fills the form with a preset's settings (the same presets as `imagemasknet train --preset`)")
     preset_name = None if preset == NO_PRESET else preset
-    defaults = jobs.form_defaults(preset_name)
-    fields = jobs.form_fields()
+    defaults = retrain_form.form_defaults(preset_name)
+    fields = retrain_form.form_fields()
     with st.form("retrain_form", border=True):
         values = {}
         columns = st.columns(3)
@@ -140,9 +147,9 @@ def launch_form(running: jobs.Job | None) -> None:
     if not submitted:
         return
     try:
-        config = jobs.config_from_form(values, preset_name)
+        config = retrain_form.config_from_form(values, preset_name)
         started = jobs.start(config, preset_name, admin=admin())
-    except jobs.JobRunningError as error:
+    except train_lock.JobRunningError as error:
         st.warning(str(error), icon=":material/block:")
     except (ValueError, FileNotFoundError, jobs.JobError, OSError, access.AccessError) as error:
         st.error(f"Not started: {error}", icon=":material/error:")
@@ -156,23 +163,23 @@ def launch_form(running: jobs.Job | None) -> None:
 
 
 def active_model() -> None:
-    card, previous = jobs.active_card(), jobs.previous_card()
+    card, previous = active_card(), previous_card()
     with st.container(border=True, key="retrain_active"):
         if card:
-            st.markdown(f"**Active model:** `{card['version']}` ({md(card['arch'])}), promoted {md(card.get('promoted_at', '?'))}"
-                        f" — {md(card.get('trained_on', ''))}")
+            st.markdown(f"**Active model:** `{card.version}` ({md(card.arch)}), promoted {md(card.promoted_at or '?')}"
+                        f" — {md(card.trained_on)}")
         else:
             st.markdown(f"**Active model:** the shipped `{DEFAULT_MODEL}` (cross-validated; see the Training page)")
         if card and admin() is not None:
-            label = f"Roll back to {previous['version']}" if previous else "Roll back to the shipped model"
+            label = f"Roll back to {previous.version}" if previous else "Roll back to the shipped model"
             if st.button(label, icon=":material/undo:", key="retrain_rollback"):
                 try:
-                    restored = jobs.rollback(admin=admin())
+                    restored = promotion.rollback(admin=admin())
                 except (jobs.JobError, access.AccessError) as error:
                     st.error(str(error))
                 else:
                     models_changed()
-                    flash("success", f"Rolled back: {restored['version'] if restored else 'the shipped model'} is the "
+                    flash("success", f"Rolled back: {restored.version if restored else 'the shipped model'} is the "
                                      "active model again.")
                     st.rerun()
 
@@ -181,9 +188,9 @@ def active_model() -> None:
 
 
 def finished_panel(job: jobs.Job) -> None:
-    card = jobs.active_card()
-    rows = jobs.comparison(job.name)
-    active_title = f"promoted run {card['version']}" if card else f"shipped {DEFAULT_MODEL} (cross-validation mean)"
+    card = active_card()
+    rows = promotion.comparison(job.name)
+    active_title = f"promoted run {card.version}" if card else f"shipped {DEFAULT_MODEL} (cross-validation mean)"
     if rows:
         table = pd.DataFrame(rows).rename(columns={"active": "active model", "run": "this run"})
         st.markdown(f"**Held-out metrics** — this run beside the active model ({md(active_title)})")
@@ -192,7 +199,7 @@ def finished_panel(job: jobs.Job) -> None:
         st.caption("The shipped model's numbers are 5-fold cross-validation means on all of BUSI; a run's are its last "
                    "epoch on its own held-out fold (a subset when `limit` was set) or its evaluation, so small "
                    "differences are noise.")
-    if card and card.get("version") == job.name:
+    if card and card.version == job.name:
         st.success(f"{job.name} is the active model.", icon=":material/verified:")
         return
     if admin() is None:
@@ -211,16 +218,16 @@ def _promotion_closed() -> None:
 @st.dialog("Promote to the active model?", width="large", on_dismiss=_promotion_closed)
 def confirm_promotion(name: str) -> None:
     """The candidate beside the active model, what speaks against it, and an explicit confirmation."""
-    card = jobs.active_card()
+    card = active_card()
     st.markdown(f"**{md(name)}** would replace the active model, "
-                f"{md(card['version']) if card else 'the shipped ' + md(DEFAULT_MODEL)}, for every user of this app.")
-    rows = jobs.comparison(name)
+                f"{md(card.version) if card else 'the shipped ' + md(DEFAULT_MODEL)}, for every user of this app.")
+    rows = promotion.comparison(name)
     if rows:
         table = pd.DataFrame(rows).rename(columns={"active": "active model", "run": "this run"})
-        table["metric"] = table["metric"].map(rc.plain)
+        table["metric"] = table["metric"].map(tables.plain)
         st.dataframe(table, hide_index=True, width="stretch", column_config={
             c: st.column_config.NumberColumn(format="%.3f") for c in ("active model", "this run", "difference")})
-    concerns = jobs.promotion_concerns(name)
+    concerns = promotion.promotion_concerns(name)
     reason = ""
     for concern in concerns:
         st.warning(f"Not recommended: {md(concern)}.", icon=":material/warning:")
@@ -231,7 +238,7 @@ def confirm_promotion(name: str) -> None:
     left, right = st.columns(2)
     if left.button("Promote", type="primary", disabled=not ready, icon=":material/upgrade:", key=f"confirm:{name}"):
         try:
-            jobs.promote(name, admin=admin(), override=reason or None)
+            promotion.promote(name, admin=admin(), override=reason or None)
         except (jobs.JobError, access.AccessError) as error:
             st.error(str(error), icon=":material/error:")
         else:
@@ -283,9 +290,9 @@ def watch() -> None:
         history = job.history
         if history:
             left, right = st.columns(2)
-            left.plotly_chart(rc.curves_figure({job.name: history}, "loss", height=320), config=PLOT_CONFIG,
+            left.plotly_chart(charts.curves_figure({job.name: history}, "loss", height=320), config=PLOT_CONFIG,
                               key=f"loss:{job.name}:{len(history)}")
-            right.plotly_chart(rc.curves_figure({job.name: history}, "accuracy", height=320), config=PLOT_CONFIG,
+            right.plotly_chart(charts.curves_figure({job.name: history}, "accuracy", height=320), config=PLOT_CONFIG,
                                key=f"acc:{job.name}:{len(history)}")
         elif state in jobs.ACTIVE_STATES:
             st.caption("Curves appear after the first epoch.")

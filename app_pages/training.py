@@ -1,5 +1,5 @@
 """Training: the shipped model's card, every run folder, per-epoch curves, evaluation charts and the
-per-fold spread of cross-validation runs. Draws only; :mod:`imagemasknet.run_charts` computes.
+per-fold spread of cross-validation runs. Draws only; :mod:`imagemasknet.app.run_charts` computes.
 """
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from imagemasknet import audit_log, jobs
-from imagemasknet import run_charts as rc
+from imagemasknet.app import charts
+from imagemasknet.app import tables
+from imagemasknet.core import run_folder
+from imagemasknet.ops import audit_log
+
+from imagemasknet.ops import jobs
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.paths import WEIGHTS_DIR, runs_root
+from imagemasknet.models.card import ModelCard, ModelCardError
+from imagemasknet.core.paths import WEIGHTS_DIR, runs_root
 
 
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -33,22 +38,25 @@ def _stamp(root: Path) -> tuple:
 
 
 @st.cache_data(show_spinner="Reading run folders…", max_entries=8)
-def load_runs(folder: str, root: str, stamp: tuple) -> list[rc.RunFolder]:
-    return rc.scan_runs(folder, inside=root)
+def load_runs(folder: str, root: str, stamp: tuple) -> list[run_folder.RunFolder]:
+    return run_folder.scan_runs(folder, inside=root)
 
 
 def highlighted(table: pd.DataFrame) -> "pd.io.formats.style.Styler":
     """Marks the malignant-sensitivity row."""
     def mark(row):
-        chosen = row.get("metric") == rc.HIGHLIGHTED or row.get("cross-validation metric") == rc.HIGHLIGHTED
+        chosen = row.get("metric") == tables.HIGHLIGHTED or row.get("cross-validation metric") == tables.HIGHLIGHTED
         return ["background-color: #FFF3D6; font-weight: 600" if chosen else ""] * len(row)
 
     return table.style.apply(mark, axis=1)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def load_card(path: str, mtime_ns: int) -> tuple[dict | None, str | None]:
-    return rc.read_json_checked(Path(path), dict)
+def load_card(path: str, mtime_ns: int) -> tuple[ModelCard | None, str | None]:
+    try:
+        return ModelCard.read(Path(path)), None
+    except ModelCardError as error:
+        return None, str(error)
 
 
 st.title("Training")
@@ -58,46 +66,21 @@ card_path = WEIGHTS_DIR / f"{DEFAULT_MODEL}.json"
 card, card_problem = load_card(str(card_path), card_path.stat().st_mtime_ns if card_path.exists() else 0)
 with st.container(border=True, key="model_card"):
     if card is None:
-        st.warning(f"No model card for the shipped model: {card_problem}.")
+        st.warning(f"No model card for the shipped model: {card_problem}")
     else:
-        st.subheader(f"Shipped model: {card.get('name', DEFAULT_MODEL)}"
-                     + (f" · version {card['version']}" if card.get("version") else ""))
-        if str(card.get("version", "")).lower() == "provisional" or card.get("note"):
-            st.info(card.get("note") or "This model card is provisional.", icon=":material/info:")
-        architecture = card.get("architecture")
-        facts = {}
-        if isinstance(architecture, dict):
-            facts["architecture"] = architecture.get("name", "?") + (
-                f" ({architecture['parameters']:,} parameters)" if isinstance(architecture.get("parameters"), int) else "")
-            if architecture.get("description"):
-                facts["design"] = architecture["description"]
-        elif architecture:
-            facts["architecture"] = str(architecture)
-        pretrained = card.get("pretrained")
-        if isinstance(pretrained, dict):
-            facts["pretrained weights"] = (
-                f"{pretrained.get('dataset', 'ImageNet')} from the pip package `{pretrained.get('package')}` "
-                f"{pretrained.get('version', '')} (sha256 {str(pretrained.get('sha256', ''))[:12]}…, "
-                f"{pretrained.get('licence', 'licence unknown')}); trained at {pretrained.get('input_size')} px, "
-                f"{pretrained.get('channels')} channels, mean {pretrained.get('mean')}, std {pretrained.get('std')}. "
-                f"Adapted: {pretrained.get('adapted', '')}")
-        elif "pretrained" in card:
-            facts["pretrained weights"] = "none: trained from scratch"
-        for key in ("trained_on", "storage", "date"):
-            if card.get(key):
-                facts[key.replace("_", " ")] = card[key]
-        if isinstance(card.get("temperature"), dict):
-            facts["temperature"] = ", ".join(f"{m} {t:.2f}" for m, t in card["temperature"].items()
-                                             if isinstance(t, (int, float)))
+        st.subheader(f"Shipped model: {card.name}" + (f" · version {card.version}" if card.version else ""))
+        if card.provisional:
+            st.info(card.note or "This model card is provisional.", icon=":material/info:")
+        facts = tables.card_facts(card)
         if facts:
             st.markdown("  \n".join(f"**{k}:** {v}" for k, v in facts.items()))
-        card_table = rc.card_rows(card)
+        card_table = tables.card_rows(card)
         if card_table:
             st.markdown("**5-fold cross-validation on BUSI** (duplicate-aware folds; mean ± std over folds)")
             st.dataframe(highlighted(pd.DataFrame(card_table).rename(columns={"metric": "cross-validation metric"})),
                          hide_index=True, width="stretch")
-        protocol = rc.card_protocol_rows(card)
-        external = rc.card_external_rows(card)
+        protocol = tables.card_protocol_rows(card)
+        external = tables.card_external_rows(card)
         if protocol:  # one under the other: side by side, their columns did not fit a 1280-px window
             st.markdown("**Study protocol** (tested on the images it trained on; optimistic, for comparison)")
             st.dataframe(pd.DataFrame(protocol).rename(columns={"metric": "study-protocol metric"}),
@@ -105,25 +88,21 @@ with st.container(border=True, key="model_card"):
         if external:
             st.markdown("**External data** (never trained on)")
             st.dataframe(pd.DataFrame(external), hide_index=True, width="stretch")
-        for key, title in (("intended_use", "Intended use"), ("limitations", "Limitations")):
-            value = card.get(key)
-            if value:
-                with st.expander(title):
-                    if isinstance(value, list):
-                        st.markdown("\n".join(f"- {item}" for item in value))
-                    elif isinstance(value, dict):
-                        st.json(value)
-                    else:
-                        st.markdown(str(value))
+        if card.intended_use:
+            with st.expander("Intended use"):
+                st.markdown(card.intended_use)
+        if card.limitations:
+            with st.expander("Limitations"):
+                st.markdown("\n".join(f"- {item}" for item in card.limitations))
 
 # --- the shipped model's own training curves (shipped beside its weights, so a fresh clone has them) -------
-shipped_history = rc.shipped_history(WEIGHTS_DIR, DEFAULT_MODEL)
+shipped_history = run_folder.shipped_history(WEIGHTS_DIR, DEFAULT_MODEL)
 if shipped_history:
     with st.expander(f"Training curves of the shipped model ({len(shipped_history)} epochs)", expanded=False):
         left, right = st.columns(2)
         histories = {f"{DEFAULT_MODEL} (shipped)": shipped_history}
-        left.plotly_chart(rc.curves_figure(histories, "loss", ["train", "validation"]), config=PLOT_CONFIG, key="s_loss")
-        right.plotly_chart(rc.curves_figure(histories, "accuracy", ["train", "validation"]), config=PLOT_CONFIG,
+        left.plotly_chart(charts.curves_figure(histories, "loss", ["train", "validation"]), config=PLOT_CONFIG, key="s_loss")
+        right.plotly_chart(charts.curves_figure(histories, "accuracy", ["train", "validation"]), config=PLOT_CONFIG,
                            key="s_accuracy")
         st.caption("Trained on all BUSI scans but a duplicate-aware 10 % validation split, which these curves also "
                    "show; its test figures are the cross-validation's above.")
@@ -147,8 +126,8 @@ with st.expander(f"Audit log: launches, cancels, finishes, failures, promotions,
 # Only folders under the server's results root ($IMAGEMASKNET_RUNS, default ./runs) are offered, by name:
 # a visitor never types a path, so nothing outside the root is read or even tested for existence.
 root = runs_root()
-folders = rc.results_folders(root)
-runs: list[rc.RunFolder] = []
+folders = run_folder.results_folders(root)
+runs: list[run_folder.RunFolder] = []
 if not folders:
     st.info("No training runs yet on this server. Train one with `imagemasknet train --preset lesion-effnet-lite0`, "
             "or from the Retrain page; its curves and evaluations then appear here.", icon=":material/info:")
@@ -157,7 +136,7 @@ else:
                                  format_func=lambda n: "all runs (the results root)" if n == "" else n,
                                  help="The server's results folder and the sub-folders in it that hold run folders "
                                       "(set by the operator with IMAGEMASKNET_RUNS).")
-    folder = rc.results_folder(root, chosen_folder)
+    folder = run_folder.results_folder(root, chosen_folder)
     if folder is not None:
         try:
             runs = load_runs(str(folder), str(root), _stamp(folder))
@@ -167,11 +146,11 @@ else:
         st.info("No run folders here yet. Train one with `imagemasknet train --preset lesion-effnet-lite0`, or from "
                 "the Retrain page.", icon=":material/info:")
 
-def show_runs(runs: list[rc.RunFolder]) -> None:
+def show_runs(runs: list[run_folder.RunFolder]) -> None:
     """The runs table, their curves, and one run's evaluation and log."""
     by_name = {r.name: r for r in runs}
     st.subheader(f"Runs ({len(runs)})")
-    st.dataframe(pd.DataFrame([r.summary() for r in runs]), hide_index=True, width="stretch",
+    st.dataframe(pd.DataFrame([tables.run_row(r) for r in runs]), hide_index=True, width="stretch",
                  column_config={"run": st.column_config.TextColumn(width="medium")})
     incomplete = [r for r in runs if r.problems or r.state != "finished"]
     for run in incomplete:
@@ -200,19 +179,19 @@ def show_runs(runs: list[rc.RunFolder]) -> None:
             loss_tab, scores_tab, extra_tab = st.tabs(["Loss & accuracy", "Precision, recall, F1", "AUC & lesion Dice"])
             with loss_tab:
                 left, right = st.columns(2)
-                left.plotly_chart(rc.curves_figure(histories, "loss", splits, modes), config=PLOT_CONFIG, key="c_loss")
-                right.plotly_chart(rc.curves_figure(histories, "accuracy", splits, modes), config=PLOT_CONFIG,
+                left.plotly_chart(charts.curves_figure(histories, "loss", splits, modes), config=PLOT_CONFIG, key="c_loss")
+                right.plotly_chart(charts.curves_figure(histories, "accuracy", splits, modes), config=PLOT_CONFIG,
                                    key="c_accuracy")
             with scores_tab:
                 st.caption("Precision, recall and F1 are macro averages over the three classes (not recorded for training).")
                 columns = st.columns(3)
                 for column, metric in zip(columns, ("macro_precision", "macro_recall", "macro_f1")):
-                    column.plotly_chart(rc.curves_figure(histories, metric, splits, modes, height=360), config=PLOT_CONFIG,
+                    column.plotly_chart(charts.curves_figure(histories, metric, splits, modes, height=360), config=PLOT_CONFIG,
                                         key=f"c_{metric}")
             with extra_tab:
                 left, right = st.columns(2)
-                left.plotly_chart(rc.curves_figure(histories, "macro_auc", splits, modes), config=PLOT_CONFIG, key="c_auc")
-                right.plotly_chart(rc.curves_figure(histories, "lesion_dice", splits, modes), config=PLOT_CONFIG,
+                left.plotly_chart(charts.curves_figure(histories, "macro_auc", splits, modes), config=PLOT_CONFIG, key="c_auc")
+                right.plotly_chart(charts.curves_figure(histories, "lesion_dice", splits, modes), config=PLOT_CONFIG,
                                    key="c_dice")
 
     # --- one run's evaluation ----------------------------------------------------------------------------
@@ -242,21 +221,21 @@ def show_runs(runs: list[rc.RunFolder]) -> None:
                                    format_func=lambda f: f"{f}.json — {run.metrics[f].get('evaluated_on', '')}")
         report = run.metrics[report_name]
         st.caption(f"{report.get('n', '?')} scans; 95 % bootstrap confidence intervals in brackets.")
-        st.dataframe(pd.DataFrame(rc.metrics_wide(report)), hide_index=True)
+        st.dataframe(pd.DataFrame(tables.metrics_wide(report)), hide_index=True)
         for mode, result in report.get("modes", {}).items():
             st.markdown(f"**Mode: {mode}**" + (f" — temperature {result['temperature']:.2f}"
                                                if isinstance(result.get("temperature"), (int, float)) else ""))
             left, middle, right = st.columns(3)
             if result.get("confusion"):
-                left.plotly_chart(rc.confusion_figure(result["confusion"], title=f"Confusion matrix ({mode})"),
+                left.plotly_chart(charts.confusion_figure(result["confusion"], title=f"Confusion matrix ({mode})"),
                                   config=PLOT_CONFIG, key=f"cm_{mode}")
-            aucs = {c: rc._value(result.get("metrics", {}).get(f"auc_{c}")) for c in result.get("roc", {})}
+            aucs = {c: tables.value_of(result.get("metrics", {}).get(f"auc_{c}")) for c in result.get("roc", {})}
             if result.get("roc"):
-                middle.plotly_chart(rc.roc_figure(result["roc"], aucs, title=f"ROC, one class vs rest ({mode})"),
+                middle.plotly_chart(charts.roc_figure(result["roc"], aucs, title=f"ROC, one class vs rest ({mode})"),
                                     config=PLOT_CONFIG, key=f"roc_{mode}")
             if result.get("reliability"):
-                ece = rc._value(result.get("metrics", {}).get("ece"))
-                right.plotly_chart(rc.reliability_figure(result["reliability"], f"Reliability ({mode})", ece),
+                ece = tables.value_of(result.get("metrics", {}).get("ece"))
+                right.plotly_chart(charts.reliability_figure(result["reliability"], f"Reliability ({mode})", ece),
                                    config=PLOT_CONFIG, key=f"rel_{mode}")
     log = ""
     try:
@@ -272,15 +251,15 @@ if runs:
     show_runs(runs)
 
 # --- cross-validation spread -------------------------------------------------------------------------
-groups = rc.cv_groups(runs)
-card_folds = rc.card_fold_values(card or {})
+groups = run_folder.cv_groups(runs)
+card_folds = tables.card_fold_values(card or {})
 if groups or card_folds:
     st.subheader("Cross-validation: per-fold spread")
-    metric = st.selectbox("Metric", list(rc.METRIC_NAMES), key="t_cv_metric", format_func=rc.METRIC_NAMES.get)
-    rows = [row for members in groups.values() for row in rc.fold_values(members, metric)]
-    rows += rc.card_fold_values(card or {}, metric)
-    st.plotly_chart(rc.fold_spread_figure(rows, metric), config=PLOT_CONFIG, key="cv_spread")
+    metric = st.selectbox("Metric", list(tables.METRIC_NAMES), key="t_cv_metric", format_func=tables.METRIC_NAMES.get)
+    rows = [row for members in groups.values() for row in tables.fold_values(members, metric)]
+    rows += tables.card_fold_values(card or {}, metric)
+    st.plotly_chart(charts.fold_spread_figure(rows, metric), config=PLOT_CONFIG, key="cv_spread")
     if rows:
-        st.dataframe(pd.DataFrame(rc.spread_summary(rows)), hide_index=True)
+        st.dataframe(pd.DataFrame(tables.spread_summary(rows)), hide_index=True)
         sources = sorted({r["source"] for r in rows})
         st.caption("Each point is one fold's test result; from " + ", ".join(sources) + ".")

@@ -34,9 +34,10 @@ from e2e_helpers import (  # noqa: E402
     running_server, wait_idle,
 )
 
-from imagemasknet.data import find_data_root  # noqa: E402
-from imagemasknet.predict import Predictor, read_scan  # noqa: E402
-from imagemasknet.runs import write_json  # noqa: E402
+from imagemasknet.data.busi import find_data_root  # noqa: E402
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.data.scans import read_scan
+from imagemasknet.core.files import write_json  # noqa: E402
 
 
 def interleaved_scans(root: Path) -> list[Path]:

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagemasknet.data import CLASSES, Arrays, load_arrays, load_dataset
-from imagemasknet.decision import TARGET_SENSITIVITY, flag_figures, sensitivity_threshold
-from imagemasknet.evaluate import predict_arrays
-from imagemasknet.familiarity import Familiarity
-from imagemasknet.metrics import softmax
-from imagemasknet.owndata import load_training_data
-from imagemasknet.predict import Predictor
-from imagemasknet.runs import file_sha256, read_json
-from imagemasknet.transforms import augment_pair, build_augmentation
+from imagemasknet.data.busi import CLASSES, Arrays, load_arrays, load_dataset
+from imagemasknet.evaluation.decision import TARGET_SENSITIVITY, flag_figures, sensitivity_threshold
+from imagemasknet.evaluation.evaluate import predict_arrays
+from imagemasknet.inference.familiarity import Familiarity
+from imagemasknet.evaluation.metrics import softmax
+from imagemasknet.data.owndata import load_training_data
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.core.files import file_sha256, read_json
+from imagemasknet.data.transforms import augment_pair, build_augmentation
 
 MALIGNANT = CLASSES.index("malignant")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from imagemasknet.config import PRECISIONS, preset
-from imagemasknet.runs import read_json
-from imagemasknet.train import train
+from imagemasknet.training.config import PRECISIONS, preset
+from imagemasknet.core.files import read_json
+from imagemasknet.training.trainer import train
 
 
 def main() -> None:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from cross_validation import job_commands
 
-from imagemasknet.config import PRECISIONS
-from imagemasknet.runs import Run, read_json, write_json
+from imagemasknet.training.config import PRECISIONS
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.core.files import read_json, write_json
 
 PRESET = "lesion-resunet"
 
@@ -38,7 +39,7 @@ def run_fold(out: Path, fold: int, precision: str) -> Path:
     run = out / f"{PRESET}-fold{fold}-{precision}"
     train, evaluate = job_commands(run, PRESET, ["--fold", str(fold), "--precision", precision],
                                    argparse.Namespace(busbra=None, resamples=1000))
-    if Run(run).state != "finished":
+    if RunFolder(run).state != "finished":
         print(f"training fold {fold} with {precision} into {run} …", flush=True)
         subprocess.run(train, check=True)
     if not (run / "metrics-test.json").exists():

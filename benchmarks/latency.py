@@ -14,8 +14,9 @@ import time
 
 import torch
 
-from imagemasknet.data import load_busi
-from imagemasknet.predict import Predictor, available_models, read_scan, training_data_index
+from imagemasknet.data.busi import load_busi
+from imagemasknet.inference.predictor import Predictor, available_models, training_data_index
+from imagemasknet.data.scans import read_scan
 
 
 def median_ms(call, runs: int) -> float:

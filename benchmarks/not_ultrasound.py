@@ -162,7 +162,7 @@ def main() -> int:
         if not refused(record):
             missed.append({"file": os.path.relpath(record["file"], args.out), "outcome": record.get("error", {}).get("type")
                            or record.get("predicted_class")})
-    from imagemasknet.data import find_data_root, load_busi, load_dataset
+    from imagemasknet.data.busi import find_data_root, load_busi, load_dataset
 
     busi = load_busi(find_data_root())
     scans = {"busi": [str(c.image_path) for c in busi.cases]}
@@ -181,7 +181,7 @@ def main() -> int:
     }
     print(json.dumps(result, indent=2))
     if args.json:
-        from imagemasknet.runs import write_json
+        from imagemasknet.core.files import write_json
 
         write_json(args.json, result)
     return 0

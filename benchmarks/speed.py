@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
-from imagemasknet.config import preset
-from imagemasknet.data import load_arrays, load_busi
+from imagemasknet.training.config import preset
+from imagemasknet.data.busi import load_arrays, load_busi
 from imagemasknet.models import build_model, get_spec
-from imagemasknet.predict import Predictor, read_scan
-from imagemasknet.runs import save_weights, write_json
-from imagemasknet.splits import load_folds
-from imagemasknet.train import ScanDataset, TrainingStep
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.data.scans import read_scan
+from imagemasknet.models.weights import save_weights
+from imagemasknet.core.files import write_json
+from imagemasknet.data.splits import load_folds
+from imagemasknet.training.trainer import ScanDataset, TrainingStep
 
 from latency import median_ms
 

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from imagemasknet.data import find_data_root
+from imagemasknet.data.busi import find_data_root
 
 
 def busi_images(root: Path) -> list[Path]:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imagemasknet.data import content_fingerprint, load_busi
+from imagemasknet.data.busi import content_fingerprint, load_busi
 from imagemasknet.models import count_parameters, get_spec
-from imagemasknet.decision import LOW_CONFIDENCE_BELOW, is_low_confidence
-from imagemasknet.paths import WEIGHTS_DIR
-from imagemasknet.predict import Predictor, familiarity_path
-from imagemasknet.runs import read_json, save_weights, write_json
-from imagemasknet.splits import DEFAULT_SPLIT, load_folds
+from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW, is_low_confidence
+from imagemasknet.core.paths import WEIGHTS_DIR
+from imagemasknet.inference.predictor import Predictor, familiarity_path
+from imagemasknet.core.files import read_json, write_json
+from imagemasknet.models.weights import save_weights
+from imagemasknet.data.splits import DEFAULT_SPLIT, load_folds
 
 from decisions import decision_material
 
@@ -67,10 +68,10 @@ def checkpoint_rules(run: Path, mode: str) -> dict[str, float]:
 
 def validation_halves(run: Path, checkpoint: str, mode: str) -> list[float]:
     """A checkpoint's loss on each half of the run's validation scans (the halves history.json records)."""
-    from imagemasknet.data import load_arrays
-    from imagemasknet.evaluate import predict_arrays
-    from imagemasknet.owndata import load_training_data
-    from imagemasknet.train import heldout_metrics
+    from imagemasknet.data.busi import load_arrays
+    from imagemasknet.evaluation.evaluate import predict_arrays
+    from imagemasknet.data.owndata import load_training_data
+    from imagemasknet.training.trainer import heldout_metrics
 
     predictor = Predictor.from_run(run, checkpoint, device="cpu")
     config = predictor.card["config"]
@@ -200,7 +201,7 @@ def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: st
                           check_training_data=False)
     save_weights(target, predictor.model, {"arch": spec.name, "run": run.name}, half=True)
     target.chmod(0o644)  # installed with the package: readable by every user
-    from imagemasknet.predict import read_scan
+    from imagemasknet.data.scans import read_scan
 
     by_id = data.by_id()
     reference = []

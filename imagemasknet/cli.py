@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import PRESETS, TrainConfig, preset
+from imagemasknet.training.config import PRESETS, TrainConfig, preset
 
 
 def _optional_int(text: str) -> int | None:
@@ -40,8 +40,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .train import Terminated, resume_config, train
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
+    from imagemasknet.training import distributed
+    from imagemasknet.training.trainer import Terminated, resume_config, train
 
     if args.resume:
         given = [f.name for f in fields(TrainConfig) if getattr(args, f.name, None) is not None]
@@ -71,12 +72,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_cv(args: argparse.Namespace) -> int:
     """``evaluate --cv RUN ...``: each fold run on its own test split, merged into one CV report."""
-    from .data import load_arrays
-    from .evaluate import cross_validation_report, format_cv_report, predict_arrays
-    from .models import get_spec
-    from .owndata import load_training_data
-    from .runs import load_model, read_json, run_temperatures, write_json
-    from .device import pick_device
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
+    from imagemasknet.data.busi import load_arrays
+    from imagemasknet.evaluation.evaluate import cross_validation_report, format_cv_report, predict_arrays
+    from imagemasknet.models import get_spec
+    from imagemasknet.data.owndata import load_training_data
+    from imagemasknet.models.weights import load_model
+    from imagemasknet.core.files import read_json, write_json
+    from imagemasknet.core.run_folder import RunFolder
+    from imagemasknet.core.device import pick_device
 
     device = pick_device(args.device)
     decoded: dict[tuple, object] = {}
@@ -99,7 +103,7 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
         arrays = decoded[key].take(ids)
         folds.append({"run": str(run_dir), "fold": config.get("fold"),
                       "predictions": {m: predict_arrays(model, spec, arrays, m, device) for m in modes},
-                      "temperatures": {} if args.uncalibrated else run_temperatures(run_dir)})
+                      "temperatures": {} if args.uncalibrated else RunFolder(run_dir).temperatures})
     if len(archs) > 1:
         raise SystemExit(f"--cv merges the folds of one model; these runs train {', '.join(sorted(archs))}")
     arch = archs.pop()
@@ -113,17 +117,21 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     import numpy as np
 
     if getattr(args, "cv", None):
         return cmd_evaluate_cv(args)
 
-    from .data import load_arrays, load_dataset
-    from .evaluate import evaluate_model, format_report
-    from .models import get_spec
-    from .runs import load_model, read_json, run_temperatures, write_json
-    from .splits import resolve_split
-    from .device import pick_device
+    from imagemasknet.data.busi import load_arrays, load_dataset
+    from imagemasknet.evaluation.evaluate import evaluate_model, format_report
+    from imagemasknet.models import get_spec
+    from imagemasknet.models.weights import load_model
+    from imagemasknet.core.files import read_json, write_json
+    from imagemasknet.core.run_folder import RunFolder
+    from imagemasknet.models.card import ModelCard
+    from imagemasknet.data.splits import resolve_split
+    from imagemasknet.core.device import pick_device
 
     device = pick_device(args.device)
     if args.run:
@@ -133,13 +141,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise SystemExit(f"{run_dir} is not a run folder (no config.json)")
         arch, image_size = config["arch"], config["image_size"]
         weights = run_dir / f"{args.checkpoint}.safetensors"
-        temperatures = run_temperatures(run_dir)
+        temperatures = RunFolder(run_dir).temperatures
     else:
         if not (args.weights and args.arch):
             raise SystemExit("give --run DIR, or --weights FILE with --arch NAME")
         arch, image_size, weights = args.arch, args.image_size, Path(args.weights)
-        card = read_json(weights.with_suffix(".json"), {}) or {}
-        temperatures = {m: float(t) for m, t in card.get("temperature", {}).items()}
+        card_path = weights.with_suffix(".json")  # a card beside the weights calibrates them
+        temperatures = ModelCard.read(card_path).temperature if card_path.exists() else {}
     if args.uncalibrated:
         temperatures = {}
     spec = get_spec(arch)
@@ -149,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(f"{arch} has no '{unsupported[0]}' mode; it supports: {', '.join(spec.modes)}")
 
     if args.run and not args.data:
-        from .owndata import load_training_data
+        from imagemasknet.data.owndata import load_training_data
 
         data = load_training_data(config.get("data"), config.get("data_mode", "replace"))
     else:
@@ -157,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for problem in data.report.problems:
         print(f"warning: {problem.message}", file=sys.stderr)
     if args.data and "mask" in modes:
-        from .owndata import lesions_without_masks
+        from imagemasknet.data.owndata import lesions_without_masks
 
         unmasked = lesions_without_masks(data)
         if unmasked and args.mode == "both" and len(modes) > 1:
@@ -209,13 +217,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(Path(args.json), result)
     if args.data:
-        from .owndata import write_owndata_report
+        from imagemasknet.evaluation.site_threshold import write_owndata_report
 
         print(f"report: {write_owndata_report(result, Path(args.data).resolve(), arch, str(weights))}")
     elif args.run and not args.json:
         write_json(run_dir / "metrics.json", result)
     if args.save_threshold is not None:
-        from .owndata import save_site_threshold, site_threshold_record
+        from imagemasknet.evaluation.site_threshold import save_site_threshold, site_threshold_record
 
         record = site_threshold_record(result, Path(args.data).resolve() if args.data else source, arch, str(weights))
         print(f"site threshold ({record['mode']} mode, P(malignant) >= {record['threshold']:.4f}) saved to "
@@ -224,9 +232,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit, format_table
-    from .data import load_busi
-    from .runs import write_json
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
+    from imagemasknet.data.duplicates import audit, format_table
+    from imagemasknet.data.busi import load_busi
+    from imagemasknet.core.files import write_json
 
     data = load_busi(args.data)
     result = audit(data, progress=True)
@@ -237,11 +246,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from collections import Counter
 
-    from .audit import audit, duplicate_groups
-    from .data import load_busi
-    from .splits import DEFAULT_SPLIT, make_folds, manifest_groups, merge_groups, write_split_file
+    from imagemasknet.data.duplicates import audit, duplicate_groups
+    from imagemasknet.data.busi import load_busi
+    from imagemasknet.data.splits import DEFAULT_SPLIT, make_folds, manifest_groups, merge_groups, write_split_file
 
     data = load_busi(args.data)
     found = duplicate_groups(audit(data, progress=True))
@@ -259,9 +269,10 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_verify(args: argparse.Namespace) -> int:
-    from .data import find_data_root
-    from .runs import write_json
-    from .verify import verify
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
+    from imagemasknet.data.busi import find_data_root
+    from imagemasknet.core.files import write_json
+    from imagemasknet.data.verify import verify
 
     report = verify(find_data_root(args.data))
     print(report.format())
@@ -286,11 +297,12 @@ def _describe(record: dict) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from tqdm import tqdm
 
-    from .predict import Predictor
-    from .runs import WeightsError
-    from .stream import RecordWriter, iter_records, predict_to_file, read_file_list, scan_files
+    from imagemasknet.inference.predictor import Predictor
+    from imagemasknet.models.weights import WeightsError
+    from imagemasknet.inference.stream import RecordWriter, iter_records, predict_to_file, read_file_list, scan_files
 
     if args.resume and not args.out:
         print("error: --resume continues an --out file; give --out FILE", file=sys.stderr)
@@ -337,7 +349,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import count_parameters, build_model, get_spec, list_models
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
+    from imagemasknet.models import count_parameters, build_model, get_spec, list_models
 
     width = max(len(n) for n in list_models())
     for name in list_models():
@@ -350,7 +363,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_admin_set_password(args: argparse.Namespace) -> int:
-    from . import access
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
+    from imagemasknet.ops import access
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -479,9 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     import os
 
-    from .verify import SKIP_ENV
+    from imagemasknet.data.verify import SKIP_ENV
 
     previous = os.environ.get(SKIP_ENV)
     if getattr(args, "no_verify", False):

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import imagemasknet.data as data_module
+import imagemasknet.data.busi as data_module
 from e2e_helpers import ADMIN_PASSWORD
-from imagemasknet import access
+from imagemasknet.ops import access
 
 # The test machine has two cores shared with other work; intra-op threads then fight over them and a
 # tiny training run takes 5-7x longer than on one thread. IMAGEMASKNET_TEST_THREADS overrides.

@@ -15,10 +15,17 @@ from pathlib import Path
 import pytest
 
 from e2e_helpers import ADMIN_PASSWORD
-from imagemasknet import access, audit_log, cli, jobs
-from imagemasknet.config import TrainConfig
+from imagemasknet.core import paths
+from imagemasknet.ops import promotion
+from imagemasknet.ops import retrain_form
+from imagemasknet.ops import train_lock
+from imagemasknet.ops import access
+from imagemasknet.ops import audit_log
+from imagemasknet import cli
+from imagemasknet.ops import jobs
+from imagemasknet.training.config import TrainConfig
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.runs import file_sha256
+from imagemasknet.core.files import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = {"epochs": 1, "limit": 20, "image_size": 64, "fold": 0}
@@ -148,16 +155,16 @@ def test_unauthenticated_calls_are_refused_by_the_functions(configured, monkeypa
     if configured:
         monkeypatch.setenv(access.HASH_ENV, admin_hash)
     monkeypatch.setenv("IMAGEMASKNET_DATA", str(busi_root))
-    config = jobs.config_from_form(QUICK)
+    config = retrain_form.config_from_form(QUICK)
     fake = access.AdminSession(0.0, 9e12, "f" * 32, "f" * 64)
     for session in (None, fake):
-        calls = [lambda: jobs.start(config, admin=session), lambda: jobs.promote("any-run", admin=session),
-                 lambda: jobs.rollback(admin=session), lambda: jobs.cancel("any-run", admin=session)]
+        calls = [lambda: jobs.start(config, admin=session), lambda: promotion.promote("any-run", admin=session),
+                 lambda: promotion.rollback(admin=session), lambda: jobs.cancel("any-run", admin=session)]
         for call in calls:
             with pytest.raises(access.NotConfiguredError if not configured else access.AccessError):
                 call()
-    assert jobs.current_job() is None and not jobs.lock_path().exists()  # nothing was launched
-    assert not jobs.active_path().exists()
+    assert jobs.current_job() is None and not train_lock.lock_path().exists()  # nothing was launched
+    assert not paths.active_path().exists()
 
 
 def test_path_traversal_in_any_field_is_refused(monkeypatch, admin, busi_root):
@@ -170,13 +177,13 @@ def test_path_traversal_in_any_field_is_refused(monkeypatch, admin, busi_root):
     ]
     for values in attempts:
         with pytest.raises(ValueError):
-            jobs.config_from_form({**QUICK, **values})
+            retrain_form.config_from_form({**QUICK, **values})
     # a config built by hand with a path in it is refused by start itself
     with pytest.raises(ValueError, match="out_dir"):
-        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "out_dir": "../../tmp/x"}), admin=admin)
+        jobs.start(TrainConfig(**{**retrain_form.config_from_form(QUICK).to_dict(), "out_dir": "../../tmp/x"}), admin=admin)
     for name in ("../outside", "..", "a/../../b", "/etc", ".models", "runs\\..\\x", ""):
         with pytest.raises(ValueError, match="not a run name"):
-            jobs.promote(name, admin=admin)
+            promotion.promote(name, admin=admin)
         with pytest.raises(ValueError, match="not a run name"):
             jobs.cancel(name, admin=admin)
     assert jobs.current_job() is None

@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imagemasknet.data import scans
 from imagemasknet import models as models_module
-from imagemasknet import predict as predict_module
-from imagemasknet.charts import probability_chart
+from imagemasknet.inference import predictor as predict_module
+from imagemasknet.app.charts import probability_chart
 from imagemasknet.models import DEFAULT_MODEL, ModelSpec
-from imagemasknet.predict import Prediction, Predictor, mask_from_drawing, read_mask, read_scan
-from imagemasknet.report import html_report, results_csv
-from imagemasknet.stream import CSV_FIELDS
-from imagemasknet.paths import BUNDLED_COPY, SHARED_COPY
+from imagemasknet.inference.predictor import Prediction, Predictor
+from imagemasknet.data.scans import mask_from_drawing, read_mask, read_scan
+from imagemasknet.inference.report import html_report, results_csv
+from imagemasknet.inference.stream import CSV_FIELDS
+from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY
 
 REPO = Path(__file__).resolve().parent.parent
 BUSI = BUNDLED_COPY if BUNDLED_COPY.is_dir() else SHARED_COPY
@@ -119,7 +121,7 @@ def test_site_threshold_is_flagged(predictor, isolated_env):
     """A saved site threshold (from `evaluate --data ... --save-threshold`) is shown against P(malignant)."""
     from streamlit.testing.v1 import AppTest
 
-    from imagemasknet.owndata import save_site_threshold
+    from imagemasknet.evaluation.site_threshold import save_site_threshold
 
     p_malignant = predictor.predict(read_scan(SCAN)).probabilities["malignant"]
     threshold = p_malignant / 2
@@ -137,7 +139,7 @@ def test_site_threshold_chosen_for_other_weights_is_not_applied(predictor, isola
     was not chosen for: the page leaves it out and says why."""
     from streamlit.testing.v1 import AppTest
 
-    from imagemasknet.owndata import save_site_threshold
+    from imagemasknet.evaluation.site_threshold import save_site_threshold
 
     save_site_threshold({"threshold": 0.0, "sensitivity": 0.95, "specificity": 0.5, "data": "site-scans",
                          "model": predictor.name, "weights_sha256": "0" * 64, "mode": "image"})
@@ -369,7 +371,7 @@ def test_probability_chart():
 
 
 def test_html_report_is_self_contained_and_escaped():
-    scan = read_scan(SCAN) if SCAN.is_file() else predict_module.Scan(
+    scan = read_scan(SCAN) if SCAN.is_file() else scans.Scan(
         np.full((80, 100), 90, np.uint8), np.full((80, 100, 3), 90, np.uint8), "x.png", "PNG", [])
     scan.name = '<img src=x onerror=alert(1)> "evil" & co.png'
     prediction = _prediction(warnings=[f"'{scan.name}' is strongly coloured"])

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import imagemasknet.data as data_module
-from imagemasknet import gallery as g
-from imagemasknet import run_charts as rc
+import imagemasknet.data.busi as data_module
+from imagemasknet.app import charts
+from imagemasknet.app import tables
+from imagemasknet.core import run_folder
+from imagemasknet.app import gallery as g
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.splits import load_folds
+from imagemasknet.data.splits import load_folds
 
 REPO = Path(__file__).resolve().parent.parent
 GALLERY = str(REPO / "app_pages" / "gallery.py")
@@ -32,7 +34,7 @@ def find_cv_results() -> Path | None:
     """A cross-validation results folder of this checkout (results/ is not committed): one holding
     ``<preset>-fold<k>`` run folders of at least two presets, else of one."""
     candidates = sorted(p for p in (REPO / "results").glob("*") if p.is_dir()) if (REPO / "results").is_dir() else []
-    scored = [(len(rc.cv_groups(rc.scan_runs(p))), p) for p in candidates]
+    scored = [(len(run_folder.cv_groups(run_folder.scan_runs(p))), p) for p in candidates]
     scored = [(n, p) for n, p in scored if n]
     return max(scored, key=lambda item: item[0])[1] if scored else None
 
@@ -98,7 +100,7 @@ def runs_folder(busi_subset, tmp_path_factory) -> Path:
         _cli("evaluate", "--run", str(run), "--data", str(busi_subset), "--resamples", "50", "--json",
              str(run / "metrics.json"), env=env)
     if CV_RESULTS:
-        groups = rc.cv_groups(rc.scan_runs(CV_RESULTS))
+        groups = run_folder.cv_groups(run_folder.scan_runs(CV_RESULTS))
         for members in groups.values():
             for run in members[:3]:
                 shutil.copytree(run.path, root / run.name, ignore=NO_WEIGHTS)
@@ -280,8 +282,8 @@ def test_gallery_missing_dataset_message(monkeypatch, tmp_path):
 
 
 def test_gallery_predictions_are_cached_on_disk(gallery_env, gallery_cache, monkeypatch):
-    from imagemasknet.data import load_arrays, load_busi
-    from imagemasknet.predict import Predictor
+    from imagemasknet.data.busi import load_arrays, load_busi
+    from imagemasknet.inference.predictor import Predictor
 
     busi = load_busi(gallery_env)
     arrays = load_arrays(busi)
@@ -289,7 +291,7 @@ def test_gallery_predictions_are_cached_on_disk(gallery_env, gallery_cache, monk
     first = g.predict_all(busi, arrays, model, "image")
     assert list(first) == busi.ids
     assert all(abs(sum(p.values()) - 1) < 1e-4 for p in first.values())
-    import imagemasknet.evaluate as evaluate
+    import imagemasknet.evaluation.evaluate as evaluate
 
     monkeypatch.setattr(evaluate, "predict_arrays", lambda *a, **k: pytest.fail("recomputed instead of cached"))
     again = g.predict_all(busi, arrays, model, "image")
@@ -398,7 +400,7 @@ def test_training_page_reads_only_folders_under_the_results_root(runs_folder, mo
     at.run(timeout=TIMEOUT)
     _no_errors(at)
     assert not at.text_input
-    assert rc.results_folders(root) == ["", "cv-a"]
+    assert run_folder.results_folders(root) == ["", "cv-a"]
     for name in ("", "cv-a"):
         at.selectbox(key="t_folder").set_value(name).run(timeout=TIMEOUT)
         _no_errors(at)
@@ -408,9 +410,9 @@ def test_training_page_reads_only_folders_under_the_results_root(runs_folder, mo
     # What a forged request could send instead of a listed name (a selectbox sends only listed ones, and the
     # page resolves names through results_folder, which maps anything else to nothing).
     for sneaky in (str(outside), "../elsewhere", "cv-a/../../elsewhere", "linked-results", "escape-link", "/etc"):
-        assert rc.results_folder(root, sneaky) is None
-    assert rc.scan_runs(root / "escape-link", inside=root) == []
-    assert [r.name for r in rc.scan_runs(root, inside=root)] == ["tiny-fold1"]
+        assert run_folder.results_folder(root, sneaky) is None
+    assert run_folder.scan_runs(root / "escape-link", inside=root) == []
+    assert [r.name for r in run_folder.scan_runs(root, inside=root)] == ["tiny-fold1"]
 
 
 def test_training_page_on_a_fresh_clone_shows_the_shipped_model_without_an_error(monkeypatch, tmp_path):
@@ -430,27 +432,27 @@ def test_training_page_on_a_fresh_clone_shows_the_shipped_model_without_an_error
 
 
 def test_run_reader_reports_what_is_wrong(runs_folder):
-    broken = rc.read_run(runs_folder / "broken-fold9")
+    broken = run_folder.RunFolder(runs_folder / "broken-fold9")
     assert broken.state == "crashed"
     assert any("history.json is not valid JSON" in p for p in broken.problems)
     assert broken.history == [] and broken.config  # what it has
-    assert rc.read_run(runs_folder / "garbage").config == {}
-    started = rc.read_run(runs_folder / "just-started")
+    assert run_folder.RunFolder(runs_folder / "garbage").config == {}
+    started = run_folder.RunFolder(runs_folder / "just-started")
     assert started.state == "running" and "history.json has no finished epoch yet" in started.problems
-    figure = rc.curves_figure({"just-started": started.history}, "loss")
+    figure = charts.curves_figure({"just-started": started.history}, "loss")
     assert not figure.data and figure.layout.annotations
-    tiny = rc.read_run(runs_folder / "tiny-fold1")
+    tiny = run_folder.RunFolder(runs_folder / "tiny-fold1")
     assert tiny.complete and "metrics" in tiny.metrics
-    assert rc.metrics_wide(tiny.metrics["metrics"])[0]["metric"] == "accuracy"
-    rows = rc.fold_values([tiny], "accuracy")
+    assert tables.metrics_wide(tiny.metrics["metrics"])[0]["metric"] == "accuracy"
+    rows = tables.fold_values([tiny], "accuracy")
     assert {r["mode"] for r in rows} == {"image", "mask"} and all(r["fold"] == 1 for r in rows)
 
 
 def test_out_of_fold_marks_apply_only_to_the_very_files_judged(busi_subset, tmp_path):
     """The Gallery's marks come from the cross-validation's out-of-fold file, matched by file hash: a scan
     whose file differs (another copy under the same name) gets no mark from it."""
-    from imagemasknet.data import load_busi
-    from imagemasknet.runs import file_sha256, write_json
+    from imagemasknet.data.busi import load_busi
+    from imagemasknet.core.files import file_sha256, write_json
 
     busi = load_busi(busi_subset)
     first, second = busi.cases[:2]
@@ -469,7 +471,7 @@ def test_out_of_fold_marks_apply_only_to_the_very_files_judged(busi_subset, tmp_
 def test_switching_the_model_input_reads_out_of_fold_marks_without_running_the_model(gallery_env, monkeypatch):
     """Issue 17: with the cross-validation's out-of-fold predictions shipped, "scan + reference mask" does not
     run the model over every scan (it took 34 s); the marks say where they come from."""
-    from imagemasknet.paths import WEIGHTS_DIR
+    from imagemasknet.core.paths import WEIGHTS_DIR
 
     if not (WEIGHTS_DIR / f"{DEFAULT_MODEL}.oof.json").is_file():
         pytest.skip("the shipped default model has no out-of-fold predictions")

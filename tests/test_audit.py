@@ -1,4 +1,4 @@
-"""imagemasknet.audit on a subset of the real BUSI scans: the cross-class look-alikes come out as label
+"""imagemasknet.data.duplicates on a subset of the real BUSI scans: the cross-class look-alikes come out as label
 conflicts, re-cropped and re-scaled copies are grouped, and unrelated scans stay apart.
 
 Expected groups come from the data set's README ("Known problems"), which was worked out with a
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from imagemasknet.audit import AuditResult, audit, duplicate_groups, format_table
-from imagemasknet.data import load_busi
+from imagemasknet.data.duplicates import AuditResult, audit, duplicate_groups, format_table
+from imagemasknet.data.busi import load_busi
 
 CROSS_CLASS = {
     "G105": {"benign (433)", "malignant (145)"},

@@ -69,7 +69,7 @@ def test_a_photograph_gets_an_error_record_not_a_class(tmp_path, capsys):
     from PIL import Image
 
     from imagemasknet.cli import main
-    from imagemasknet.predict import Predictor
+    from imagemasknet.inference.predictor import Predictor
 
     samples = pytest.importorskip("skimage.data")
     if Predictor.shipped().familiarity is None:

@@ -1,4 +1,4 @@
-"""imagemasknet.data on real BUSI / BUS-BRA files: both layouts, mask merging and resizing, the load
+"""imagemasknet.data.busi on real BUSI / BUS-BRA files: both layouts, mask merging and resizing, the load
 report, data-root discovery and CSV manifests."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imagemasknet.data as data_module
-from imagemasknet.data import (
+import imagemasknet.data.busi as data_module
+from imagemasknet.data.busi import (
     CLASSES,
     DatasetNotFoundError,
     find_data_root,

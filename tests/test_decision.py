@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imagemasknet.data import read_grey, resize_pair
-from imagemasknet.decision import LOW_CONFIDENCE_BELOW, flag_figures, is_low_confidence, is_suspicious, sensitivity_threshold
-from imagemasknet.transforms import model_input
-from imagemasknet.familiarity import Familiarity, FamiliarityReference
+from imagemasknet.data.busi import read_grey, resize_pair
+from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW, flag_figures, is_low_confidence, is_suspicious, sensitivity_threshold
+from imagemasknet.data.transforms import model_input
+from imagemasknet.inference.familiarity import Familiarity, FamiliarityReference
 from imagemasknet.models import build_model, get_spec
 
 
@@ -86,7 +86,7 @@ def test_the_two_checks_take_their_thresholds_from_out_of_fold_scores():
 
 
 def test_a_familiarity_reference_survives_saving_and_a_damaged_one_is_refused(tmp_path):
-    from imagemasknet.runs import WeightsError
+    from imagemasknet.models.weights import WeightsError
 
     rng = np.random.default_rng(0)
     familiarity = Familiarity.fit(rng.normal(size=(80, 60)), rng.normal(size=(80, 60)), rng.uniform(0.8, 1.3, 50),

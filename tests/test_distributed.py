@@ -14,14 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-import imagemasknet.train as train_module
-from imagemasknet import cli, distributed
-from imagemasknet.config import TrainConfig
-from imagemasknet.data import CLASSES, load_arrays, load_busi
-from imagemasknet.evaluate import predict_arrays
+import imagemasknet.training.trainer as train_module
+from imagemasknet import cli
+from imagemasknet.training import distributed
+from imagemasknet.training.config import TrainConfig
+from imagemasknet.data.busi import CLASSES, load_arrays, load_busi
+from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.models import build_model, get_spec
-from imagemasknet.runs import Run, load_model, load_state, read_json
-from imagemasknet.train import EMA_FILE, STATE_FILE, TrainingStep, heldout_metrics, train
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.models.weights import load_model, load_state
+from imagemasknet.core.files import read_json
+from imagemasknet.training.trainer import EMA_FILE, STATE_FILE, TrainingStep, heldout_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +100,7 @@ def test_two_rank_run_writes_one_valid_run_folder(two_rank_run, busi_root):
     assert config == single.to_dict()  # the same config dataclass as a single-process run
     status = read_json(two_rank_run / "status.json")
     assert status["state"] == "finished" and (status["epoch"], status["epochs"]) == (EPOCHS, EPOCHS)
-    assert Run(two_rank_run).state == "finished"
+    assert RunFolder(two_rank_run).state == "finished"
     history = read_json(two_rank_run / "history.json")
     assert [e["epoch"] for e in history] == list(range(1, EPOCHS + 1))
     for entry in history:
@@ -234,7 +237,7 @@ def test_killed_rank_fails_the_job_clearly_and_resume_finishes_it(two_rank_run, 
     assert len(read_json(run_dir / "history.json")) == 1
     load_model("lesion-resunet", run_dir / "last.safetensors", image_size=SIZE)  # whole and loadable
     assert load_state(run_dir / STATE_FILE)["epoch"] == 1
-    assert Run(run_dir).state == "failed"
+    assert RunFolder(run_dir).state == "failed"
 
     resumed = torchrun(["--resume", str(run_dir), "--no-progress"], dist_env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]

@@ -107,12 +107,13 @@ import json
 import sys
 from pathlib import Path
 
-import imagemasknet.predict as predict
+from imagemasknet.core.paths import WEIGHTS_DIR
+from imagemasknet.inference.predictor import available_models
 
 records, clone = json.load(open(sys.argv[1])), Path(sys.argv[2]).resolve()
-if "error" in records[0] or records[0].get("model") != predict.available_models()[0]:
+if "error" in records[0] or records[0].get("model") != available_models()[0]:
     sys.exit(f"fresh-clone: the installed CLI did not predict with the default model: {records}")
-weights = predict.WEIGHTS_DIR.resolve()
+weights = WEIGHTS_DIR.resolve()
 if clone in weights.parents or "site-packages" not in str(weights):
     sys.exit(f"fresh-clone: the installed package reads its weights from {weights}, not from inside itself")
 print(f"fresh-clone: installed package predicts with {records[0]['model']} from {weights}")

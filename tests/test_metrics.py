@@ -1,10 +1,10 @@
-"""imagemasknet.metrics against hand-computed values and synthetic data with a known answer."""
+"""imagemasknet.evaluation.metrics against hand-computed values and synthetic data with a known answer."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from imagemasknet.metrics import (
+from imagemasknet.evaluation.metrics import (
     bootstrap,
     confusion,
     dice,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagemasknet.transforms import model_input
+from imagemasknet.data.transforms import model_input
 from imagemasknet.models import build_model, count_parameters, get_spec, list_models
 
 SIZE = 64
@@ -130,8 +130,8 @@ def test_lesion_resunet_mask_given_chooses_per_scan():
 def test_half_storage_halves_the_file_and_predicts_like_float32(tmp_path, busi_root):
     """Shipped weights are stored in float16 and cast back to float32 on loading: class probabilities on
     real scans stay within 0.01 and the lesion map within 1 % of its pixels of the float32 weights."""
-    from imagemasknet.data import read_grey, resize_pair
-    from imagemasknet.runs import load_weights, save_weights
+    from imagemasknet.data.busi import read_grey, resize_pair
+    from imagemasknet.models.weights import load_weights, save_weights
     from safetensors import safe_open
 
     spec = get_spec("lesion-effnet-lite0")

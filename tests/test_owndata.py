@@ -17,24 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import imagemasknet.evaluate as evaluate_module
+import imagemasknet.evaluation.evaluate as evaluate_module
 from imagemasknet import cli
-from imagemasknet.data import CLASSES, load_arrays, load_dataset
-from imagemasknet.evaluate import predict_arrays
-from imagemasknet.metrics import softmax
+from imagemasknet.data.busi import CLASSES, load_arrays, load_dataset
+from imagemasknet.evaluation.evaluate import predict_arrays
+from imagemasknet.evaluation.metrics import softmax
 from imagemasknet.models import get_spec
-from imagemasknet.owndata import (
-    OWN_PREFIX,
-    choose_threshold,
-    load_site_threshold,
-    load_training_data,
-    site_threshold_for,
-    site_threshold_mismatch,
-)
-from imagemasknet.run_charts import read_run
-from imagemasknet.paths import runs_root
-from imagemasknet.runs import file_sha256, load_model, read_json
-from imagemasknet.splits import inner_validation, load_folds, resolve_split
+from imagemasknet.data.owndata import OWN_PREFIX, load_training_data
+from imagemasknet.evaluation.site_threshold import choose_threshold, load_site_threshold, site_threshold_for, site_threshold_mismatch
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.core.paths import runs_root
+from imagemasknet.core.files import file_sha256, read_json
+from imagemasknet.models.weights import load_model
+from imagemasknet.data.splits import inner_validation, load_folds, resolve_split
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights" / "lesion-resunet.safetensors"
@@ -174,7 +169,7 @@ def test_evaluate_own_data_end_to_end(own_data, tmp_path, isolated_env, monkeypa
     assert json.loads((folder / "metrics.json").read_text()) == result
     assert read_json(folder / "config.json")["data"] == str(path)
     assert read_json(folder / "status.json")["state"] == "finished"
-    run = read_run(folder)
+    run = RunFolder(folder)
     assert run.state == "finished" and set(run.metrics["metrics"]["modes"]) == {"image", "mask"}
     assert run.complete and not run.problems  # listed like a finished run, not as an incomplete one
 

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.predict import MaskError, Predictor, read_mask, read_scan
-from imagemasknet.splits import load_folds
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.data.scans import MaskError, read_mask, read_scan
+from imagemasknet.data.splits import load_folds
 
 
 @pytest.fixture(scope="module")

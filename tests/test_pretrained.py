@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imagemasknet.data import read_grey, resize_pair
+from imagemasknet.data.busi import read_grey, resize_pair
 from imagemasknet.models import build_model, get_spec
 from imagemasknet.models.efficientnet_lite import PRETRAINED, EfficientNetLite, PretrainedWeightsError, adapt_stem
-from imagemasknet.transforms import normalise
+from imagemasknet.data.transforms import normalise
 
 VARIANTS = tuple(PRETRAINED)
 # ImageNet-1k class indices: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso, 968 cup.

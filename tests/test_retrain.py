@@ -1,4 +1,4 @@
-"""The Retrain page's logic (imagemasknet.jobs) with real trainings: one-epoch runs on a 20-scan subset at
+"""The Retrain page's logic (imagemasknet.ops.jobs) with real trainings: one-epoch runs on a 20-scan subset at
 64 px, launched as background processes exactly as the page launches them; promotion and roll back of the
 active model; cancel; stale locks; a SIGKILL in mid-training; an interrupted promotion; server-side form
 validation; and the page itself through Streamlit's AppTest."""
@@ -19,13 +19,22 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from e2e_helpers import ADMIN_PASSWORD
-from imagemasknet import access, audit_log, cli, jobs
-from imagemasknet.config import PRESETS, TrainConfig
-from imagemasknet.data import DatasetNotFoundError
+from imagemasknet.models.card import active_card, previous_card
+from imagemasknet.ops import promotion
+from imagemasknet.ops import retrain_form
+from imagemasknet.ops import train_lock
+from imagemasknet.ops import access
+from imagemasknet.ops import audit_log
+from imagemasknet import cli
+from imagemasknet.ops import jobs
+from imagemasknet.training.config import PRESETS, TrainConfig
+from imagemasknet.data.busi import DatasetNotFoundError
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.predict import Predictor, active_model_key, read_scan
-from imagemasknet.paths import runs_root
-from imagemasknet.runs import Run, file_sha256, read_json, write_json
+from imagemasknet.inference.predictor import Predictor, active_model_key
+from imagemasknet.data.scans import read_scan
+from imagemasknet.core.paths import runs_root
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.core.files import file_sha256, read_json, write_json
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +74,7 @@ def finished_run(tmp_path_factory, busi_root, shared_cache_dir, admin_hash):
         patch.setenv("IMAGEMASKNET_DATA", str(busi_root))
         patch.setenv("OMP_NUM_THREADS", "1")
         admin = access.login(ADMIN_PASSWORD)
-        job = jobs.start(jobs.config_from_form(QUICK), admin=admin)
+        job = jobs.start(retrain_form.config_from_form(QUICK), admin=admin)
         assert jobs.current_job().name == job.name
         jobs.wait(job.name, timeout=180)
     return root.resolve(), job.name
@@ -87,7 +96,7 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     monkeypatch.setenv("IMAGEMASKNET_RUNS", str(root))
     job = jobs.job(name)
     assert job.state == "finished"
-    assert jobs.current_job() is None and not jobs.lock_path().exists()  # the lock went with the job
+    assert jobs.current_job() is None and not train_lock.lock_path().exists()  # the lock went with the job
     assert job.record["returncode"] == 0
     assert job.progress.fraction == 1.0 and "epoch 1/1" in job.progress.text
     config = read_json(root / name / "config.json")
@@ -98,48 +107,48 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     assert len(job.history) == 1 and "finished" in job.log_tail()
 
     # Before promotion the shipped model is the active one, and the comparison uses its card.
-    assert jobs.active_card() is None and active_model_key() == f"shipped:{DEFAULT_MODEL}"
-    rows = jobs.comparison(name)
+    assert active_card() is None and active_model_key() == f"shipped:{DEFAULT_MODEL}"
+    rows = promotion.comparison(name)
     shipped_card = json.loads((REPO / "weights" / f"{DEFAULT_MODEL}.json").read_text())
     accuracy = next(r for r in rows if r["metric"] == "accuracy" and r["mode"] == "image")
     assert accuracy["active"] == pytest.approx(shipped_card["cross_validation"]["image"]["accuracy"]["mean"])
     assert accuracy["run"] == pytest.approx(job.history[-1]["heldout"]["image"]["accuracy"])
 
     # A 20-scan quick run is refused unless an administrator gives a reason, which the log keeps.
-    with pytest.raises(jobs.PromotionError, match="subset of 20 scans"):
-        jobs.promote(name, admin=admin)
-    assert jobs.active_card() is None
-    card = jobs.promote(name, admin=admin, override=QUICK_REASON)
-    assert card["version"] == name and card["arch"] == "lesion-resunet"
-    assert card["temperature"] == read_json(root / name / "calibration.json")["temperature"]
+    with pytest.raises(promotion.PromotionError, match="subset of 20 scans"):
+        promotion.promote(name, admin=admin)
+    assert active_card() is None
+    card = promotion.promote(name, admin=admin, override=QUICK_REASON)
+    assert card.version == name and card.arch == "lesion-resunet"
+    assert card.temperature == read_json(root / name / "calibration.json")["temperature"]
     assert (root / "active").is_symlink() and (root / "active" / "model.safetensors").is_file()
-    assert jobs.active_card()["version"] == name and jobs.previous_card() is None
+    assert active_card().version == name and previous_card() is None
     predictor = Predictor.active(device="cpu")
     assert predictor.version == name and predictor.image_size == 64
-    assert predictor.temperatures == pytest.approx(card["temperature"])
+    assert predictor.temperatures == pytest.approx(card.temperature)
     prediction = predictor.predict(read_scan(busi_root / "benign" / "images" / "benign (1).png"))
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
     key_promoted = active_model_key()
     assert key_promoted.startswith("active:")
-    with pytest.raises(jobs.PromotionError):
-        jobs.rollback(root / "nowhere", admin=admin)  # another root has nothing to roll back
+    with pytest.raises(promotion.PromotionError):
+        promotion.rollback(root / "nowhere", admin=admin)  # another root has nothing to roll back
 
     # A second run promoted over it keeps it as "previous"; roll back restores it, twice undoes.
     other = "lesion-resunet-20990101-000000"
     shutil.copytree(root / name, root / other)
-    jobs.promote(other, admin=admin, override=QUICK_REASON)
-    assert jobs.active_card()["version"] == other and jobs.previous_card()["version"] == name
+    promotion.promote(other, admin=admin, override=QUICK_REASON)
+    assert active_card().version == other and previous_card().version == name
     assert active_model_key() not in (key_promoted, f"shipped:{DEFAULT_MODEL}")
-    assert jobs.rollback(admin=admin)["version"] == name
-    assert Predictor.active(device="cpu").version == name and jobs.previous_card()["version"] == other
-    assert jobs.rollback(admin=admin)["version"] == other
-    assert jobs.rollback(admin=admin)["version"] == name
+    assert promotion.rollback(admin=admin).version == name
+    assert Predictor.active(device="cpu").version == name and previous_card().version == other
+    assert promotion.rollback(admin=admin).version == other
+    assert promotion.rollback(admin=admin).version == name
 
     # Rolling back the first promotion returns to the shipped model.
     (root / "active").unlink()
-    jobs.promote(name, admin=admin, override=QUICK_REASON)
-    assert jobs.rollback(admin=admin) is None
-    assert jobs.active_card() is None and not (root / "active").exists()
+    promotion.promote(name, admin=admin, override=QUICK_REASON)
+    assert promotion.rollback(admin=admin) is None
+    assert active_card() is None and not (root / "active").exists()
     shipped = Predictor.active(device="cpu")
     assert shipped.version == shipped_card["version"] and shipped.image_size == 256
     assert not [p for p in (root / ".models").iterdir() if p.name.startswith(".")]  # no staging leftovers
@@ -163,7 +172,7 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
 
 
 def test_cli_arguments_reproduce_the_config():
-    config = jobs.config_from_form({**QUICK, "fold": None, "class_balanced": True, "lr": 3.3e-4}, "study-m1")
+    config = retrain_form.config_from_form({**QUICK, "fold": None, "class_balanced": True, "lr": 3.3e-4}, "study-m1")
     args = cli.build_parser().parse_args(["train", *jobs.cli_args(config)])
     assert cli._config_from_args(args) == config
     assert config.arch == "imagemasknet" and config.optimizer == "adam"  # the preset under the form's values
@@ -173,8 +182,8 @@ def test_cli_arguments_reproduce_the_config():
 
 
 def test_form_is_built_from_the_dataclass():
-    form = {f.name: f for f in jobs.form_fields()}
-    expected = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in jobs.SERVER_ONLY]
+    form = {f.name: f for f in retrain_form.form_fields()}
+    expected = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in retrain_form.SERVER_ONLY]
     assert list(form) == expected
     for f in dataclasses.fields(TrainConfig):
         if f.name not in form:
@@ -188,7 +197,7 @@ def test_form_is_built_from_the_dataclass():
     assert {"epochs", "lr", "weight_decay", "batch_size", "seed", "fold", "mask_schedule", "arch", "limit",
             "image_size"} <= set(form)
     assert not {"out_dir", "data", "split_file"} & set(form)
-    assert jobs.form_defaults("study-m2")["arch"] == "imagemasknet2" and jobs.form_defaults()["epochs"] == 60
+    assert retrain_form.form_defaults("study-m2")["arch"] == "imagemasknet2" and retrain_form.form_defaults()["epochs"] == 60
 
 
 @pytest.mark.parametrize("values, field", [
@@ -202,21 +211,21 @@ def test_form_is_built_from_the_dataclass():
 ])
 def test_out_of_bounds_form_values_are_refused(env, values, field):
     with pytest.raises(ValueError, match=field):
-        jobs.config_from_form({**QUICK, **values})
-    assert not jobs.lock_path().exists() and not list(runs_root().iterdir())
+        retrain_form.config_from_form({**QUICK, **values})
+    assert not train_lock.lock_path().exists() and not list(runs_root().iterdir())
 
 
 def test_start_refuses_bad_configs_missing_data_and_full_disk(env, monkeypatch, tmp_path, admin):
     with pytest.raises(ValueError, match="out_dir"):
-        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "out_dir": str(tmp_path / "x")}), admin=admin)
+        jobs.start(TrainConfig(**{**retrain_form.config_from_form(QUICK).to_dict(), "out_dir": str(tmp_path / "x")}), admin=admin)
     with pytest.raises(ValueError, match="epochs"):
         jobs.start(TrainConfig(epochs=0), admin=admin)
     with pytest.raises(DatasetNotFoundError, match="BUSI folder not found"):
-        jobs.start(TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "data": str(tmp_path / "missing")}), admin=admin)
+        jobs.start(TrainConfig(**{**retrain_form.config_from_form(QUICK).to_dict(), "data": str(tmp_path / "missing")}), admin=admin)
     monkeypatch.setattr(jobs, "free_bytes", lambda path: 5 * 2**20)
     with pytest.raises(jobs.JobError, match="Only 5 MB free"):
-        jobs.start(jobs.config_from_form(QUICK), admin=admin)
-    assert not jobs.lock_path().exists() and jobs.recent_jobs() == []
+        jobs.start(retrain_form.config_from_form(QUICK), admin=admin)
+    assert not train_lock.lock_path().exists() and jobs.recent_jobs() == []
 
 
 # --- failures, cancel, locks, crashes -----------------------------------------------------------------
@@ -225,49 +234,49 @@ def test_start_refuses_bad_configs_missing_data_and_full_disk(env, monkeypatch, 
 def test_failed_run_shows_its_log_and_takes_over_a_stale_lock(env, tmp_path, admin):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    write_json(jobs.lock_path(), {"pid": dead.pid, "run": "ghost-run", "started": "long ago"})
-    assert jobs.read_lock().run == "ghost-run" and not jobs.read_lock().alive
+    write_json(train_lock.lock_path(), {"pid": dead.pid, "run": "ghost-run", "started": "long ago"})
+    assert train_lock.read_lock().run == "ghost-run" and not train_lock.read_lock().alive
     assert jobs.current_job() is None  # a stale lock announces nothing
 
     empty = tmp_path / "not-busi"
     empty.mkdir()  # exists, so the launch goes ahead; the trainer then finds no scans in it
-    config = TrainConfig(**{**jobs.config_from_form(QUICK).to_dict(), "data": str(empty)})
+    config = TrainConfig(**{**retrain_form.config_from_form(QUICK).to_dict(), "data": str(empty)})
     job = jobs.start(config, admin=admin)
-    assert jobs.read_lock().run == job.name  # the stale lock was taken over
+    assert train_lock.read_lock().run == job.name  # the stale lock was taken over
     job = jobs.wait(job.name, timeout=120)
     assert job.state == "failed", job.log_tail()
     assert "holds no BUSI images" in job.error and "holds no BUSI images" in job.log_tail()
     assert job.record["returncode"] == 2
-    assert not jobs.lock_path().exists()
-    with pytest.raises(jobs.PromotionError, match="no run folder"):
-        jobs.promote(job.name, admin=admin, override=QUICK_REASON)
+    assert not train_lock.lock_path().exists()
+    with pytest.raises(promotion.PromotionError, match="no run folder"):
+        promotion.promote(job.name, admin=admin, override=QUICK_REASON)
 
 
 def test_pid_reuse_and_live_locks(env, admin):
     me = os.getpid()
-    write_json(jobs.lock_path(), {"pid": me, "pid_start": jobs.process_start(me), "run": "busy-run"})
-    assert jobs.read_lock().alive and jobs.current_job().name == "busy-run"
-    with pytest.raises(jobs.JobRunningError, match="busy-run"):
-        jobs.start(jobs.config_from_form(QUICK), admin=admin)
-    assert jobs.read_lock().run == "busy-run"  # untouched
-    start = jobs.process_start(me)
+    write_json(train_lock.lock_path(), {"pid": me, "pid_start": train_lock.process_start(me), "run": "busy-run"})
+    assert train_lock.read_lock().alive and jobs.current_job().name == "busy-run"
+    with pytest.raises(train_lock.JobRunningError, match="busy-run"):
+        jobs.start(retrain_form.config_from_form(QUICK), admin=admin)
+    assert train_lock.read_lock().run == "busy-run"  # untouched
+    start = train_lock.process_start(me)
     if start is not None:  # Linux: the same pid with another start time is another process
-        write_json(jobs.lock_path(), {"pid": me, "pid_start": start + 1, "run": "old-run"})
-        assert not jobs.read_lock().alive
-        taken = jobs._acquire_lock(runs_root(), "new-run")
-        assert taken.run == "new-run" and jobs.read_lock().run == "new-run"
-        jobs._release_lock(runs_root(), "new-run")
-        assert not jobs.lock_path().exists()
+        write_json(train_lock.lock_path(), {"pid": me, "pid_start": start + 1, "run": "old-run"})
+        assert not train_lock.read_lock().alive
+        taken = train_lock.acquire_lock(runs_root(), "new-run")
+        assert taken.run == "new-run" and train_lock.read_lock().run == "new-run"
+        train_lock.release_lock(runs_root(), "new-run")
+        assert not train_lock.lock_path().exists()
     # A lock file that O_EXCL finds must never be overwritten by a second creator.
-    jobs._acquire_lock(runs_root(), "first")
-    with pytest.raises(jobs.JobRunningError, match="first"):
-        jobs._acquire_lock(runs_root(), "second")
+    train_lock.acquire_lock(runs_root(), "first")
+    with pytest.raises(train_lock.JobRunningError, match="first"):
+        train_lock.acquire_lock(runs_root(), "second")
 
 
 def test_cancel_stops_the_job_cleanly(env, admin):
-    job = jobs.start(jobs.config_from_form(LONG), admin=admin)
-    with pytest.raises(jobs.JobRunningError, match=job.name):  # one job at a time
-        jobs.start(jobs.config_from_form(QUICK), admin=admin)
+    job = jobs.start(retrain_form.config_from_form(LONG), admin=admin)
+    with pytest.raises(train_lock.JobRunningError, match=job.name):  # one job at a time
+        jobs.start(retrain_form.config_from_form(QUICK), admin=admin)
     wait_until(lambda: len(job.history) >= 1, what="the first epoch", job=job)
     assert job.state == "running" and 0 < job.progress.fraction < 1
     assert jobs.cancel(admin=admin).name == job.name  # default: the job holding the lock
@@ -278,49 +287,49 @@ def test_cancel_stops_the_job_cleanly(env, admin):
     assert isinstance(read_json(job.path / "history.json"), list)
     assert not list(job.path.glob(".*.tmp"))
     assert "cancelled" in job.log_tail()
-    assert jobs.current_job() is None and not jobs.lock_path().exists()
+    assert jobs.current_job() is None and not train_lock.lock_path().exists()
     assert jobs.cancel(job.name, admin=admin) is None  # nothing left to stop
-    with pytest.raises(jobs.PromotionError, match="cancelled"):
-        jobs.promote(job.name, admin=admin, override=QUICK_REASON)
+    with pytest.raises(promotion.PromotionError, match="cancelled"):
+        promotion.promote(job.name, admin=admin, override=QUICK_REASON)
 
 
 def test_cancel_while_starting_is_recorded_as_cancelled(env, admin):
-    job = jobs.start(jobs.config_from_form(LONG), admin=admin)
+    job = jobs.start(retrain_form.config_from_form(LONG), admin=admin)
     assert job.state == "starting"  # python and torch are still importing
     jobs.cancel(job.name, admin=admin)  # the trainer's SIGTERM handler is not installed yet: the signal kills it
     job = jobs.wait(job.name, timeout=60)
     assert job.state == "cancelled"
     status = read_json(job.path / "status.json")
     assert status is None or status["state"] == "cancelled"
-    assert not jobs.lock_path().exists()
+    assert not train_lock.lock_path().exists()
 
 
 def test_sigkill_mid_training_leaves_the_active_model_loadable(env, finished_run, admin):
     promoted = copy_run(finished_run)
-    jobs.promote(promoted, admin=admin, override=QUICK_REASON)
-    job = jobs.start(jobs.config_from_form(LONG), admin=admin)
+    promotion.promote(promoted, admin=admin, override=QUICK_REASON)
+    job = jobs.start(retrain_form.config_from_form(LONG), admin=admin)
     wait_until(lambda: len(job.history) >= 1 and job.status.get("state") == "running", what="training", job=job)
     os.killpg(job.pid, signal.SIGKILL)
     job = jobs.wait(job.name, timeout=30)
     assert job.state == "crashed"
     assert read_json(job.path / "status.json")["state"] == "running"  # what the trainer last wrote...
-    assert Run(job.path).state == "crashed"  # ...and what every reader makes of it
+    assert RunFolder(job.path).state == "crashed"  # ...and what every reader makes of it
     assert job.record["returncode"] == -signal.SIGKILL
     assert jobs.current_job() is None
     assert Predictor.active(device="cpu").version == promoted
-    with pytest.raises(jobs.PromotionError, match="crashed"):
-        jobs.promote(job.name, admin=admin, override=QUICK_REASON)
+    with pytest.raises(promotion.PromotionError, match="crashed"):
+        promotion.promote(job.name, admin=admin, override=QUICK_REASON)
     # a crashed job's lock (had its launcher died too) is stale: the next launch may take it over
-    write_json(jobs.lock_path(), {"pid": job.pid, "run": job.name})
+    write_json(train_lock.lock_path(), {"pid": job.pid, "run": job.name})
     assert jobs.current_job() is None
-    jobs._acquire_lock(runs_root(), "next")
-    assert jobs.read_lock().run == "next"
+    train_lock.acquire_lock(runs_root(), "next")
+    assert train_lock.read_lock().run == "next"
 
 
 def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run, monkeypatch, admin):
     first = copy_run(finished_run, "lesion-resunet-20990101-000001")
     second = copy_run(finished_run, "lesion-resunet-20990101-000002")
-    jobs.promote(first, admin=admin, override=QUICK_REASON)
+    promotion.promote(first, admin=admin, override=QUICK_REASON)
     key = active_model_key()
 
     def copy_half_then_fail(source, target):
@@ -329,10 +338,10 @@ def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(jobs, "_copy_file", copy_half_then_fail)
-        with pytest.raises(jobs.PromotionError, match="disk is full"):
-            jobs.promote(second, admin=admin, override=QUICK_REASON)
-    assert active_model_key() == key and jobs.active_card()["version"] == first
+        patch.setattr(promotion, "_copy_file", copy_half_then_fail)
+        with pytest.raises(promotion.PromotionError, match="disk is full"):
+            promotion.promote(second, admin=admin, override=QUICK_REASON)
+    assert active_model_key() == key and active_card().version == first
     assert Predictor.active(device="cpu").version == first
     assert not [p for p in (runs_root() / ".models").iterdir() if p.name.startswith(".")]
 
@@ -341,26 +350,26 @@ def test_interrupted_promotion_keeps_the_previous_active_model(env, finished_run
         raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(jobs, "_swap_active", crash)
+        patch.setattr(promotion, "_swap_active", crash)
         with pytest.raises(KeyboardInterrupt):
-            jobs.promote(second, admin=admin, override=QUICK_REASON)
-    assert jobs.active_card()["version"] == first and Predictor.active(device="cpu").version == first
-    jobs.promote(second, admin=admin, override=QUICK_REASON)  # and the next promotion works
-    assert jobs.active_card()["version"] == second and jobs.previous_card()["version"] == first
+            promotion.promote(second, admin=admin, override=QUICK_REASON)
+    assert active_card().version == first and Predictor.active(device="cpu").version == first
+    promotion.promote(second, admin=admin, override=QUICK_REASON)  # and the next promotion works
+    assert active_card().version == second and previous_card().version == first
 
 
 def test_only_finished_loadable_runs_are_promoted(env, finished_run, admin):
     broken = copy_run(finished_run, "lesion-resunet-20990101-000003")
     best = runs_root() / broken / "best.safetensors"
     best.write_bytes(best.read_bytes()[:1000])
-    with pytest.raises(jobs.PromotionError, match="does not load"):
-        jobs.promote(broken, admin=admin, override=QUICK_REASON)
+    with pytest.raises(promotion.PromotionError, match="does not load"):
+        promotion.promote(broken, admin=admin, override=QUICK_REASON)
     running = copy_run(finished_run, "lesion-resunet-20990101-000004")
     status = read_json(runs_root() / running / "status.json")
     write_json(runs_root() / running / "status.json", {**status, "state": "running", "pid": os.getpid()})
-    with pytest.raises(jobs.PromotionError, match="running"):
-        jobs.promote(running, admin=admin, override=QUICK_REASON)
-    assert jobs.active_card() is None and not (runs_root() / "active").exists()
+    with pytest.raises(promotion.PromotionError, match="running"):
+        promotion.promote(running, admin=admin, override=QUICK_REASON)
+    assert active_card() is None and not (runs_root() / "active").exists()
 
 
 # --- the page ------------------------------------------------------------------------------------------
@@ -372,7 +381,7 @@ def test_page_form_renders_from_the_dataclass(env, admin, retrain_page):
     numbers = {n.label: n for n in at.number_input}
     selects = {s.label: s for s in at.selectbox}
     checks = {c.label: c for c in at.checkbox}
-    for field in jobs.form_fields():
+    for field in retrain_form.form_fields():
         if field.kind in ("int", "float"):
             widget = numbers[field.label]
             assert widget.min == field.min and widget.max == field.max and widget.help == field.help
@@ -395,7 +404,7 @@ def test_page_form_renders_from_the_dataclass(env, admin, retrain_page):
 
 def test_page_announces_a_running_job_and_disables_start(env, admin, retrain_page, top_level_slot):
     me = os.getpid()
-    write_json(jobs.lock_path(), {"pid": me, "pid_start": jobs.process_start(me), "run": "lesion-resunet-20990101-1"})
+    write_json(train_lock.lock_path(), {"pid": me, "pid_start": train_lock.process_start(me), "run": "lesion-resunet-20990101-1"})
     at = retrain_page(admin).run()
     assert not at.exception
     start = next(b for b in at.button if b.label == "Start training")
@@ -407,7 +416,7 @@ def test_page_announces_a_running_job_and_disables_start(env, admin, retrain_pag
         return getattr(node, "type", None) == "subheader" and node.value == "Runs"
 
     running_slot = top_level_slot(at, runs_heading)
-    jobs.lock_path().unlink()
+    train_lock.lock_path().unlink()
     at.run()
     assert not any("already running" in i.value for i in at.info)
     assert top_level_slot(at, runs_heading) == running_slot is not None
@@ -420,12 +429,12 @@ def test_page_promotes_and_rolls_back(env, finished_run, admin, retrain_page):
     assert any("finished" in m.value for m in at.markdown)
     assert at.dataframe  # the side-by-side table
     at.button(key=f"promote:{name}").click().run()
-    assert jobs.active_card() is None  # a confirmation first, with the concerns and no primary button yet
+    assert active_card() is None  # a confirmation first, with the concerns and no primary button yet
     assert any("subset of 20 scans" in w.value for w in at.warning)
     assert at.button(key=f"confirm:{name}").disabled
     at.text_input(key=f"override:{name}").set_value(QUICK_REASON).run()
     at.button(key=f"confirm:{name}").click().run()
-    assert jobs.active_card()["version"] == name
+    assert active_card().version == name
     assert any("is now the active model" in s.value for s in at.success)
     assert QUICK_REASON in audit_log.read().entries[-1]["detail"]
     # Every page now names the promoted model in a banner, and Classify's model box names it too.
@@ -434,7 +443,7 @@ def test_page_promotes_and_rolls_back(env, finished_run, admin, retrain_page):
     assert any(f"Active model: {name}" in w.value for w in app.warning)
     assert name in app.selectbox(key="model").options[0]
     at.button(key="retrain_rollback").click().run()
-    assert jobs.active_card() is None
+    assert active_card() is None
     assert any("Rolled back" in s.value for s in at.success)
 
 

@@ -1,4 +1,4 @@
-"""Tests for imagemasknet.scans: every accepted format, every refusal, fuzzing, masks."""
+"""Tests for imagemasknet.data.scans: every accepted format, every refusal, fuzzing, masks."""
 from __future__ import annotations
 
 import io
@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from imagemasknet import scans
-from imagemasknet.scans import (
+from imagemasknet.data import scans
+from imagemasknet.data.scans import (
     AspectRatioError,
     CorruptImageError,
     DecompressionBombError,

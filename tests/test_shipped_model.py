@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from imagemasknet.data import CLASSES, load_busi
+from imagemasknet.data.busi import CLASSES, load_busi
 from imagemasknet.models import DEFAULT_MODEL, build_model, get_spec
-from imagemasknet.paths import WEIGHTS_DIR
-from imagemasknet.predict import Predictor, available_models, read_scan
-from imagemasknet.runs import read_json
-from imagemasknet.splits import load_folds
+from imagemasknet.core.paths import WEIGHTS_DIR
+from imagemasknet.inference.predictor import Predictor, available_models
+from imagemasknet.data.scans import read_scan
+from imagemasknet.core.files import read_json
+from imagemasknet.data.splits import load_folds
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_registry_builds_the_shipped_architecture(card):
 
 def test_outputs_have_the_right_shapes_and_ranges_in_both_modes(predictor, busi_root):
     scan = read_scan(busi_root / "malignant" / "images" / "malignant (1).png")
-    from imagemasknet.predict import read_mask
+    from imagemasknet.data.scans import read_mask
 
     mask = read_mask(busi_root / "malignant" / "masks" / "malignant (1)_mask.png", scan.pixels.shape)
     for given in (None, mask, np.zeros_like(mask)):
@@ -100,8 +101,8 @@ def test_every_shipped_model_reproduces_its_references(name, busi_root):
 
 def test_predicted_lesion_overlaps_the_drawn_lesion(predictor, busi_root):
     """The segmentation head is trained on BUSI masks; on scans it trained on it must find the lesion."""
-    from imagemasknet.metrics import dice
-    from imagemasknet.predict import read_mask
+    from imagemasknet.evaluation.metrics import dice
+    from imagemasknet.data.scans import read_mask
 
     scores = []
     for n in (1, 2, 3, 4, 5, 6):
@@ -114,8 +115,8 @@ def test_predicted_lesion_overlaps_the_drawn_lesion(predictor, busi_root):
 def test_flip_average_is_mirror_invariant_and_maps_the_lesion_back(predictor, busi_root):
     """Averaging over a scan and its mirror must give the mirrored scan the same class logits and the
     same Dice against its mirrored mask; a lesion map left unflipped would score differently."""
-    from imagemasknet.data import Arrays, read_grey, read_mask, resize_pair
-    from imagemasknet.evaluate import predict_arrays
+    from imagemasknet.data.busi import Arrays, read_grey, read_mask, resize_pair
+    from imagemasknet.evaluation.evaluate import predict_arrays
 
     images, masks = [], []
     for n in (1, 7, 20):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagemasknet.data import CLASSES, load_busi
-from imagemasknet.splits import (
+from imagemasknet.data.busi import CLASSES, load_busi
+from imagemasknet.data.splits import (
     DEFAULT_SPLIT,
     SplitError,
     committed_groups,

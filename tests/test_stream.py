@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from imagemasknet import cli
-from imagemasknet.predict import Predictor, read_scan
-from imagemasknet.stream import CSV_FIELDS, done_files, scan_files
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.data.scans import read_scan
+from imagemasknet.inference.stream import CSV_FIELDS, done_files, scan_files
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-import imagemasknet.runs as runs_module
-import imagemasknet.train as train_module
+import imagemasknet.models.weights as weights_module
+import imagemasknet.training.trainer as train_module
 from imagemasknet import cli
-from imagemasknet.config import TrainConfig, preset
-from imagemasknet.data import CLASSES, load_arrays, load_busi
-from imagemasknet.evaluate import predict_arrays
-from imagemasknet.metrics import point_metrics, softmax
+from imagemasknet.training.config import TrainConfig, preset
+from imagemasknet.data.busi import CLASSES, load_arrays, load_busi
+from imagemasknet.evaluation.evaluate import predict_arrays
+from imagemasknet.evaluation.metrics import point_metrics, softmax
 from imagemasknet.models import get_spec
-from imagemasknet.runs import Run, load_model, read_json, run_temperatures
-from imagemasknet.splits import load_folds
-from imagemasknet.train import TrainingStep, train
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.models.weights import load_model
+from imagemasknet.core.files import read_json
+from imagemasknet.data.splits import load_folds
+from imagemasknet.training.trainer import TrainingStep, train
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +69,7 @@ def test_run_folder_contents(trained_run, busi_root):
     status = read_json(trained_run / "status.json")
     assert status["state"] == "finished"
     assert (status["epoch"], status["epochs"]) == (1, 1)
-    assert Run(trained_run).state == "finished"
+    assert RunFolder(trained_run).state == "finished"
 
     split = read_json(trained_run / "split.json")
     train_ids, val_ids, test_ids = (set(split[k]) for k in ("train", "validation", "test"))
@@ -97,7 +99,7 @@ def test_run_folder_contents(trained_run, busi_root):
     assert calibration["fitted_on"] == "inner validation split"
     assert set(calibration["temperature"]) == {"image", "mask"}
     assert all(0.05 <= t <= 20 for t in calibration["temperature"].values())
-    assert run_temperatures(trained_run) == calibration["temperature"]
+    assert RunFolder(trained_run).temperatures == calibration["temperature"]
     assert "finished" in (trained_run / "log.txt").read_text()
     assert not list(trained_run.glob(".*.tmp"))
 
@@ -116,7 +118,7 @@ def test_checkpoints_load_and_reproduce_the_logged_accuracy(trained_run, busi_ar
             # With one epoch both checkpoints are the weights the history was computed with.
             assert metrics["accuracy"] == pytest.approx(heldout[mode]["accuracy"]), (which, mode)
             assert metrics["macro_f1"] == pytest.approx(heldout[mode]["macro_f1"]), (which, mode)
-    with pytest.raises(runs_module.WeightsError):
+    with pytest.raises(weights_module.WeightsError):
         load_model("imagemasknet2", trained_run / "best.safetensors", image_size=SIZE)
 
 
@@ -126,8 +128,8 @@ def test_same_seed_same_history(trained_run, busi_root, shared_cache, tmp_path):
     assert second["train"]["loss"] == first["train"]["loss"]
     assert second["train"]["accuracy"] == first["train"]["accuracy"]
     assert second["heldout"] == first["heldout"]
-    a = runs_module.load_file(str(trained_run / "last.safetensors"))
-    b = runs_module.load_file(str(again / "last.safetensors"))
+    a = weights_module.load_file(str(trained_run / "last.safetensors"))
+    b = weights_module.load_file(str(again / "last.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # ...and the seed does matter.
     other = train(quick_config(busi_root, tmp_path / "other", seed=1), progress=False)
@@ -260,7 +262,7 @@ def test_cli_rejects_a_bad_config_value(capsys):
 def test_interrupt_while_writing_a_checkpoint_leaves_a_consistent_cancelled_run(
         busi_root, shared_cache, monkeypatch, tmp_path, capsys):
     """Ctrl-C arrives while best.safetensors is half written (the second weights write of the run)."""
-    real_save = runs_module.save_file
+    real_save = weights_module.save_file
     calls = []
 
     def save_then_interrupt(state, filename, metadata=None):
@@ -270,7 +272,7 @@ def test_interrupt_while_writing_a_checkpoint_leaves_a_consistent_cancelled_run(
         Path(filename).write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs_module, "save_file", save_then_interrupt)
+    monkeypatch.setattr(weights_module, "save_file", save_then_interrupt)
     run_dir = tmp_path / "cancelled"
     code = cli.main(["train", "--arch", "lesion-resunet", "--epochs", "1", "--limit", str(LIMIT), "--fold", "0",
                      "--image-size", str(SIZE), "--data", str(busi_root), "--out-dir", str(run_dir),
@@ -287,7 +289,7 @@ def test_interrupt_while_writing_a_checkpoint_leaves_a_consistent_cancelled_run(
     assert not list(run_dir.glob(".*.tmp"))
     assert not (run_dir / "calibration.json").exists()
     load_model("lesion-resunet", run_dir / "last.safetensors", image_size=SIZE)
-    assert Run(run_dir).state == "cancelled"
+    assert RunFolder(run_dir).state == "cancelled"
     assert "cancelled" in (run_dir / "log.txt").read_text()
 
 
@@ -313,7 +315,7 @@ def test_interrupt_mid_epoch_marks_run_cancelled(busi_root, shared_cache, monkey
 
 
 def test_evaluate_run_uses_the_runs_own_data_folder(busi_root, make_busi_copy, monkeypatch, tmp_path):
-    import imagemasknet.data as data_module
+    import imagemasknet.data.busi as data_module
 
     folds = load_folds()
     root = make_busi_copy(folds[0][::20] + folds[1][::20], "kaggle", name="own-data")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from imagemasknet.config import AUGMENTATIONS
-from imagemasknet.transforms import augment_pair, build_augmentation, normalise
+from imagemasknet.data import transforms
+from imagemasknet.data.transforms import augment_pair, build_augmentation, normalise
+from imagemasknet.training.config import AUGMENTATIONS
 
 
 def _square_scan() -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,6 +19,12 @@ def _square_scan() -> tuple[torch.Tensor, torch.Tensor]:
     image[:, 40:80, 50:100] = 230
     mask[:, 40:80, 50:100] = 1
     return image, mask
+
+
+def test_the_training_config_offers_exactly_the_augmentations_that_are_built():
+    assert AUGMENTATIONS == tuple(transforms.AUGMENTATIONS)
+    with pytest.raises(ValueError, match="unknown augmentation 'mirror'; choose from none, flip"):
+        build_augmentation("mirror", 128)
 
 
 @pytest.mark.parametrize("name", AUGMENTATIONS)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-import imagemasknet.data as data_module
-import imagemasknet.verify as verify_module
+import imagemasknet.data.busi as data_module
+import imagemasknet.data.verify as verify_module
 from imagemasknet import cli
-from imagemasknet.data import DataIntegrityError, load_busi, load_dataset
-from imagemasknet.verify import CHECKSUMS, checksum_root, read_checksums, verify
+from imagemasknet.data.busi import load_busi, load_dataset
+from imagemasknet.data.verify import DataIntegrityError
+from imagemasknet.data.verify import CHECKSUMS, checksum_root, read_checksums, verify
 
 BUNDLED = data_module.BUNDLED_COPY.parent  # data/busi
 CASES = ["benign (1)", "benign (2)", "malignant (1)", "malignant (2)", "normal (1)", "normal (2)"]

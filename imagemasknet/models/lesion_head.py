@@ -16,7 +16,7 @@ DECODER_CHANNELS = 32
 
 def texture_statistics(features: list[torch.Tensor]) -> torch.Tensor:
     """(B, D): mean and standard deviation over space of each channel of every map but the deepest: what
-    :mod:`imagemasknet.familiarity` measures a scan's familiarity on."""
+    :mod:`imagemasknet.inference.familiarity` measures a scan's familiarity on."""
     return torch.cat([torch.cat([f.float().mean((2, 3)), f.float().std((2, 3))], 1) for f in features[:-1]], 1)
 
 

@@ -1,0 +1,71 @@
+"""Where the project's files are: every folder it reads or writes, and the environment variables that move
+them. Nothing here imports PyTorch.
+
+* run folders: ``$IMAGEMASKNET_RUNS``, default ``./runs``; the promoted model is its ``active`` link;
+* decoded-scan and index caches: ``$IMAGEMASKNET_CACHE``, default ``~/.cache/imagemasknet``;
+* BUSI: ``$IMAGEMASKNET_DATA``, else the copy bundled in the repository, else ``./data/…``, else the shared copy
+  (:func:`imagemasknet.data.busi.find_data_root` tries them in that order);
+* the shipped weights: inside the installed package, else the checkout's ``weights/``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RUNS_ENV, CACHE_ENV, DATA_ENV = "IMAGEMASKNET_RUNS", "IMAGEMASKNET_CACHE", "IMAGEMASKNET_DATA"
+PACKAGE = Path(__file__).resolve().parent.parent  # this file is imagemasknet/core/paths.py
+REPOSITORY = PACKAGE.parent
+# The copy that ships with the project (data/busi/ in the repository, with its checksums.sha256).
+BUNDLED_COPY = REPOSITORY / "data" / "busi" / "Dataset_BUSI_with_GT"
+LOCAL_COPY = Path("data") / "Dataset_BUSI_with_GT"
+SHARED_COPY = REPOSITORY.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
+SPLITS_DIR = REPOSITORY / "splits"  # the committed duplicate-aware folds
+ACTIVE_NAME = "active"  # the runs folder's link to the promoted model
+
+
+def _weights_dir() -> Path:
+    """``pip install .`` maps the repository's ``weights/`` to ``imagemasknet/weights/`` (pyproject.toml)."""
+    installed = PACKAGE / "weights"
+    return installed if installed.is_dir() else REPOSITORY / "weights"
+
+
+WEIGHTS_DIR = _weights_dir()
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get(RUNS_ENV, "runs"))
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "imagemasknet"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_override() -> Path | None:
+    """The BUSI folder ``$IMAGEMASKNET_DATA`` names, if it is set."""
+    value = os.environ.get(DATA_ENV)
+    return Path(value) if value else None
+
+
+def active_path(root: Path | None = None) -> Path:
+    """The link to the promoted model's folder (it may not exist: then the shipped model is active)."""
+    return Path(root or runs_root()) / ACTIVE_NAME
+
+
+def active_model_dir(root: Path | None = None) -> Path | None:
+    """The promoted model's folder, resolved (so its two files belong together even while a promotion swaps
+    the link), or None when the shipped model is active or the folder is incomplete."""
+    try:
+        folder = active_path(root).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not (folder / "model.json").is_file() or not (folder / "model.safetensors").is_file():
+        return None
+    return folder
+
+
+def active_weights(default_model: str, root: Path | None = None) -> Path:
+    """The weights the app classifies with now: the promoted model's, else the shipped default's."""
+    folder = active_model_dir(root)
+    return folder / "model.safetensors" if folder is not None else WEIGHTS_DIR / f"{default_model}.safetensors"

@@ -1,0 +1,279 @@
+"""The one reader of run folders (the contract is in DESIGN.md): training resumes from it, the job launcher
+and promotion read their run through it, and the Training page lists and charts what it reads.
+
+A :class:`RunFolder` reads ``config.json``, ``history.json``, ``status.json``, ``calibration.json`` and every
+``metrics*.json`` once, on first use, and never raises for a missing or damaged file: ``problems`` says in
+sentences what is missing or broken (truncated JSON, an empty history, a run whose process is gone). Make a
+new one to see the folder as it is now.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+from imagemasknet.core.processes import run_state
+
+_FOLD = re.compile(r"^(?P<preset>.+)-fold(?P<fold>\d+)$")
+_RUN_FILES = ("config.json", "history.json", "status.json", "log.txt", "best.safetensors", "last.safetensors")
+
+
+def read_json_checked(path: Path, kind: type | tuple[type, ...] = (dict, list)) -> tuple[Any, str | None]:
+    """(content, None), or (None, a sentence saying why not) for a missing, truncated or odd file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"{path.name} cannot be read ({error})"
+    if not text.strip():
+        return None, f"{path.name} is empty"
+    try:
+        content = json.loads(text)
+    except ValueError as error:
+        return None, f"{path.name} is not valid JSON — probably cut off while being written ({error})"
+    if not isinstance(content, kind):
+        return None, f"{path.name} holds a {type(content).__name__}, not what a run writes"
+    return content, None
+
+
+@dataclass
+class _Contents:
+    config: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    status: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunFolder:
+    """One run folder as far as it is written, read on first use."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @cached_property
+    def _contents(self) -> _Contents:
+        return _read(self.path)
+
+    @property
+    def config(self) -> dict:
+        return self._contents.config
+
+    @property
+    def history(self) -> list[dict]:
+        """The finished epochs, in order."""
+        return self._contents.history
+
+    @property
+    def status(self) -> dict:
+        return self._contents.status
+
+    @property
+    def calibration(self) -> dict:
+        return self._contents.calibration
+
+    @property
+    def metrics(self) -> dict[str, dict]:
+        """Evaluation reports by file stem (``metrics``, ``metrics-test``, …)."""
+        return self._contents.metrics
+
+    @property
+    def problems(self) -> list[str]:
+        return self._contents.problems
+
+    @property
+    def temperatures(self) -> dict[str, float]:
+        """Calibration temperature per inference mode (empty before calibration)."""
+        temperatures = self.calibration.get("temperature", {})
+        if not isinstance(temperatures, dict):
+            return {}
+        return {m: float(t) for m, t in temperatures.items() if isinstance(t, (int, float))}
+
+    @property
+    def arch(self) -> str:
+        return str(self.config.get("arch", "?"))
+
+    @property
+    def preset(self) -> str:
+        match = _FOLD.match(self.name)
+        return match["preset"] if match else self.name
+
+    @property
+    def fold(self) -> int | None:
+        match = _FOLD.match(self.name)
+        if match:
+            return int(match["fold"])
+        fold = self.config.get("fold")
+        return fold if isinstance(fold, int) else None
+
+    @property
+    def state(self) -> str:
+        return run_state(self.status)
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    @property
+    def epochs_total(self) -> int | None:
+        total = self.config.get("epochs", self.status.get("epochs"))
+        return total if isinstance(total, int) else None
+
+    @property
+    def modes(self) -> list[str]:
+        """Inference modes the run has numbers for (history or metrics), in image, mask order."""
+        found: set[str] = set()
+        for epoch in self.history:
+            for split in ("heldout", "validation"):
+                if isinstance(epoch.get(split), dict):
+                    found |= set(epoch[split])
+        for report in self.metrics.values():
+            found |= set(report.get("modes", {}))
+        return sorted(found, key=lambda m: (m != "image", m))
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "finished" and not self.problems
+
+    def last_epoch(self, metric: str = "accuracy", split: str = "heldout") -> dict[str, float]:
+        """``metric`` per mode at the last epoch that recorded it on ``split``."""
+        for epoch in reversed(self.history):
+            values = {m: v.get(metric) for m, v in (epoch.get(split) or {}).items() if isinstance(v, dict)}
+            values = {m: float(v) for m, v in values.items() if isinstance(v, (int, float))}
+            if values:
+                return values
+        return {}
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join((self.path / "log.txt").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _read(path: Path) -> _Contents:
+    run = _Contents()
+    config, problem = read_json_checked(path / "config.json", dict)
+    if problem:
+        run.problems.append(problem)
+    run.config = config or {}
+    status, problem = read_json_checked(path / "status.json", dict)
+    if problem:
+        run.problems.append(problem)
+    run.status = status or {}
+    evaluation_only = run.config.get("kind") == "own-data evaluation"  # `evaluate --data`: nothing trained
+    history, problem = read_json_checked(path / "history.json", list)
+    if problem and "missing" in problem:
+        problem = None if evaluation_only else "history.json is missing — no epoch has finished yet"
+    if problem:
+        run.problems.append(problem)
+    history = history or []
+    run.history = [e for e in history if isinstance(e, dict) and isinstance(e.get("epoch"), (int, float))]
+    if len(run.history) < len(history):
+        run.problems.append(f"history.json has {len(history) - len(run.history)} entries that are not epochs")
+    if history is not None and not run.history and not problem and not evaluation_only:
+        run.problems.append("history.json has no finished epoch yet")
+    calibration, problem = read_json_checked(path / "calibration.json", dict)
+    if problem and "missing" not in problem:
+        run.problems.append(problem)
+    run.calibration = calibration or {}
+    for metrics_file in sorted(path.glob("metrics*.json")):
+        report, problem = read_json_checked(metrics_file, dict)
+        if problem:
+            run.problems.append(problem)
+        elif not isinstance(report.get("modes"), dict):
+            run.problems.append(f"{metrics_file.name} has no per-mode results")
+        else:
+            run.metrics[metrics_file.stem] = report
+    state = run_state(run.status)
+    if state == "crashed":
+        run.problems.append(f"status.json says running, but process {run.status.get('pid')} is gone — the run "
+                            "crashed or was killed")
+    elif state in ("failed", "cancelled"):
+        run.problems.append(f"the run {state}" + (f": {run.status['error']}" if run.status.get("error") else ""))
+    return run
+
+
+def looks_like_run(path: Path) -> bool:
+    return path.is_dir() and (any((path / name).exists() for name in _RUN_FILES) or any(path.glob("metrics*.json")))
+
+
+def scan_runs(root: str | Path, inside: str | Path | None = None) -> list[RunFolder]:
+    """Every run folder directly under ``root`` (or ``root`` itself when it is one), by name. With ``inside``,
+    a folder that resolves outside it (a symbolic link leading out) is left unread."""
+    root = Path(root)
+    if not root.is_dir() or (inside is not None and not _within(root, inside)):
+        return []
+    if looks_like_run(root) and (root / "config.json").exists():
+        return [RunFolder(root)]
+    folders = [p for p in root.iterdir() if not p.name.startswith(".") and (inside is None or _within(p, inside))
+               and looks_like_run(p)]
+    return [RunFolder(p) for p in sorted(folders, key=lambda p: _natural(p.name))]
+
+
+def _within(path: Path, root: str | Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def shipped_history(weights_dir: Path, name: str) -> list[dict]:
+    """The shipped model's own per-epoch history (``NAME.history.json`` beside its weights), or []."""
+    history, _ = read_json_checked(Path(weights_dir) / f"{name}.history.json", list)
+    return [e for e in history or [] if isinstance(e, dict)]
+
+
+def results_folders(root: str | Path) -> list[str]:
+    """What the app may show run folders from: the results root itself (``""``) and its sub-folders that
+    hold run folders (a cross-validation's results, say), by name. Nothing outside ``root`` is listed, so a
+    visitor chooses among folders the server found, never types a path."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    names = [""]
+    try:
+        children = sorted(root.iterdir(), key=lambda p: _natural(p.name))
+    except OSError:
+        return names
+    for child in children:
+        if child.name.startswith(".") or not child.is_dir() or not _within(child, root) or looks_like_run(child):
+            continue
+        try:
+            if any(_within(p, root) and looks_like_run(p) for p in child.iterdir()):
+                names.append(child.name)
+        except OSError:
+            continue
+    return names
+
+
+def results_folder(root: str | Path, name: str) -> Path | None:
+    """The folder :func:`results_folders` listed under ``name``; None for any other name (``..``, an
+    absolute path, a link out of the root)."""
+    return Path(root) / name if name in results_folders(root) else None
+
+
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def cv_groups(runs: Iterable[RunFolder]) -> dict[str, list[RunFolder]]:
+    """preset → its fold runs (``<preset>-fold<k>``), for presets with at least two folds."""
+    groups: dict[str, list[RunFolder]] = {}
+    for run in runs:
+        if _FOLD.match(run.name):
+            groups.setdefault(run.preset, []).append(run)
+    return {p: sorted(r, key=lambda r: r.fold) for p, r in groups.items() if len(r) >= 2}

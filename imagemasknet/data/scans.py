@@ -1,0 +1,630 @@
+"""Read user-supplied scans and lesion masks robustly.
+
+Everything a user can upload goes through :func:`read_scan` (the scan) and :func:`read_mask` /
+:func:`mask_from_drawing` (an optional lesion outline).  Files we cannot or should not use are
+refused with a :class:`ScanError` subclass whose message is one plain sentence naming the file;
+no other exception type escapes for any bytes input.  Scans that are usable but look unusual
+get human-readable entries in :attr:`Scan.warnings` instead of being refused.
+
+Accepted inputs
+---------------
+PNG, JPEG, BMP, TIFF, GIF (single frame) and DICOM (single frame).  Greyscale, RGB, RGBA
+(composited on black), palette, 1-bit and 16-bit/32-bit/float images; EXIF orientation is applied.
+
+* 16-bit (and 32-bit / float) greyscale images are scaled to 8 bits by **their own min..max**
+  (a linear stretch).  Full-range scaling (divide by 257) would turn the common "12-bit data in
+  a 16-bit container" into an almost black picture; the stretch is exact for an 8-bit image
+  that was multiplied up to 16 bits as long as it contains both black and white pixels, which
+  ultrasound images practically always do.
+* DICOM: the Modality LUT / Rescale Slope+Intercept is applied, then the VOI LUT or
+  Window Center/Width when present (mapped onto the full 8-bit range using the window's own
+  output range); without a VOI the values are kept as they are when they already are 8-bit
+  and otherwise stretched by their min..max.  MONOCHROME1 is inverted so that higher = brighter.
+  Colour DICOM (RGB, YBR_*, PALETTE COLOR) is converted to RGB and then to grey.
+* Colour images become grey the same way the training data was read (Pillow ``convert("L")``,
+  ITU-R 601-2 luma), so :attr:`Scan.pixels` is exactly what the model would have seen.
+
+Security: decoding is limited to the Pillow plugins above (no EPS/Ghostscript etc.), the pixel
+count from the header is checked against :data:`MAX_PIXELS` *before* any pixel is decoded, and
+Pillow's own decompression-bomb error/warning is turned into :class:`DecompressionBombError`.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "MAX_PIXELS", "MIN_SIDE", "MAX_ASPECT",
+    "ScanError", "EmptyFileError", "NotAnImageError", "CorruptImageError", "DecompressionBombError",
+    "ImageTooSmallError", "AspectRatioError", "MultiFrameError", "MaskError", "NotUltrasoundError",
+    "Scan", "read_scan", "read_mask", "mask_from_drawing", "grey_statistics", "colour_fraction",
+]
+
+# --------------------------------------------------------------------------------------------
+# Limits (refusals)
+# --------------------------------------------------------------------------------------------
+MAX_PIXELS = 50_000_000  #: larger images (width × height from the header) are refused unread
+MIN_SIDE = 64  #: shorter side below this many pixels is refused
+MAX_ASPECT = 6.0  #: longer side / shorter side above this is refused
+
+# --------------------------------------------------------------------------------------------
+# Warning heuristics (see ``_scan_warnings``).  Calibrated on all 780 BUSI and 532 BUS-BRA
+# images: none of them triggers a warning.  Observed ranges in brackets.
+# --------------------------------------------------------------------------------------------
+#: A pixel is "strongly coloured" when max(R,G,B) - min(R,G,B) exceeds this (0..255).
+COLOUR_CHROMA_LEVEL = 50
+#: Warn about colour (e.g. colour Doppler) when more than this share of pixels is strongly
+#: coloured [BUSI/BUS-BRA: at most 0.8 %, from small coloured annotation marks].
+COLOUR_WARN_FRACTION = 0.02
+#: Statistics are computed on a copy whose longer side is at most this many pixels, so that
+#: they do not depend on the resolution of the upload.
+STATS_LONG_SIDE = 256
+#: Mean grey level range typical of B-mode ultrasound [15.4 .. 186.9].
+UNLIKE_MEAN_RANGE = (8.0, 200.0)
+#: Contrast (standard deviation of grey levels) range [15.5 .. 74.4].
+UNLIKE_STD_RANGE = (10.0, 90.0)
+#: Pixels at or below this grey level count as near-black.
+NEAR_BLACK_LEVEL = 10
+#: Largest share of near-black pixels [at most 0.65: wide black borders are common].
+UNLIKE_MAX_NEAR_BLACK = 0.85
+#: Largest share of pixels in the upper half of the grey range (>= 128) [at most 0.89].
+UNLIKE_MAX_BRIGHT = 0.95
+#: "Roughness" = mean absolute difference between neighbouring pixels / standard deviation.
+#: Speckle gives [0.069 .. 0.40]; independent pixel noise gives about 1.13, smooth gradients,
+#: drawings and most photos of objects give well under 0.04.
+UNLIKE_ROUGHNESS_RANGE = (0.04, 0.7)
+
+#: Pillow plugins we let near user data (also fixes which formats count as images).
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")  # JPEG also yields MPO (phone JPEGs)
+_SIGNATURES = (
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
+_ACCEPTED = "PNG, JPEG, BMP, TIFF or DICOM"
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+class ScanError(ValueError):
+    """A file the app cannot or should not use; ``str(error)`` is a sentence for the user."""
+
+
+class EmptyFileError(ScanError):
+    """The file has no content (0 bytes)."""
+
+
+class NotAnImageError(ScanError):
+    """Not an image in a format we read (or a DICOM object without a decodable image)."""
+
+
+class CorruptImageError(ScanError):
+    """Recognisable image format, but damaged or truncated."""
+
+
+class DecompressionBombError(ScanError):
+    """More than MAX_PIXELS pixels (checked from the header, before decoding)."""
+
+
+class ImageTooSmallError(ScanError):
+    """Shorter side under MIN_SIDE pixels."""
+
+
+class AspectRatioError(ScanError):
+    """Longer side more than MAX_ASPECT times the shorter side."""
+
+
+class MultiFrameError(ScanError):
+    """Several frames/pages (multi-page TIFF, animated GIF/PNG, multi-frame DICOM, cine loop)."""
+
+
+class MaskError(ScanError):
+    """A mask file (or drawing) that cannot be used."""
+
+
+class NotUltrasoundError(ScanError):
+    """A picture the model cannot judge: it does not look like a breast ultrasound scan (a photograph,
+    document, screenshot, chart, another modality, noise). Raised by the Predictor, which measures it
+    (:mod:`imagemasknet.inference.familiarity`)."""
+
+
+@dataclass
+class Scan:
+    """A decoded scan.
+
+    ``pixels`` is what the model sees (uint8 greyscale H×W); ``rgb`` is for display
+    (uint8 H×W×3, alpha composited on black); ``warnings`` are sentences to show the user.
+    """
+
+    pixels: np.ndarray
+    rgb: np.ndarray
+    name: str
+    source_format: str
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+def read_scan(data: Any, name: str | None = None) -> Scan:
+    """Decode a scan from bytes, a path, or a binary file object (e.g. a Streamlit upload).
+
+    ``name`` is used in messages; it defaults to the file name of a path / file object.
+    Raises a :class:`ScanError` subclass for anything we refuse; any other failure while
+    decoding is reported as :class:`CorruptImageError`.
+    """
+    raw, name = _read_input(data, name)
+    subject = _subject(name)
+    if not raw:
+        raise EmptyFileError(f"{subject} is empty (0 bytes).")
+    notes: list[str] = []
+    with _guard(subject):
+        if _is_dicom(raw):
+            rgb, pixels, fmt = _decode_dicom(raw, subject)
+        else:
+            image, fmt = _open_pil(raw, subject, check_geometry=True, what="scan")
+            image = _load_oriented(image, subject, notes)
+            rgb, pixels = _pil_to_arrays(image)
+        _check_geometry(pixels.shape[0], pixels.shape[1], subject)  # after rotation/decoding
+        notes.extend(_scan_warnings(pixels, rgb, subject))
+    return Scan(
+        pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
+        rgb=np.ascontiguousarray(rgb, dtype=np.uint8),
+        name=name or "",
+        source_format=fmt,
+        warnings=notes,
+    )
+
+
+def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None) -> np.ndarray:
+    """Read a lesion mask and return it as bool H×W; it must have the scan's size ``size_hw``.
+
+    A mask of another size is refused with both sizes named: it was most likely made for another scan
+    (or another export of it), and stretching it would put the outline in the wrong place.  0/1,
+    0..255, 16-bit or coloured masks are accepted: a pixel is lesion when its brightest channel is
+    above a quarter of the brightest value in the whole mask (so 0/1 masks work, and JPEG noise
+    around black does not count).  When the mask has transparent pixels (alpha == 0), transparent =
+    background and every visible pixel is lesion (how drawing tools export strokes).  An all-black
+    mask is allowed: no lesion.  Unusable files raise :class:`MaskError`.
+    """
+    height, width = _check_size_hw(size_hw)
+    raw, name = _read_input(data, name, error=MaskError)
+    subject = _subject(name, "The mask file", prefix="The mask ")
+    if not raw:
+        raise MaskError(f"{subject} is empty (0 bytes).")
+    try:
+        with _guard(subject):
+            if _is_dicom(raw):
+                raise NotAnImageError(f"{subject} is a DICOM file; please upload the mask as a PNG image.")
+            image, _ = _open_pil(raw, subject, check_geometry=False, what="mask")
+            image = _load_oriented(image, subject, [])
+            if image.size != (width, height):
+                shape = "size and shape" if abs(image.width / image.height - width / height) > 0.01 else "size"
+                raise MaskError(f"{subject} is {image.width} × {image.height} pixels but the scan is {width} × {height}; "
+                                f"a mask must have the scan's {shape}, so it was not used. Upload the mask made for this scan.")
+            lesion = _mask_from_image(image)
+    except MaskError:
+        raise
+    except ScanError as exc:
+        raise MaskError(str(exc)) from exc
+    return lesion.astype(bool, copy=False)
+
+
+def mask_from_drawing(rgba: np.ndarray | None, size_hw: tuple[int, int]) -> np.ndarray:
+    """Turn a canvas drawing (H×W×4 RGBA, strokes where alpha > 0) into a bool mask at ``size_hw``.
+
+    Shapes are not filled here (the canvas fills rectangles/polygons itself); ``None``
+    (nothing drawn) gives an empty mask.
+    """
+    height, width = _check_size_hw(size_hw)
+    if rgba is None:
+        return np.zeros((height, width), dtype=bool)
+    arr = np.asarray(rgba)
+    if arr.ndim != 3 or arr.shape[2] != 4 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise MaskError(f"The drawing is not an RGBA picture (expected height × width × 4, got {arr.shape}).")
+    alpha = np.nan_to_num(arr[..., 3].astype(np.float64, copy=False))
+    return _resize_bool(alpha > 0, height, width)
+
+
+def grey_statistics(pixels: np.ndarray) -> dict[str, float]:
+    """Statistics behind the "unlike the training data" warning (see module constants).
+
+    Computed on a copy whose longer side is at most :data:`STATS_LONG_SIDE` (box filter):
+    ``mean``, ``std`` (contrast), ``near_black`` (share <= NEAR_BLACK_LEVEL), ``bright``
+    (share >= 128) and ``roughness`` (mean absolute neighbour difference / std; 0 if flat).
+    """
+    grey = _downscale(Image.fromarray(np.asarray(pixels, dtype=np.uint8)), STATS_LONG_SIDE)
+    g = np.asarray(grey, dtype=np.float64)
+    std = float(g.std())
+    diffs = []
+    if g.shape[1] > 1:
+        diffs.append(np.abs(np.diff(g, axis=1)).mean())
+    if g.shape[0] > 1:
+        diffs.append(np.abs(np.diff(g, axis=0)).mean())
+    neighbour = float(np.mean(diffs)) if diffs else 0.0
+    return {
+        "mean": float(g.mean()),
+        "std": std,
+        "near_black": float((g <= NEAR_BLACK_LEVEL).mean()),
+        "bright": float((g >= 128).mean()),
+        "roughness": neighbour / std if std > 1e-6 else 0.0,
+    }
+
+
+def colour_fraction(rgb: np.ndarray) -> float:
+    """Share of strongly coloured pixels (max(R,G,B) - min(R,G,B) > COLOUR_CHROMA_LEVEL)."""
+    small = np.asarray(_downscale(Image.fromarray(np.asarray(rgb, dtype=np.uint8)), 2 * STATS_LONG_SIDE))
+    if small.ndim != 3:
+        return 0.0
+    small = small.astype(np.int16)
+    chroma = small.max(axis=2) - small.min(axis=2)
+    return float((chroma > COLOUR_CHROMA_LEVEL).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------
+def _read_input(data: Any, name: str | None, error: type[ScanError] = ScanError) -> tuple[bytes, str | None]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data), name
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        name = name or path.name
+        try:
+            return path.read_bytes(), name
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise error(f"{_subject(name)} could not be opened ({reason}).") from exc
+    if hasattr(data, "getvalue") or hasattr(data, "read"):  # BytesIO, Streamlit UploadedFile, open file
+        name = name or (os.path.basename(str(getattr(data, "name", ""))) or None)
+        try:
+            raw = data.getvalue() if hasattr(data, "getvalue") else data.read()
+        except Exception as exc:  # noqa: BLE001 - a broken stream is the user's file problem
+            raise error(f"{_subject(name)} could not be read.") from exc
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        return bytes(raw), name
+    raise TypeError(f"expected bytes, a path or a binary file object, got {type(data).__name__}")
+
+
+def _subject(name: str | None, unnamed: str = "The file", prefix: str = "") -> str:
+    return f"{prefix}'{name}'" if name else unnamed
+
+
+def _check_size_hw(size_hw: tuple[int, int]) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in size_hw)
+    except (TypeError, ValueError):
+        raise ValueError(f"size_hw must be (height, width), got {size_hw!r}") from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size_hw must be positive, got {size_hw!r}")
+    return height, width
+
+
+class _guard:
+    """Context: silence library warnings, turn Pillow's bomb warning into an error, and map
+    every non-ScanError exception to the matching ScanError subclass."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self._warnings = warnings.catch_warnings()
+
+    def __enter__(self) -> "_guard":
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._warnings.__exit__(None, None, None)
+        if exc is None or isinstance(exc, ScanError) or not isinstance(exc, Exception):
+            return False
+        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError)):
+            raise DecompressionBombError(
+                f"{self.subject} is too large to open safely (over {MAX_PIXELS:,} pixels)."
+            ) from exc
+        raise CorruptImageError(f"{self.subject} is damaged or incomplete and could not be decoded.") from exc
+
+
+def _check_geometry(height: int, width: int, subject: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise DecompressionBombError(
+            f"{subject} is too large to open safely ({width} × {height} pixels; the limit is {MAX_PIXELS:,})."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageTooSmallError(
+            f"{subject} is too small ({width} × {height} pixels); scans need at least {MIN_SIDE} pixels on each side."
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise AspectRatioError(
+            f"{subject} is too long and narrow ({width} × {height} pixels) to be an ultrasound scan."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Pillow formats
+# --------------------------------------------------------------------------------------------
+def _open_pil(raw: bytes, subject: str, *, check_geometry: bool, what: str) -> tuple[Image.Image, str]:
+    try:
+        image = Image.open(io.BytesIO(raw), formats=_PIL_FORMATS)
+    except UnidentifiedImageError:
+        looks_like = next((fmt for sig, fmt in _SIGNATURES if raw.startswith(sig)), None)
+        if looks_like:
+            raise CorruptImageError(
+                f"{subject} looks like a {looks_like} file but is damaged or incomplete."
+            ) from None
+        raise NotAnImageError(f"{subject} is not an image this app can read (use {_ACCEPTED}).") from None
+    fmt = "JPEG" if image.format == "MPO" else str(image.format)
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise DecompressionBombError(
+            f"{subject} is too large to open safely ({width} × {height} pixels; the limit is {MAX_PIXELS:,})."
+        )
+    if width <= 0 or height <= 0:
+        raise CorruptImageError(f"{subject} has no pixels ({width} × {height}).")
+    if check_geometry:
+        _check_geometry(height, width, subject)
+    # MPO = JPEG with extra pictures (phone depth maps, previews): the first one is the image.
+    if image.format != "MPO" and getattr(image, "n_frames", 1) > 1:
+        raise MultiFrameError(
+            f"{subject} contains {image.n_frames} frames or pages; please upload a single {what} image."
+        )
+    return image, fmt
+
+
+def _load_oriented(image: Image.Image, subject: str, notes: list[str]) -> Image.Image:
+    image.load()
+    try:
+        oriented = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - broken EXIF only loses the orientation hint
+        notes.append(f"{subject} has an unreadable orientation (EXIF) tag; it is shown as stored.")
+        return image
+    return oriented if oriented is not None else image
+
+
+def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:
+    """16-/32-bit or float greyscale to uint8 by the image's own min..max (see module doc)."""
+    try:
+        arr = np.asarray(image)
+        if arr.dtype == object or arr.ndim != 2:
+            raise TypeError
+    except (TypeError, ValueError):
+        arr = np.asarray(image.convert("F"))
+    return _stretch(arr.astype(np.float64))
+
+
+def _stretch(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Linear map lo..hi (default: finite min..max) onto 0..255; flat images become black."""
+    arr = np.asarray(arr, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if lo is None or hi is None:
+        if not finite.any():
+            return np.zeros(arr.shape, dtype=np.uint8)
+        lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    arr = np.where(finite, arr, lo)
+    if not hi > lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    out = (arr - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _pil_to_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Return (rgb H×W×3, grey H×W) uint8; alpha composited on black."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        grey = _high_depth_to_uint8(image)
+        return np.repeat(grey[..., None], 3, axis=2), grey
+    if mode in ("1", "L"):
+        grey = np.asarray(image.convert("L"), dtype=np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), grey
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        rgb = ((rgba[..., :3] * rgba[..., 3:4] + 127) // 255).astype(np.uint8)
+    else:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return rgb, _rgb_to_grey(rgb)
+
+
+def _rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    # Same conversion as the training data (Pillow's ITU-R 601-2 luma).
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").convert("L"), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------
+def _is_dicom(raw: bytes) -> bool:
+    return len(raw) >= 132 and raw[128:132] == b"DICM"
+
+
+def _decode_dicom(raw: bytes, subject: str) -> tuple[np.ndarray, np.ndarray, str]:
+    import pydicom  # only DICOM uploads pay for loading pydicom and its decoders
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw), force=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CorruptImageError(f"{subject} looks like a DICOM file but is damaged or incomplete.") from exc
+    if "PixelData" not in ds:
+        raise NotAnImageError(f"{subject} is a DICOM file without an image (for example a report or measurement).")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception as exc:  # noqa: BLE001
+        raise CorruptImageError(f"{subject} is a DICOM file with a damaged image header.") from exc
+    if rows <= 0 or cols <= 0:
+        raise CorruptImageError(f"{subject} is a DICOM file whose image has no pixels.")
+    if rows * cols > MAX_PIXELS:
+        raise DecompressionBombError(
+            f"{subject} is too large to open safely ({cols} × {rows} pixels; the limit is {MAX_PIXELS:,})."
+        )
+    if frames > 1:
+        raise MultiFrameError(
+            f"{subject} is a DICOM file with {frames} frames (a cine loop); please export a single frame."
+        )
+    _check_geometry(rows, cols, subject)
+
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001
+        unsupported = False
+        if tsyntax is not None and tsyntax.is_compressed:
+            try:
+                unsupported = not get_decoder(tsyntax).is_available
+            except Exception:  # noqa: BLE001 - unknown transfer syntax
+                unsupported = True
+        if unsupported:
+            raise NotAnImageError(
+                f"{subject} is a DICOM file compressed as '{tsyntax.name}', which this app cannot decode; "
+                "please export it uncompressed or as PNG."
+            ) from exc
+        raise CorruptImageError(f"{subject} is a DICOM file whose image data is damaged or incomplete.") from exc
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    arr = np.asarray(arr)
+    if photometric in ("MONOCHROME1", "MONOCHROME2") or arr.ndim == 2:
+        if arr.ndim != 2:
+            raise CorruptImageError(f"{subject} is a DICOM file with an unexpected image layout {arr.shape}.")
+        grey = _dicom_grey(arr, ds, apply_modality_lut, apply_voi_lut)
+        if photometric == "MONOCHROME1":  # stored with 0 = white
+            grey = 255 - grey
+        return np.repeat(grey[..., None], 3, axis=2), grey, "DICOM"
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise CorruptImageError(f"{subject} is a DICOM file with an unexpected image layout {arr.shape}.")
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        bits = int(ds.get("BitsStored", 16) or 16)
+        top = float(max(arr.max(), 1)) if arr.dtype.kind == "f" else float(2 ** (16 if photometric == "PALETTE COLOR" else bits) - 1)
+        arr = _stretch(arr, 0.0, top)
+    rgb = np.ascontiguousarray(arr, dtype=np.uint8)
+    return rgb, _rgb_to_grey(rgb), "DICOM"
+
+
+def _dicom_grey(arr: np.ndarray, ds: Any, apply_modality_lut: Any, apply_voi_lut: Any) -> np.ndarray:
+    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds or ds.get("ModalityLUTSequence")
+    values = apply_modality_lut(arr, ds) if has_rescale else arr
+    has_voi = bool(ds.get("VOILUTSequence")) or ("WindowCenter" in ds and "WindowWidth" in ds)
+    if has_voi:
+        out = apply_voi_lut(values, ds)
+        # The VOI output range: map the most extreme possible inputs through the same VOI.
+        probe = np.asarray(apply_voi_lut(np.array([-(2**31), 2**31 - 1], dtype=np.int64), ds), dtype=np.float64)
+        lo, hi = float(probe.min()), float(probe.max())
+        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+            return _stretch(out, lo, hi)
+        return _stretch(out)
+    values = np.asarray(values)
+    if values.size and np.issubdtype(values.dtype, np.integer) and values.min() >= 0 and values.max() <= 255 \
+            and int(ds.get("BitsStored", 8) or 8) <= 8:
+        return values.astype(np.uint8)
+    return _stretch(values)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+def _mask_from_image(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    alpha = None
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"))
+        alpha = rgba[..., 3]
+        value = rgba[..., :3].max(axis=2).astype(np.float64)
+    elif mode.startswith("I") or mode == "F":
+        try:
+            value = np.asarray(image).astype(np.float64)
+            if value.ndim != 2:
+                raise TypeError
+        except (TypeError, ValueError):
+            value = np.asarray(image.convert("F"), dtype=np.float64)
+    elif mode in ("1", "L"):
+        value = np.asarray(image.convert("L"), dtype=np.float64)
+    else:
+        value = np.asarray(image.convert("RGB")).max(axis=2).astype(np.float64)
+    value = np.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+    if alpha is not None and (alpha == 0).any():
+        return alpha > 0
+    top = float(value.max()) if value.size else 0.0
+    if top <= 0:
+        return np.zeros(value.shape, dtype=bool)
+    return value > 0.25 * top
+
+
+def _resize_bool(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask.shape == (height, width):
+        return mask.astype(bool, copy=True)
+    image = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    return np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 127
+
+
+# --------------------------------------------------------------------------------------------
+# Warnings
+# --------------------------------------------------------------------------------------------
+def _downscale(image: Image.Image, long_side: int) -> Image.Image:
+    scale = long_side / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BOX)
+
+
+def _scan_warnings(pixels: np.ndarray, rgb: np.ndarray, subject: str) -> list[str]:
+    """Warnings (not refusals) for scans that differ from the training data.
+
+    * Colour: colour-Doppler overlays, elastography maps and photos have many pixels whose
+      channels differ a lot (high chroma = max(R,G,B) - min(R,G,B)).  B-mode ultrasound is grey;
+      the training sets have at most ~1 % such pixels (coloured calipers/annotations).  The model
+      only sees the grey version, so colour overlays become unfamiliar grey blobs.
+    * Unlike the training data: B-mode ultrasound has a moderate mean grey level, moderate
+      contrast, is not mostly black or mostly bright, and its texture is speckle, which sits
+      between pixel-level noise (neighbours independent) and smooth gradients/graphics
+      (neighbours nearly equal).  Any statistic outside the calibrated range is named.
+    """
+    notes = []
+    share = colour_fraction(rgb)
+    if share > COLOUR_WARN_FRACTION:
+        notes.append(
+            f"{subject} is strongly coloured ({share:.0%} of the picture, e.g. a colour Doppler overlay); "
+            "the model was trained on greyscale B-mode scans and only sees the grey version, "
+            "so its result may be unreliable."
+        )
+    stats = grey_statistics(pixels)
+    reasons = []
+    if stats["mean"] < UNLIKE_MEAN_RANGE[0]:
+        reasons.append("it is much darker overall")
+    elif stats["mean"] > UNLIKE_MEAN_RANGE[1]:
+        reasons.append("it is much brighter overall")
+    if stats["std"] < UNLIKE_STD_RANGE[0]:
+        reasons.append("it has almost no contrast")
+    elif stats["std"] > UNLIKE_STD_RANGE[1]:
+        reasons.append("it has extreme contrast")
+    if stats["near_black"] > UNLIKE_MAX_NEAR_BLACK:
+        reasons.append("it is almost entirely black")
+    if stats["bright"] > UNLIKE_MAX_BRIGHT:
+        reasons.append("it is almost entirely bright")
+    if stats["std"] >= UNLIKE_STD_RANGE[0]:  # texture is meaningless on a flat image
+        if stats["roughness"] > UNLIKE_ROUGHNESS_RANGE[1]:
+            reasons.append("its texture looks like random pixel noise rather than ultrasound speckle")
+        elif stats["roughness"] < UNLIKE_ROUGHNESS_RANGE[0]:
+            reasons.append("it is far smoother than ultrasound speckle, as drawings, gradients and photos are")
+    if reasons:
+        notes.append(
+            f"{subject} does not look like the B-mode breast ultrasound scans the model was trained on "
+            f"({'; '.join(reasons)}), so its result may be unreliable."
+        )
+    return notes

@@ -1,0 +1,272 @@
+"""One inference API for the app and the CLI: :class:`Predictor` in, :class:`Prediction` out.
+
+Scans and masks are read by :mod:`imagemasknet.data.scans`; the Predictor resizes them
+as training did, runs the model, applies the model's calibration temperature, and returns the
+predicted lesion outline at the scan's own size. A lock serialises calls, so one instance can serve
+every Streamlit session (Grad-CAM attaches hooks to the model, which must not interleave).
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imagemasknet.data.busi import CLASSES, resize_pair
+from imagemasknet.evaluation.decision import is_low_confidence, is_suspicious
+from imagemasknet.core.device import pick_device
+from imagemasknet.inference.familiarity import Familiarity
+from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY, active_model_dir
+from imagemasknet.evaluation.metrics import softmax
+from imagemasknet.models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
+from imagemasknet.core.files import file_sha256
+from imagemasknet.models.card import ModelCard, ModelCardError, promoted_card, shipped_card, shipped_weights
+from imagemasknet.models.weights import WeightsError, load_model
+from imagemasknet.data.scans import MaskError, NotUltrasoundError, Scan
+from imagemasknet.data.transforms import model_input
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.data.duplicates import DuplicateIndex
+from imagemasknet.data.busi import load_busi
+from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_for
+from imagemasknet.inference.explain import grad_cam
+
+
+@dataclass
+class Prediction:
+    predicted_class: str  # the class with the largest calibrated probability (not ground truth)
+    probabilities: dict[str, float]
+    mode: str  # "image" or "mask"
+    model: str
+    warnings: list[str] = field(default_factory=list)
+    lesion_mask: np.ndarray | None = None  # bool, the scan's size; None when the model draws none
+    malignancy_threshold: float | None = None  # the flag's P(malignant) threshold; None: the model has none
+    threshold_source: str = ""  # where the threshold comes from, as a phrase
+    familiarity: float | None = None  # 1 = as familiar as a typical training scan; None: not measured
+    unfamiliar: bool = False
+    training_match: str | None = None  # the BUSI scan this one copies, when it does
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.predicted_class]
+
+    @property
+    def low_confidence(self) -> bool:
+        return is_low_confidence(self.probabilities)
+
+    @property
+    def suspicious_for_malignancy(self) -> bool | None:
+        return is_suspicious(self.probabilities["malignant"], self.malignancy_threshold)
+
+    def record(self, file: str) -> dict:
+        """The ``predict --json`` record for this prediction (the contract in ../shared/DESIGN.md)."""
+        return {"file": file, "predicted_class": self.predicted_class, "probabilities": self.probabilities,
+                "suspicious_for_malignancy": self.suspicious_for_malignancy,
+                "malignancy_threshold": self.malignancy_threshold, "mode": self.mode, "model": self.model,
+                "warnings": list(self.warnings), "low_confidence": self.low_confidence, "unfamiliar": self.unfamiliar,
+                "familiarity_score": self.familiarity, "in_training_data": self.training_match}
+
+
+def available_models() -> list[str]:
+    """Registered models that have shipped weights, the default first."""
+    names = [n for n in list_models() if shipped_weights(n).exists()]
+    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+
+
+def active_model_key() -> str:
+    """Changes whenever a model is promoted or rolled back: key a cached Predictor.active() by it."""
+    folder = active_model_dir()
+    return f"active:{folder.name}" if folder is not None else f"shipped:{DEFAULT_MODEL}"
+
+
+def familiarity_path(weights: Path) -> Path:
+    """Where a model's familiarity reference sits: beside its weights, ``NAME.familiarity.safetensors``."""
+    return weights.with_name(f"{weights.stem}.familiarity.safetensors")
+
+
+@functools.lru_cache(maxsize=1)
+def training_data_index():
+    """The bundled BUSI copy (the shipped models' training data) as a :class:`~imagemasknet.data.duplicates.DuplicateIndex`;
+    None when no copy is installed (a ``pip install .`` without the repository), so provenance goes unchecked."""
+    for root in (BUNDLED_COPY, SHARED_COPY):
+        if root.is_dir():
+            return DuplicateIndex(load_busi(root))
+    return None
+
+
+class Predictor:
+    """A registered model with its weights, calibration, malignancy threshold and familiarity reference,
+    ready to classify scans; it refuses what it cannot judge (:class:`NotUltrasoundError`)."""
+
+    def __init__(self, card: ModelCard, weights: Path, device: str = "auto", familiarity: Familiarity | None = None,
+                 check_training_data: bool = True):
+        self.card = card
+        self.spec: ModelSpec = get_spec(card.arch)
+        self.device = pick_device(device)
+        self.weights = Path(weights)
+        self.model = load_model(card.arch, self.weights, card.image_size, self.device)
+        self.familiarity = familiarity
+        self.check_training_data = check_training_data
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shipped(cls, name: str = DEFAULT_MODEL, device: str = "auto") -> "Predictor":
+        weights = shipped_weights(name)
+        if not weights.exists():
+            raise WeightsError(f"no shipped weights for '{name}' at {weights}")
+        try:
+            card = shipped_card(name)
+        except ModelCardError as error:
+            raise WeightsError(str(error)) from error
+        return cls(card, weights, device, familiarity=_familiarity_beside(weights))
+
+    @classmethod
+    def active(cls, device: str = "auto") -> "Predictor":
+        """The model promoted on the Retrain page (``runs_root()/active``) if there is one and it
+        loads; otherwise the shipped default model. Key caches by :func:`active_model_key`."""
+        folder = active_model_dir()
+        card = promoted_card(folder) if folder is not None else None
+        if card is not None:
+            try:
+                return cls(card, folder / "model.safetensors", device,
+                           familiarity=_familiarity_beside(folder / "model.safetensors"))
+            except (WeightsError, KeyError, TypeError, ValueError):
+                pass  # a damaged promotion never takes the app down: fall back to the shipped model
+        return cls.shipped(DEFAULT_MODEL, device)
+
+    @classmethod
+    def from_run(cls, run_dir: Path, checkpoint: str = "best", device: str = "auto",
+                 check_training_data: bool = True) -> "Predictor":
+        try:
+            card = ModelCard.for_run(RunFolder(run_dir))
+        except ModelCardError as error:
+            raise WeightsError(str(error)) from error
+        return cls(card, Path(run_dir) / f"{checkpoint}.safetensors", device, check_training_data=check_training_data)
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def temperatures(self) -> dict[str, float]:
+        return self.card.temperature
+
+    @property
+    def image_size(self) -> int:
+        return self.card.image_size
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def weights_sha256(self) -> str:
+        """Names these exact weights (a saved site threshold applies only to them)."""
+        return file_sha256(self.weights)
+
+    def malignancy_threshold(self, mode: str) -> tuple[float | None, str]:
+        """The flag's threshold in ``mode`` and where it comes from: a site threshold saved for these exact
+        weights, else the model card's (set on the cross-validation's out-of-fold predictions)."""
+        site = load_site_threshold()
+        value = site_threshold_for(mode, self.name, site, self.weights_sha256) if site else None
+        if value is not None:
+            return value, (f"{site.get('sensitivity', 0):.0%} sensitivity on the site's own scans "
+                           f"({Path(str(site.get('data', 'site data'))).name}; the saved site threshold)")
+        if mode in self.card.flag_thresholds:
+            return self.card.flag_thresholds[mode], (f"{self.card.flag_target:.0%} sensitivity on BUSI scans the "
+                                                     "model's cross-validation never trained on")
+        return None, "this model has no sensitivity-set threshold"
+
+    def resolve_mode(self, mask: np.ndarray | None) -> str:
+        if mask is None:
+            if self.spec.needs_mask:
+                raise MaskError(f"The model '{self.name}' needs a lesion mask; draw or upload one.")
+            return "image"
+        if not self.spec.accepts_mask:
+            raise MaskError(f"The model '{self.name}' takes no mask; switch mask mode off.")
+        return "mask"
+
+    def _inputs(self, scan: Scan, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scan (and mask) resized and normalised exactly as training and evaluation do."""
+        if mask is not None and mask.shape != scan.pixels.shape:
+            raise MaskError(f"The mask is {mask.shape[1]} × {mask.shape[0]} pixels but the scan is "
+                            f"{scan.pixels.shape[1]} × {scan.pixels.shape[0]}; a mask must have the scan's size.")
+        pixels, small = resize_pair(scan.pixels, mask if mask is not None else np.zeros(scan.pixels.shape, bool),
+                                    self.image_size)
+        return model_input(self.spec, torch.from_numpy(np.array(pixels))[None, None],
+                           torch.from_numpy(np.array(small))[None, None], "mask" if mask is not None else "image",
+                           self.device)
+
+    def predict(self, scan: Scan, mask: np.ndarray | None = None) -> Prediction:
+        """Classify one scan; with a mask (bool, the scan's size) in mask mode. Raises
+        :class:`NotUltrasoundError` for a picture the model cannot judge."""
+        mode = self.resolve_mode(mask)
+        image, mask_tensor = self._inputs(scan, mask)
+        with self._lock, torch.no_grad():
+            output = self.model(image, mask_tensor)
+        warnings = list(scan.warnings)
+        score = unfamiliar = None
+        if self.familiarity is not None and output.texture is not None:
+            texture = output.texture.float().cpu().numpy()
+            refusal = self.familiarity.refusal
+            if (far := float(refusal.score(texture)[0])) > refusal.threshold:
+                raise NotUltrasoundError(not_ultrasound_message(scan.name, far, refusal.threshold))
+            check = self.familiarity.unfamiliar
+            score = float(check.score(texture)[0])
+            unfamiliar = score > check.threshold
+            if unfamiliar:
+                warnings.append(unfamiliar_notice(score, check.threshold))
+        logits = output.logits.float().cpu().numpy()
+        probabilities = softmax(logits, self.temperatures.get(mode, 1.0))[0]
+        lesion = None
+        if output.lesion_logits is not None:
+            upsampled = F.interpolate(output.lesion_logits.float(), size=scan.pixels.shape, mode="bilinear",
+                                      align_corners=False)
+            lesion = (upsampled[0, 0] > 0).cpu().numpy()
+            if mask is not None and mask.any() and lesion.any() and not (mask & lesion).any():
+                warnings.append("The mask does not overlap the lesion the model finds on this scan; check that it was "
+                                "drawn on (or made for) this scan.")
+        match = None
+        if self.check_training_data and (index := training_data_index()) is not None:
+            found = index.match(scan.pixels)
+            if found is not None:
+                match = found.b
+                warnings.append(training_data_notice(match, exact=found.speckle_ncc == 1.0))
+        threshold, source = self.malignancy_threshold(mode)
+        predicted = CLASSES[int(probabilities.argmax())]
+        return Prediction(predicted, {c: float(p) for c, p in zip(CLASSES, probabilities)}, mode, self.name, warnings,
+                          lesion, threshold, source, score, bool(unfamiliar), match)
+
+    def grad_cam(self, scan: Scan, target_class: str | int, mask: np.ndarray | None = None) -> np.ndarray:
+        """Grad-CAM of ``target_class`` on the last convolutional block of the image path, at the
+        scan's size, scaled to [0, 1] (all zeros when nothing supports the class)."""
+        target = CLASSES.index(target_class) if isinstance(target_class, str) else int(target_class)
+        self.resolve_mode(mask)
+        image, mask_tensor = self._inputs(scan, mask)
+        with self._lock:
+            return grad_cam(self.model, image, mask_tensor, target, scan.pixels.shape)
+
+
+def _familiarity_beside(weights: Path) -> Familiarity | None:
+    path = familiarity_path(weights)
+    return Familiarity.load(path) if path.is_file() else None
+
+
+def not_ultrasound_message(name: str, score: float, limit: float) -> str:
+    subject = f"'{name}'" if name else "The file"
+    return (f"{subject} does not look like a breast ultrasound scan (its image texture scores {score:.1f}, where BUSI's "
+            f"scans, augmented as in training, stay far below {limit:.1f}), so it was not classified; upload a B-mode "
+            "breast ultrasound image.")
+
+
+def unfamiliar_notice(score: float, limit: float) -> str:
+    return (f"Unfamiliar scanner or view: accuracy not validated here. This scan's texture scores {score:.2f} "
+            f"against the training data, above the {limit:.2f} that 95 % of new BUSI scans stay under.")
+
+
+def training_data_notice(case_id: str, exact: bool) -> str:
+    copy = "is" if exact else "is a copy of"
+    return f"This scan {copy} BUSI's '{case_id}', in the training data: its result is not a test."

@@ -1,0 +1,176 @@
+"""The model card: what is known about one set of weights, and where the weights the app may use are.
+
+One :class:`ModelCard` type for the three kinds of weights: the shipped models' (``weights/NAME.json`` beside
+``weights/NAME.safetensors``, written by ``benchmarks/summarise.py --ship``), a promoted run's (``model.json``
+beside ``model.safetensors`` in the runs folder's ``active`` model, written by promotion), and a run folder's
+own checkpoints (built from its ``config.json`` and ``calibration.json``). The JSON layout is the contract in
+DESIGN.md; :meth:`ModelCard.from_json` reads it without trusting it (a missing or mistyped block is empty, not
+an error), and :meth:`ModelCard.to_json` writes it back with every key it did not know kept as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagemasknet.core.files import read_json, write_json
+from imagemasknet.core.paths import WEIGHTS_DIR, active_model_dir, active_path
+
+DEFAULT_IMAGE_SIZE = 256  # every registered model trains at 256 px unless its config says otherwise
+
+
+class ModelCardError(ValueError):
+    """A card that cannot describe weights (not a JSON object, or no architecture named)."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str  # what the app calls the model (the registry name for shipped models)
+    arch: str  # the registered architecture the weights fit
+    version: str = ""
+    config: dict = field(default_factory=dict)  # the training config (TrainConfig.to_dict())
+    temperature: dict[str, float] = field(default_factory=dict)  # calibration per inference mode
+    architecture: dict = field(default_factory=dict)  # name, description, parameters, modes, predicts_lesion
+    pretrained: dict | None = None  # the encoder's ImageNet weights and how adapted; {}: none (JSON null); None: unsaid
+    trained_on: str = ""
+    storage: str = ""
+    date: str = ""
+    note: str = ""  # a provisional card says so here
+    malignancy_flag: dict = field(default_factory=dict)  # target_sensitivity, modes: {mode: {threshold, …}}
+    familiarity: dict = field(default_factory=dict)
+    low_confidence: dict = field(default_factory=dict)
+    cross_validation: dict = field(default_factory=dict)  # mode → metric → {mean, std, …}, plus folds
+    external: dict = field(default_factory=dict)  # data set → mode → result
+    heldout: dict = field(default_factory=dict)  # a promoted run's own numbers: mode → metric → value
+    promoted_at: str = ""  # set on promoted cards only
+    source_run: str = ""
+    intended_use: str = ""
+    limitations: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # every other key of the JSON, written back unchanged
+
+    @classmethod
+    def from_json(cls, payload: Any, source: str = "the model card") -> "ModelCard":
+        if not isinstance(payload, dict):
+            raise ModelCardError(f"{source} is not a JSON object; re-ship or re-promote the model to rewrite it")
+        config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+        arch = payload.get("arch") or config.get("arch") or payload.get("name")
+        if not isinstance(arch, str) or not arch:
+            raise ModelCardError(f"{source} names no architecture; re-ship or re-promote the model to rewrite it")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            if spec.name not in payload or spec.name in ("extra", "name", "arch", "config"):
+                continue
+            value = payload[spec.name]
+            default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+            if spec.name == "pretrained":
+                values[spec.name] = value if isinstance(value, dict) else {}
+            elif isinstance(default, (dict, list)):
+                values[spec.name] = value if isinstance(value, type(default)) else type(default)()
+            else:
+                values[spec.name] = "" if value is None else str(value)
+        temperature = values.get("temperature", {})
+        values["temperature"] = {m: float(t) for m, t in temperature.items() if isinstance(t, (int, float))}
+        name = payload.get("name") if isinstance(payload.get("name"), str) else arch
+        return cls(name=name, arch=arch, config=config, **values,
+                   extra={k: v for k, v in payload.items() if k not in known})
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelCard":
+        """The card in ``path``; :class:`ModelCardError` naming the file when it is missing or unreadable."""
+        payload = read_json(Path(path))
+        if payload is None:
+            raise ModelCardError(f"{path} is missing or not valid JSON; re-ship or re-promote the model to rewrite it")
+        return cls.from_json(payload, source=str(path))
+
+    @classmethod
+    def for_run(cls, run) -> "ModelCard":
+        """The card of a run folder's checkpoints (a :class:`~imagemasknet.core.run_folder.RunFolder`)."""
+        if not isinstance(run.config.get("arch"), str):
+            raise ModelCardError(f"{run.path} is not a run folder (no config.json naming an architecture)")
+        return cls(name=run.config["arch"], arch=run.config["arch"], version=run.name, config=run.config,
+                   temperature=run.temperatures, source_run=str(run.path))
+
+    def to_json(self) -> dict:
+        payload: dict[str, Any] = {}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.name == "pretrained" and value == {}:
+                payload[spec.name] = None
+            elif spec.name != "extra" and (value or spec.name in ("name", "arch")):
+                payload[spec.name] = value
+        return {**payload, **self.extra}
+
+    def write(self, path: Path) -> None:
+        write_json(Path(path), self.to_json())
+
+    @property
+    def image_size(self) -> int:
+        size = self.config.get("image_size", DEFAULT_IMAGE_SIZE)
+        return int(size) if isinstance(size, (int, float)) else DEFAULT_IMAGE_SIZE
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.promoted_at)
+
+    @property
+    def provisional(self) -> bool:
+        return self.version.lower() == "provisional" or bool(self.note)
+
+    @property
+    def flag_thresholds(self) -> dict[str, float]:
+        """The malignancy flag's P(malignant) threshold per inference mode."""
+        modes = self.malignancy_flag.get("modes")
+        return {m: float(v["threshold"]) for m, v in (modes if isinstance(modes, dict) else {}).items()
+                if isinstance(v, dict) and isinstance(v.get("threshold"), (int, float))}
+
+    @property
+    def flag_target(self) -> float:
+        target = self.malignancy_flag.get("target_sensitivity")
+        return float(target) if isinstance(target, (int, float)) else 0.0
+
+    def cross_validation_means(self) -> dict[str, dict[str, float]]:
+        """mode → metric → the cross-validation mean."""
+        means: dict[str, dict[str, float]] = {}
+        for mode, metrics in self.cross_validation.items():
+            for metric, entry in (metrics if isinstance(metrics, dict) else {}).items():
+                if isinstance(entry, dict) and isinstance(entry.get("mean"), (int, float)):
+                    means.setdefault(mode, {})[metric] = float(entry["mean"])
+        return means
+
+
+# --- where the weights are -------------------------------------------------------------------------------
+
+
+def shipped_weights(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def shipped_card(name: str) -> ModelCard:
+    """The shipped model's card; a model shipped without one gets a bare card naming its architecture."""
+    path = shipped_weights(name).with_suffix(".json")
+    return ModelCard.read(path) if path.exists() else ModelCard(name=name, arch=name)
+
+
+def promoted_card(folder: Path) -> ModelCard | None:
+    """A promoted model's card if ``folder`` holds it and its weights, else None."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file():
+        return None
+    try:
+        return ModelCard.read(folder / "model.json")
+    except ModelCardError:
+        return None
+
+
+def active_card(root: Path | None = None) -> ModelCard | None:
+    """The promoted model's card, or None while the shipped model is the active one."""
+    folder = active_model_dir(root)
+    return promoted_card(folder) if folder is not None else None
+
+
+def previous_card(root: Path | None = None) -> ModelCard | None:
+    """The model the active one replaced (what a roll back restores), or None."""
+    folder = active_path(root)
+    return promoted_card(folder.resolve() / "previous") if folder.exists() else None

@@ -1,0 +1,239 @@
+"""Who may retrain and promote: the administrator password, signed-in sessions and the login limit.
+
+The password itself is never stored: ``imagemasknet admin set-password`` writes a salted scrypt hash
+(``scrypt$N$r$p$SALT$HASH``, base64) to ``.streamlit/secrets.toml`` with permissions 600, or the
+deployment sets it in the environment variable ``IMAGEMASKNET_ADMIN_HASH``. With neither, nobody is
+an administrator and the Retrain page is read-only.
+
+A correct password yields an :class:`AdminSession`, an HMAC over its times and the configured hash
+under a key that lives only in this process's memory. :func:`require_admin` checks it, so the
+functions that launch, cancel, promote or roll back refuse a missing, forged, expired or outdated
+(password changed since) session themselves, not only the page that shows their buttons.
+
+Failed logins are counted in a file under the runs folder, shared by every browser session and
+server process: after :data:`MAX_FAILURES` failures within :data:`FAILURE_WINDOW_S` seconds every
+attempt is refused until the oldest of them is that old.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from imagemasknet.ops import audit_log
+from imagemasknet.core.paths import runs_root
+from imagemasknet.core.files import atomic_write, folder_lock, read_json, write_json
+
+HASH_KEY = "admin_password_hash"
+HASH_ENV = "IMAGEMASKNET_ADMIN_HASH"
+SECRETS_ENV = "IMAGEMASKNET_SECRETS"
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024
+SCRYPT_N, SCRYPT_R, SCRYPT_P, SALT_BYTES, KEY_BYTES = 2**14, 8, 1, 16, 32
+MAX_FAILURES = 5
+FAILURE_WINDOW_S = 300.0
+SESSION_LIFETIME_S = 8 * 3600.0
+FAILURES_FILE = Path(".auth") / "login-failures.json"
+
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
+class AccessError(PermissionError):
+    """An action an administrator must take, refused; the message says why."""
+
+
+class NotConfiguredError(AccessError):
+    def __init__(self) -> None:
+        super().__init__("No administrator password is configured, so retraining and promotion are switched off. "
+                         "Run `imagemasknet admin set-password` on the server (or set "
+                         f"{HASH_ENV}) and restart the app.")
+
+
+class RateLimitedError(AccessError):
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        super().__init__(f"Too many failed sign-in attempts. Try again in {max(1, round(wait_s))} s.")
+
+
+class ConfigError(ValueError):
+    """The configured hash is present but not one this module wrote."""
+
+
+# --- hashing -------------------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=KEY_BYTES,
+                          maxmem=256 * 1024 * 1024)
+
+
+def check_password_strength(password: str) -> None:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise ValueError(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+
+
+def hash_password(password: str) -> str:
+    check_password_strength(password)
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def _parse(stored: str) -> tuple[int, int, int, bytes, bytes]:
+    parts = stored.strip().split("$") if isinstance(stored, str) else []
+    try:
+        if len(parts) != 6 or parts[0] != "scrypt":
+            raise ValueError
+        n, r, p = (int(x) for x in parts[1:4])
+        salt, digest = base64.b64decode(parts[4], validate=True), base64.b64decode(parts[5], validate=True)
+        if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16 and salt and digest):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"the configured {HASH_KEY} is not a hash written by `imagemasknet admin set-password` "
+                          "(expected scrypt$N$r$p$SALT$HASH); set the password again") from None
+    return n, r, p, salt, digest
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches ``stored``; the final comparison takes the same time either way."""
+    n, r, p, salt, digest = _parse(stored)
+    if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
+        password = ""
+    return hmac.compare_digest(_scrypt(password, salt, n, r, p), digest)
+
+
+# --- where the hash lives ------------------------------------------------------------------------------
+
+
+def secrets_path() -> Path:
+    """Where set-password writes and the app reads: $IMAGEMASKNET_SECRETS, else ./.streamlit/secrets.toml."""
+    override = os.environ.get(SECRETS_ENV)
+    return Path(override) if override else Path.cwd() / ".streamlit" / "secrets.toml"
+
+
+def configured_hash() -> str | None:
+    """The administrator's hash (environment first, then the secrets file), or None when there is none."""
+    from_env = os.environ.get(HASH_ENV, "").strip()
+    if from_env:
+        _parse(from_env)
+        return from_env
+    path = secrets_path()
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as handle:
+            value = tomllib.load(handle).get(HASH_KEY)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from error
+    if value is None:
+        return None
+    _parse(value)
+    return value
+
+
+def is_configured() -> bool:
+    try:
+        return configured_hash() is not None
+    except ConfigError:
+        return True  # configured, but broken: sign-in says why instead of pretending there is no admin
+
+
+def write_password_hash(hashed: str, path: Path | None = None) -> Path:
+    """Put ``hashed`` into the secrets file (other keys kept) atomically, with permissions 600."""
+    _parse(hashed)
+    path = Path(path or secrets_path())
+    kept = []
+    if path.is_file():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.split("=", 1)[0].strip() != HASH_KEY]
+    # First, so the key stays at the top level even if the file has [tables].
+    text = "\n".join([f'{HASH_KEY} = "{hashed}"', *kept]) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), mode=0o600)
+    return path
+
+
+# --- sessions ------------------------------------------------------------------------------------------
+
+
+def _fingerprint(stored: str) -> str:
+    return hashlib.sha256(stored.encode("utf-8")).hexdigest()
+
+
+def _sign(issued: float, expires: float, nonce: str, stored: str) -> str:
+    message = f"{issued!r}|{expires!r}|{nonce}|{_fingerprint(stored)}".encode()
+    return hmac.new(_PROCESS_KEY, message, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    """Proof of a successful sign-in in this server process; pass it to the guarded job functions."""
+
+    issued: float
+    expires: float
+    nonce: str
+    signature: str
+
+    @property
+    def id(self) -> str:
+        """A short, non-secret name for the audit log."""
+        return self.nonce[:8]
+
+
+def _failures(root: Path) -> list[float]:
+    entries = read_json(root / FAILURES_FILE, [])
+    return [float(t) for t in entries if isinstance(t, (int, float))] if isinstance(entries, list) else []
+
+
+def login(password: str, root: Path | None = None, clock: Callable[[], float] = time.time) -> AdminSession:
+    """An :class:`AdminSession` for the right password; AccessError (wrong password, too many tries,
+    no administrator) otherwise. Every outcome goes to the audit log."""
+    root = Path(root or runs_root())
+    stored = configured_hash()
+    if stored is None:
+        raise NotConfiguredError()
+    with folder_lock(root, "auth"):
+        now = clock()
+        recent = [t for t in _failures(root) if now - FAILURE_WINDOW_S < t <= now]
+        if len(recent) >= MAX_FAILURES:
+            wait = min(recent) + FAILURE_WINDOW_S - now
+            audit_log.append("login", outcome="rate limited", root=root)
+            raise RateLimitedError(wait)
+        if not verify_password(password, stored):
+            write_json(root / FAILURES_FILE, [*recent, now])
+            audit_log.append("login", outcome="wrong password", root=root)
+            left = MAX_FAILURES - len(recent) - 1
+            raise AccessError("Wrong password." + (f" {left} more attempt{'s' if left != 1 else ''} before sign-in is "
+                                                    f"paused for {FAILURE_WINDOW_S / 60:.0f} minutes." if left < 3 else ""))
+        write_json(root / FAILURES_FILE, [])
+    nonce = secrets.token_hex(16)
+    session = AdminSession(now, now + SESSION_LIFETIME_S, nonce, _sign(now, now + SESSION_LIFETIME_S, nonce, stored))
+    audit_log.append("login", outcome="ok", session=session, root=root)
+    return session
+
+
+def require_admin(session: object, clock: Callable[[], float] = time.time) -> AdminSession:
+    """``session`` if it is a valid, unexpired sign-in for the password configured now; AccessError otherwise."""
+    stored = configured_hash()
+    if stored is None:
+        raise NotConfiguredError()
+    if not isinstance(session, AdminSession):
+        raise AccessError("Only an administrator may do this: sign in on the Retrain page first.")
+    expected = _sign(session.issued, session.expires, session.nonce, stored)
+    if not hmac.compare_digest(expected, str(session.signature)):
+        raise AccessError("This sign-in is not valid (the password changed or the server restarted): sign in again.")
+    if not session.issued <= clock() < session.expires:
+        raise AccessError("The administrator sign-in has expired: sign in again.")
+    return session

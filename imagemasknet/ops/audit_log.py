@@ -1,0 +1,109 @@
+"""The append-only audit log of who changed what: launches, cancels, finishes, failures, promotions,
+roll backs and sign-ins, one JSON object per line in ``audit.jsonl`` under the runs folder.
+
+Each entry is written with one ``write`` on a descriptor opened with ``O_APPEND``, under an
+exclusive ``flock`` and then fsynced, so entries never interleave and earlier lines are never
+rewritten. A crash mid-write can at worst leave the last line cut off: the next append starts on a
+fresh line, and :func:`read` skips (and counts) lines that do not parse.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagemasknet.core.paths import active_weights, runs_root
+from imagemasknet.core.files import file_sha256, now
+
+LOG_NAME = "audit.jsonl"
+ACTIONS = ("launch", "cancel", "finish", "failure", "promote", "rollback", "login")
+
+
+def log_path(root: Path | None = None) -> Path:
+    return Path(root or runs_root()) / LOG_NAME
+
+
+def active_model_hash(root: Path | None = None) -> str | None:
+    """SHA-256 of the weights the app classifies with now (a promoted model, else the shipped one)."""
+    from imagemasknet.models import DEFAULT_MODEL  # the registry imports torch; the log is read without it
+
+    try:
+        return file_sha256(active_weights(DEFAULT_MODEL, root))
+    except OSError:
+        return None
+
+
+def append(action: str, *, run: str | None = None, outcome: str = "ok", session: Any = None,
+           model_before: str | None = None, model_after: str | None = None, detail: str | None = None,
+           root: Path | None = None) -> dict:
+    """Append one entry and return it. ``model_before``/``model_after`` default to the active model's
+    hash now (actions that do not change the model have the same hash in both)."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}")
+    root = Path(root or runs_root())
+    root.mkdir(parents=True, exist_ok=True)
+    current = active_model_hash(root) if model_before is None or model_after is None else None
+    entry = {"time": now(), "action": action, "run": run, "outcome": outcome,
+             "session": getattr(session, "id", None), "model_before": model_before or current,
+             "model_after": model_after or current}
+    if detail:
+        entry["detail"] = str(detail)[:2000]
+    line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
+    fd = os.open(log_path(root), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        # Without the lock another process's write in progress can show a size that ends mid-line,
+        # and this entry would then start with a needless newline.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a line cut off by a crash stays on its own
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(f"short write to {log_path(root)} ({written} of {len(line)} bytes)")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return entry
+
+
+@dataclass(frozen=True)
+class AuditLog:
+    entries: list[dict]
+    unreadable_lines: int
+
+
+def read(root: Path | None = None) -> AuditLog:
+    """Every entry, oldest first; lines that do not parse (a write cut off by a crash) are counted."""
+    entries, bad = [], 0
+    try:
+        raw = log_path(root).read_bytes()
+    except FileNotFoundError:
+        return AuditLog([], 0)
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(entry, dict) and entry.get("action") in ACTIONS:
+            entries.append(entry)
+        else:
+            bad += 1
+    return AuditLog(entries, bad)
+
+
+def display_rows(entries: list[dict], limit: int = 500) -> list[dict]:
+    """The newest ``limit`` entries, newest first, with hashes cut to 12 hex digits for a table."""
+    rows = []
+    for entry in reversed(entries[-limit:]):
+        row = {key: entry.get(key) for key in ("time", "action", "run", "outcome", "session")}
+        for key in ("model_before", "model_after"):
+            row[key] = str(entry.get(key) or "")[:12]
+        row["detail"] = entry.get("detail", "")
+        rows.append(row)
+    return rows

@@ -1,0 +1,324 @@
+"""The active model: promoting a finished run in place of the shipped model, rolling it back, and comparing a
+run with the model it would replace.
+
+``active`` → ``.models/<version>/`` in the runs folder is the promoted model: ``model.safetensors``,
+``model.json`` (its :class:`~imagemasknet.models.card.ModelCard`: arch, config, temperature, version,
+promoted_at, held-out metrics) and ``previous/`` (the model it replaced, for :func:`rollback`). ``active`` is a
+symbolic link swapped with one ``os.replace``, so at every instant it names a complete, loadable folder;
+without it the shipped model is the active one. :meth:`imagemasknet.inference.predictor.Predictor.active`
+loads it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from imagemasknet.core.files import folder_lock, now
+from imagemasknet.core.paths import ACTIVE_NAME, active_path, runs_root
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.models import DEFAULT_MODEL, get_spec
+from imagemasknet.models.card import ModelCard, ModelCardError, active_card, promoted_card, shipped_card
+from imagemasknet.models.weights import WeightsError, load_model
+from imagemasknet.ops import audit_log
+from imagemasknet.ops.access import AdminSession, require_admin
+from imagemasknet.ops.jobs import job
+from imagemasknet.ops.train_lock import JobError
+
+MODELS_DIR = ".models"
+#: Held-out metrics compared between a finished run and the active model.
+COMPARED_METRICS = ("accuracy", "macro_f1", "macro_auc", "recall_malignant", "lesion_dice")
+
+
+class PromotionError(JobError):
+    """A run that may not be promoted, or a promotion that failed (the active model is unchanged)."""
+
+
+def _check_loads(arch: str, weights: Path, image_size: int) -> None:
+    try:
+        load_model(arch, weights, image_size, "cpu")
+    except (WeightsError, KeyError, ValueError) as error:
+        raise PromotionError(f"{weights} does not load as {arch}: {error}") from error
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    """Copy a promoted model's two files (not its ``previous/``) into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    _copy_file(source / "model.safetensors", target / "model.safetensors")
+    _copy_file(source / "model.json", target / "model.json")
+    _fsync_dir(target)
+
+
+def _last_heldout(history: list[dict]) -> dict:
+    for entry in reversed(history):
+        if isinstance(entry.get("heldout"), dict) and entry["heldout"]:
+            return entry["heldout"]
+    return {}
+
+
+def run_metrics(run_dir: Path) -> dict[str, dict[str, float]]:
+    """mode → metric → value for a run: its evaluation (metrics.json) where present, else the last
+    epoch's held-out numbers."""
+    run = RunFolder(Path(run_dir))
+    out: dict[str, dict[str, float]] = {}
+    for mode, values in _last_heldout(run.history).items():
+        if isinstance(values, dict):
+            out[mode] = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+    report = run.metrics.get("metrics")  # metrics.json: the evaluation of the run's best checkpoint
+    if report is not None:
+        for mode, result in report["modes"].items():
+            for metric, entry in ((result or {}).get("metrics") or {}).items():
+                value = entry.get("value") if isinstance(entry, dict) else entry
+                if isinstance(value, (int, float)):
+                    out.setdefault(mode, {})[metric] = float(value)
+    return out
+
+
+def check_promotable(name: str, root: Path | None = None) -> RunFolder:
+    """The run, if it finished and its best checkpoint loads; PromotionError saying why not otherwise."""
+    root = Path(root or runs_root()).resolve()
+    found = job(name, root)
+    if not found.path.is_dir():
+        raise PromotionError(f"run {name} has no run folder (it failed before training started)")
+    state = found.state
+    if state != "finished":
+        raise PromotionError(f"run {name} is {state}; only a finished run can be promoted")
+    run = RunFolder(found.path)
+    config = run.config
+    best = found.path / "best.safetensors"
+    if not config.get("arch") or not best.is_file():
+        raise PromotionError(f"run {name} has no best.safetensors to promote")
+    _check_loads(config["arch"], best, ModelCard.for_run(run).image_size)
+    return run
+
+
+def promotion_concerns(name: str, root: Path | None = None) -> list[str]:
+    """Why promoting a finished run needs an administrator's explicit override, as sentences: it trained on
+    a subset (``limit``), or it is below the active model on malignant sensitivity (image mode, where both
+    are known). Empty when it may be promoted as it is."""
+    root = Path(root or runs_root()).resolve()
+    config = RunFolder(root / name).config
+    concerns = []
+    if config.get("limit"):
+        concerns.append(f"it trained on a subset of {config['limit']} scans per split (a quick check, not a model)")
+    row = next((r for r in comparison(name, root) if r["metric"] == "recall_malignant" and r["mode"] == "image"), None)
+    if row and row["active"] is not None and row["run"] is not None and row["run"] < row["active"]:
+        concerns.append(f"its malignant sensitivity ({row['run']:.3f}) is below the active model's ({row['active']:.3f})")
+    return concerns
+
+
+def promote(name: str, root: Path | None = None, *, admin: AdminSession | None = None,
+            override: str | None = None) -> ModelCard:
+    """Make a finished run the active model; the model it replaces becomes ``active/previous``.
+
+    A run with :func:`promotion_concerns` is refused unless ``override`` gives the administrator's reason,
+    which the audit log records with the concerns. The new model is staged in a fresh folder under
+    ``.models/``, checked to load, and only then is the ``active`` link swapped with one ``os.replace``: a
+    crash or a full disk at any point leaves the previous active model in place and loadable. Only for a
+    signed-in administrator; audited. Returns the new model's card.
+    """
+    require_admin(admin)
+    root = Path(root or runs_root()).resolve()
+    concerns = promotion_concerns(name, root) if RunFolder(root / name).path.is_dir() else []
+    reason = (override or "").strip()
+    detail = f"override: {reason}; concerns: {'; '.join(concerns)}" if concerns and reason else None
+    with _audited("promote", name, admin, root, detail):
+        if concerns and not reason:
+            raise PromotionError(f"run {name} is not promoted: {'; and '.join(concerns)}. Promote it anyway only with "
+                                 "a reason, which the audit log records.")
+        return _promote(name, root)
+
+
+@contextlib.contextmanager
+def _audited(action: str, run: str | None, admin: AdminSession, root: Path, detail: str | None = None) -> Iterator[None]:
+    """Log ``action`` with the active model's hash before and after, whether it succeeds or not."""
+    before = audit_log.active_model_hash(root)
+    try:
+        yield
+    except Exception as error:
+        audit_log.append(action, run=run, outcome="failed", session=admin, model_before=before,
+                         model_after=audit_log.active_model_hash(root), detail=str(error), root=root)
+        raise
+    audit_log.append(action, run=run, session=admin, model_before=before,
+                     model_after=audit_log.active_model_hash(root), root=root,
+                     **({"detail": detail} if detail else {}))
+
+
+def _promote(name: str, root: Path) -> ModelCard:
+    run = check_promotable(name, root)
+    config = run.config
+    spec = get_spec(config["arch"])
+    card = dataclasses.replace(
+        ModelCard.for_run(run), promoted_at=now(), heldout=run_metrics(run.path),
+        architecture={"name": spec.name, "modes": list(spec.modes), "predicts_lesion": spec.predicts_lesion},
+        trained_on=f"run {name}" + (f", fold {config.get('fold')} held out" if config.get("fold") is not None
+                                    else ", all data") + (f", subset of {config['limit']} scans per split"
+                                                          if config.get("limit") else ""))
+    with folder_lock(root, ACTIVE_NAME):
+        current = active_card(root)
+        staging = _stage(root, name, lambda folder: _fill_new(folder, run.path, card, root if current else None))
+        _swap_active(root, staging)
+    return card
+
+
+def _fill_new(folder: Path, run_dir: Path, card: ModelCard, previous_of: Path | None) -> None:
+    _copy_file(run_dir / "best.safetensors", folder / "model.safetensors")
+    card.write(folder / "model.json")
+    if previous_of is not None:
+        _copy_model(active_path(previous_of).resolve(), folder / "previous")
+
+
+def _stage(root: Path, version: str, fill) -> Path:
+    """A complete, checked model folder under ``.models/`` (removed again if anything fails)."""
+    models = root / MODELS_DIR
+    models.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", suffix=".tmp", dir=models))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from other accounts
+        fill(staging)
+        card = promoted_card(staging)
+        if card is None:
+            raise PromotionError("the staged model folder is incomplete")
+        _check_loads(card.arch, staging / "model.safetensors", card.image_size)
+        _fsync_dir(staging)
+        final = models / f"{version}-{time.strftime('%Y%m%d-%H%M%S')}-{staging.name[-12:-4]}"
+        os.replace(staging, final)
+        _fsync_dir(models)
+        return final
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            reason = "the disk is full" if error.errno == errno.ENOSPC else str(error)
+            raise PromotionError(f"promotion failed ({reason}); the active model is unchanged") from error
+        raise
+
+
+def _swap_active(root: Path, target: Path | None) -> None:
+    """Point ``active`` at ``target`` (None: back to the shipped model) in one atomic step."""
+    link = active_path(root)
+    if link.exists() and not link.is_symlink():
+        # A plain folder (made by hand): move it aside first; a crash here falls back to shipped.
+        os.replace(link, root / MODELS_DIR / f"manual-{time.strftime('%Y%m%d-%H%M%S')}")
+    if target is None:
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+    else:
+        temporary = root / f".{ACTIVE_NAME}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        os.symlink(os.path.relpath(target, root), temporary, target_is_directory=True)
+        os.replace(temporary, link)
+    _fsync_dir(root)
+    _prune(root, keep=target)
+
+
+def _prune(root: Path, keep: Path | None, spare: int = 2) -> None:
+    """Delete old model folders (leftovers of interrupted promotions included), sparing the active one
+    and the ``spare`` newest others, which a reader may still be loading."""
+    models = root / MODELS_DIR
+    with contextlib.suppress(OSError):
+        folders = sorted((p for p in models.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        kept = 0
+        for folder in folders:
+            if keep is not None and folder.resolve() == keep.resolve():
+                continue
+            if kept < spare and not folder.name.startswith("."):
+                kept += 1
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def rollback(root: Path | None = None, *, admin: AdminSession | None = None) -> ModelCard | None:
+    """Restore the model the active one replaced. Returns the card now active, or None when that is the
+    shipped model. The rolled-back model becomes ``previous``, so a second roll back undoes the first.
+    Only for a signed-in administrator; audited."""
+    require_admin(admin)
+    root = Path(root or runs_root()).resolve()
+    card = active_card(root)
+    with _audited("rollback", card.version if card else None, admin, root):
+        return _rollback(root)
+
+
+def _rollback(root: Path) -> ModelCard | None:
+    with folder_lock(root, ACTIVE_NAME):
+        current = active_card(root)
+        if current is None:
+            raise PromotionError("nothing to roll back: the shipped model is the active model")
+        folder = active_path(root).resolve()
+        previous = promoted_card(folder / "previous")
+        if previous is None:
+            _swap_active(root, None)
+            return None
+
+        def fill(staging: Path) -> None:
+            _copy_model(folder / "previous", staging)
+            _copy_model(folder, staging / "previous")
+
+        _swap_active(root, _stage(root, previous.version or "previous", fill))
+        return previous
+
+
+def comparison(name: str, root: Path | None = None) -> list[dict]:
+    """Rows {metric, mode, active, run}: a run's held-out numbers beside the active model's (the shipped
+    card's cross-validation means, or a promoted model's own held-out numbers)."""
+    root = Path(root or runs_root()).resolve()
+    mine = run_metrics(root / name)
+    card = active_card(root)
+    theirs = card.heldout if card is not None else _shipped_means()
+    rows = []
+    for mode in sorted(set(mine) | set(theirs), key=lambda m: (m != "image", m)):
+        for metric in COMPARED_METRICS:
+            a, b = (theirs.get(mode) or {}).get(metric), (mine.get(mode) or {}).get(metric)
+            if a is None and b is None:
+                continue
+            rows.append({"metric": metric, "mode": mode, "active": a, "run": b,
+                         "difference": None if a is None or b is None else b - a})
+    return rows
+
+
+def active_model_notice(root: Path | None = None) -> str | None:
+    """The banner every page shows while a promoted model replaces the shipped one; None otherwise."""
+    card = active_card(root)
+    if card is None:
+        return None
+    return (f"Active model: {card.version}, a retrained {card.arch} promoted {card.promoted_at or '?'}, "
+            f"in place of the shipped {DEFAULT_MODEL}. Its figures are its own run's, not the shipped model's "
+            "cross-validation; an administrator can roll it back on the Retrain page.")
+
+
+def active_label(root: Path | None = None) -> str:
+    """A short name for the active model: the promoted run's, or the shipped model's."""
+    card = active_card(root)
+    return f"{card.version} (promoted {card.promoted_at or '?'})" if card else f"shipped {DEFAULT_MODEL}"
+
+
+def _shipped_means() -> dict[str, dict[str, float]]:
+    """The shipped default's cross-validation means; none when its card is missing or unreadable."""
+    try:
+        return shipped_card(DEFAULT_MODEL).cross_validation_means()
+    except ModelCardError:
+        return {}
