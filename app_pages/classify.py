@@ -258,9 +258,6 @@ def drawing_canvas(item: Item, rendered_before: str | None) -> None:
     rgba = result.image_data
     if rgba is None:  # nothing sent since the canvas was mounted: keep the saved drawing
         return
-    rgba = np.array(rgba)
-    if rgba.ndim != 3 or rgba.shape[2] != 4:
-        return
     try:
         mask = drawn_mask(rgba, (height, width))
     except scans.ScanError as error:

@@ -27,7 +27,7 @@ from imagemasknet.data.scans import read_scan
 from imagemasknet.models.weights import save_weights
 from imagemasknet.core.files import write_json
 from imagemasknet.data.splits import load_folds
-from imagemasknet.training.trainer import ScanDataset, TrainingStep
+from imagemasknet.training.step import ScanDataset, TrainingStep
 
 from latency import median_ms
 

@@ -71,7 +71,7 @@ def validation_halves(run: Path, checkpoint: str, mode: str) -> list[float]:
     from imagemasknet.data.busi import load_arrays
     from imagemasknet.evaluation.evaluate import predict_arrays
     from imagemasknet.data.owndata import load_training_data
-    from imagemasknet.training.trainer import heldout_metrics
+    from imagemasknet.training.step import heldout_metrics
 
     predictor = Predictor.from_run(run, checkpoint, device="cpu")
     config = predictor.card["config"]

@@ -42,7 +42,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.training import distributed
-    from imagemasknet.training.trainer import Terminated, resume_config, train
+    from imagemasknet.training.checkpoint import resume_config
+    from imagemasknet.training.trainer import Terminated, train
 
     if args.resume:
         given = [f.name for f in fields(TrainConfig) if getattr(args, f.name, None) is not None]

@@ -24,7 +24,8 @@ from imagemasknet.models import build_model, get_spec
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.models.weights import load_model, load_state
 from imagemasknet.core.files import read_json
-from imagemasknet.training.trainer import EMA_FILE, STATE_FILE, TrainingStep, heldout_metrics
+from imagemasknet.training.checkpoint import EMA_FILE, STATE_FILE
+from imagemasknet.training.step import TrainingStep, heldout_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -38,8 +38,8 @@ def test_a_traced_outline_on_the_canvas_becomes_a_filled_lesion_at_the_scan_size
 
 def test_an_empty_drawing_is_an_empty_mask_and_nonsense_is_refused():
     assert not drawn_mask(np.zeros((50, 100, 4), np.uint8), (100, 200)).any()
-    with pytest.raises(ScanError):
-        drawn_mask(np.zeros((50, 100, 4), np.uint8), (0, 200))
+    with pytest.raises(ScanError, match="not an RGBA picture"):
+        drawn_mask(np.zeros((50, 100, 3), np.uint8), (100, 200))
 
 
 def test_uploaded_masks_find_their_scans_by_name():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import imagemasknet.models.weights as weights_module
-import imagemasknet.training.trainer as train_module
+import imagemasknet.training.step as step_module
 from imagemasknet import cli
 from imagemasknet.training.config import TrainConfig, preset
 from imagemasknet.data.busi import CLASSES, load_arrays, load_busi
@@ -23,7 +23,8 @@ from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.models.weights import load_model
 from imagemasknet.core.files import read_json
 from imagemasknet.data.splits import load_folds
-from imagemasknet.training.trainer import TrainingStep, train
+from imagemasknet.training.step import TrainingStep
+from imagemasknet.training.trainer import train
 
 pytestmark = pytest.mark.slow
 
@@ -294,7 +295,7 @@ def test_interrupt_while_writing_a_checkpoint_leaves_a_consistent_cancelled_run(
 
 
 def test_interrupt_mid_epoch_marks_run_cancelled(busi_root, shared_cache, monkeypatch, tmp_path):
-    real_input = train_module.model_input
+    real_input = step_module.model_input
     batches = []
 
     def interrupt_on_second_batch(*args, **kwargs):
@@ -303,7 +304,7 @@ def test_interrupt_mid_epoch_marks_run_cancelled(busi_root, shared_cache, monkey
             raise KeyboardInterrupt
         return real_input(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "model_input", interrupt_on_second_batch)
+    monkeypatch.setattr(step_module, "model_input", interrupt_on_second_batch)
     run_dir = tmp_path / "mid-epoch"
     with pytest.raises(KeyboardInterrupt):
         train(quick_config(busi_root, run_dir, batch_size=8), progress=False)
@@ -350,7 +351,7 @@ def test_the_checkpoint_rule_decides_what_best_holds(module_env, busi_root, tmp_
 
 def test_epoch_average_is_the_mean_of_the_epochs_it_covers():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    window = train_module.EpochAverage(first=1)
+    window = step_module.EpochAverage(first=1)
     seen = []
     for epoch in range(4):
         with torch.no_grad():
@@ -361,6 +362,6 @@ def test_epoch_average_is_the_mean_of_the_epochs_it_covers():
     average = window.module_like(model)
     assert torch.allclose(average[0].weight, torch.full((2, 3), np.mean(seen[1:])))
     assert int(average[1].num_batches_tracked) == 3  # integer buffers keep the latest value
-    restored = train_module.EpochAverage(first=0)
+    restored = step_module.EpochAverage(first=0)
     restored.load_state_dict(window.state_dict())
     assert torch.equal(restored.module_like(model)[0].weight, average[0].weight)

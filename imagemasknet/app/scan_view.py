@@ -95,5 +95,6 @@ def drawn_mask(rgba: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """The lesion mask, at the scan's size, of what was drawn on the canvas (strokes and what they enclose);
     :class:`~imagemasknet.data.scans.MaskError` for a drawing that cannot be one."""
     rgba = np.array(rgba)
-    rgba[..., 3] = np.where(fill_enclosed(rgba[..., 3] > 0), 255, 0)
+    if rgba.ndim == 3 and rgba.shape[2] == 4:  # anything else is refused by mask_from_drawing, naming its shape
+        rgba[..., 3] = np.where(fill_enclosed(rgba[..., 3] > 0), 255, 0)
     return mask_from_drawing(rgba, size_hw)
