@@ -15,20 +15,19 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from imagemasknet.data import scans
-from imagemasknet.models.card import active_card
-from imagemasknet.inference import predictor as predict_module
+from app_pages import md
 from imagemasknet.app.charts import probability_chart
+from imagemasknet.app.scan_view import (canvas_size, digest_of, display_size, drawn_mask, mask_digest, pair_masks,
+                                        resize_heat, resize_mask, resize_rgb)
+from imagemasknet.data import scans
 from imagemasknet.data.busi import CLASSES
-from imagemasknet.inference.explain import heatmap_overlay, outline
-from imagemasknet.models import DEFAULT_MODEL, get_spec
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_mismatch, site_threshold_path
+from imagemasknet.inference import predictor as predict_module
+from imagemasknet.inference.explain import heatmap_overlay, outline
 from imagemasknet.inference.report import flag_sentence, html_report, results_csv
-from imagemasknet.app.scan_view import (canvas_size, digest_of, display_size, drawn_mask, mask_digest, pair_masks,
-                                         resize_heat, resize_mask, resize_rgb)
-from app_pages import md
-
+from imagemasknet.models import DEFAULT_MODEL, get_spec
+from imagemasknet.models.card import active_card
 
 USER_MASK_RGB = (0, 213, 255)  # cyan: the user's mask
 LESION_RGB = (255, 179, 0)  # amber: the lesion the model outlines

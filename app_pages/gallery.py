@@ -11,21 +11,20 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_pages import md
 from imagemasknet.app import gallery as g
 from imagemasknet.app.charts import probability_chart
-from imagemasknet.data.busi import CLASSES, DatasetNotFoundError, find_data_root, listing_fingerprint, load_arrays, load_busi
-from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
-from imagemasknet.data.busi import read_mask as read_mask_files
-from imagemasknet.inference.explain import heatmap_overlay
+from imagemasknet.core.files import file_sha256
 from imagemasknet.core.paths import WEIGHTS_DIR
-from imagemasknet.inference.predictor import Prediction, Predictor, shipped_weights
+from imagemasknet.data.busi import (CLASSES, DatasetNotFoundError, find_data_root, listing_fingerprint, load_arrays,
+                                    load_busi, read_case_mask)
 from imagemasknet.data.scans import ScanError, read_scan
+from imagemasknet.data.splits import SplitError, load_folds
+from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
+from imagemasknet.inference.explain import heatmap_overlay
+from imagemasknet.inference.predictor import Prediction, Predictor, shipped_weights
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.models.weights import WeightsError
-from imagemasknet.core.files import file_sha256
-from imagemasknet.data.splits import SplitError, load_folds
-from app_pages import md
-
 
 MODE_TEXT = {"image": "scan only", "mask": "scan + reference mask"}
 GRID_TILE_HEIGHT = 300  # px: every tile alike, whatever its badges (a 4:3 thumbnail and up to three lines)
@@ -91,7 +90,7 @@ def thumb(root: str, key: str, image_id: str, style: str) -> str:
 def case_view(image_path: str, mask_paths: tuple[str, ...], weights_sha: str | None, mode: str, target: str | None):
     """The scan at its own size, its merged reference mask, and (with a model) Grad-CAM and the model's lesion."""
     scan = read_scan(Path(image_path))
-    mask = read_mask_files(tuple(Path(p) for p in mask_paths), scan.pixels.shape)
+    mask = read_case_mask(tuple(Path(p) for p in mask_paths), scan.pixels.shape)
     heat = lesion = None
     if weights_sha is not None and target is not None:
         model = predictor(weights_sha)

@@ -9,19 +9,12 @@ import math
 import pandas as pd
 import streamlit as st
 
-from imagemasknet.app import charts
-from imagemasknet.app import tables
-from imagemasknet.models.card import active_card, previous_card
-from imagemasknet.ops import promotion
-from imagemasknet.ops import retrain_form
-from imagemasknet.ops import train_lock
-from imagemasknet.ops import access
-
-from imagemasknet.ops import jobs
-from imagemasknet.training.config import PRESETS
-from imagemasknet.models import DEFAULT_MODEL
 from app_pages import md
-
+from imagemasknet.app import charts, tables
+from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.models.card import active_card, previous_card
+from imagemasknet.ops import access, jobs, promotion, retrain_form, train_lock
+from imagemasknet.training.config import PRESETS
 
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 NO_PRESET = "(defaults)"

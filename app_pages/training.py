@@ -8,16 +8,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from imagemasknet.app import charts
-from imagemasknet.app import tables
+from imagemasknet.app import charts, tables
 from imagemasknet.core import run_folder
-from imagemasknet.ops import audit_log
-
-from imagemasknet.ops import jobs
+from imagemasknet.core.paths import WEIGHTS_DIR, runs_root
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.models.card import ModelCard, ModelCardError
-from imagemasknet.core.paths import WEIGHTS_DIR, runs_root
-
+from imagemasknet.ops import audit_log, jobs
 
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 SPLIT_NAMES = {"train": "train", "heldout": "held-out (test fold)", "validation": "validation (inner)"}

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagemasknet.core.files import file_sha256, read_json
 from imagemasknet.data.busi import CLASSES, Arrays, load_arrays, load_dataset
+from imagemasknet.data.owndata import load_training_data
+from imagemasknet.data.transforms import augment_pair, build_augmentation
 from imagemasknet.evaluation.decision import TARGET_SENSITIVITY, flag_figures, sensitivity_threshold
 from imagemasknet.evaluation.evaluate import predict_arrays
-from imagemasknet.inference.familiarity import Familiarity
 from imagemasknet.evaluation.metrics import softmax
-from imagemasknet.data.owndata import load_training_data
+from imagemasknet.inference.familiarity import Familiarity
 from imagemasknet.inference.predictor import Predictor
-from imagemasknet.core.files import file_sha256, read_json
-from imagemasknet.data.transforms import augment_pair, build_augmentation
 
 MALIGNANT = CLASSES.index("malignant")
 
@@ -86,7 +86,7 @@ def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
         scores = fold.unfamiliar.score(predictions["image"].texture)
         far = fold.refusal.score(predictions["image"].texture)
         probabilities = {m: softmax(p.logits, predictor.temperatures.get(m, 1.0)) for m, p in predictions.items()}
-        files = {c.id: c.image_path for c in load_training_data(predictor.card["config"].get("data")).cases}
+        files = {c.id: c.image_path for c in load_training_data(predictor.card.config.get("data")).cases}
         for n, image_id in enumerate(test.ids):
             rows.append({"id": image_id, "sha256": file_sha256(files[image_id])[:16], "label": CLASSES[int(test.labels[n])], "fold": k,
                          "probabilities": {m: {c: round(float(v), 4) for c, v in zip(CLASSES, probabilities[m][n])}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from imagemasknet.training.config import PRECISIONS, preset
 from imagemasknet.core.files import read_json
+from imagemasknet.training.config import PRECISIONS, preset
 from imagemasknet.training.trainer import train
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagemasknet.core.files import read_json, write_json
 from imagemasknet.data.busi import load_arrays, load_busi, load_dataset
 from imagemasknet.evaluation.evaluate import lesion_summary, predict_arrays
 from imagemasknet.evaluation.metrics import expected_calibration_error, fit_temperature, point_metrics, softmax
 from imagemasknet.inference.predictor import Predictor
-from imagemasknet.core.files import read_json, write_json
 from imagemasknet.training.step import heldout_metrics
 
 SETTINGS = {"plain": False, "mirror-averaged": True}

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagemasknet.core.files import write_json
 from imagemasknet.data.busi import load_arrays, load_dataset
 from imagemasknet.evaluation.evaluate import Predictions, lesion_summary, predict_arrays
 from imagemasknet.inference.predictor import Predictor
-from imagemasknet.core.files import write_json
 
 FIGURES = ("benign_vs_malignant_auc", "lesions_called_normal")
 

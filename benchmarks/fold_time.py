@@ -20,9 +20,9 @@ from pathlib import Path
 
 from cross_validation import job_commands
 
-from imagemasknet.training.config import PRECISIONS
-from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.core.files import read_json, write_json
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.training.config import PRECISIONS
 
 PRESET = "lesion-resunet"
 

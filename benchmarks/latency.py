@@ -15,8 +15,8 @@ import time
 import torch
 
 from imagemasknet.data.busi import load_busi
-from imagemasknet.inference.predictor import Predictor, available_models, training_data_index
 from imagemasknet.data.scans import read_scan
+from imagemasknet.inference.predictor import Predictor, available_models, training_data_index
 
 
 def median_ms(call, runs: int) -> float:

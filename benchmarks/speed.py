@@ -18,18 +18,18 @@ import time
 from pathlib import Path
 
 import torch
-
-from imagemasknet.training.config import preset
-from imagemasknet.data.busi import load_arrays, load_busi
-from imagemasknet.models import build_model, get_spec
-from imagemasknet.inference.predictor import Predictor
-from imagemasknet.data.scans import read_scan
-from imagemasknet.models.weights import save_weights
-from imagemasknet.core.files import write_json
-from imagemasknet.data.splits import load_folds
-from imagemasknet.training.step import ScanDataset, TrainingStep
-
 from latency import median_ms
+
+from imagemasknet.core.files import write_json
+from imagemasknet.data.busi import load_arrays, load_busi
+from imagemasknet.data.scans import read_scan
+from imagemasknet.data.splits import load_folds
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.models import build_model, get_spec
+from imagemasknet.models.card import ModelCard
+from imagemasknet.models.weights import save_weights
+from imagemasknet.training.config import preset
+from imagemasknet.training.step import ScanDataset, TrainingStep
 
 # (label, preset, overrides): the two shipped recipes as they train, and what freezing and bf16 buy.
 CONFIGURATIONS = (
@@ -111,7 +111,7 @@ def main() -> int:
         for name in ("lesion-resunet", "lesion-effnet-lite0"):
             weights = Path(folder) / f"{name}.safetensors"
             save_weights(weights, build_model(name, pretrained=True))  # speed does not depend on the values
-            latency[name] = latency_ms(Predictor(name, weights, device="cpu", check_training_data=False), scan,
+            latency[name] = latency_ms(Predictor(ModelCard(name=name, arch=name), weights, device="cpu", check_training_data=False), scan,
                                        args.latency_runs)
     load = os.getloadavg()
     result = {

@@ -13,17 +13,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from imagemasknet.data.busi import content_fingerprint, load_busi
-from imagemasknet.models import count_parameters, get_spec
-from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW, is_low_confidence
-from imagemasknet.core.paths import WEIGHTS_DIR
-from imagemasknet.inference.predictor import Predictor, familiarity_path
-from imagemasknet.core.files import read_json, write_json
-from imagemasknet.models.weights import save_weights
-from imagemasknet.data.splits import DEFAULT_SPLIT, load_folds
-
 from decisions import decision_material
+
+from imagemasknet.core.files import read_json, write_json
+from imagemasknet.core.paths import WEIGHTS_DIR
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.data.busi import content_fingerprint, load_busi
+from imagemasknet.data.splits import DEFAULT_SPLIT, load_folds
+from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW, is_low_confidence
+from imagemasknet.inference.predictor import Predictor, familiarity_path
+from imagemasknet.models import count_parameters, get_spec
+from imagemasknet.models.card import ModelCard
+from imagemasknet.models.weights import save_weights
 
 PRESETS = {"lesion-effnet-lite0": "lesion-effnet-lite0 (pretrained encoder)", "lesion-resunet": "lesion-resunet",
            "study-m1": "study Model 1", "study-m2": "study Model 2"}
@@ -69,12 +70,12 @@ def checkpoint_rules(run: Path, mode: str) -> dict[str, float]:
 def validation_halves(run: Path, checkpoint: str, mode: str) -> list[float]:
     """A checkpoint's loss on each half of the run's validation scans (the halves history.json records)."""
     from imagemasknet.data.busi import load_arrays
-    from imagemasknet.evaluation.evaluate import predict_arrays
     from imagemasknet.data.owndata import load_training_data
+    from imagemasknet.evaluation.evaluate import predict_arrays
     from imagemasknet.training.step import heldout_metrics
 
     predictor = Predictor.from_run(run, checkpoint, device="cpu")
-    config = predictor.card["config"]
+    config = predictor.card.config
     arrays = load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), predictor.image_size)
     ids = read_json(run / "split.json")["validation"]
     predictions = predict_arrays(predictor.model, predictor.spec, arrays.take(ids), mode, predictor.device)
@@ -193,12 +194,11 @@ def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: st
     spec = get_spec(config["arch"])
     target = WEIGHTS_DIR / f"{spec.name}.safetensors"
     WEIGHTS_DIR.mkdir(exist_ok=True)
-    temperatures = read_json(run / "calibration.json")["temperature"]
+    run_card = ModelCard.for_run(RunFolder(run))
     data = load_busi()
     # The reference predictions come from the run's float32 weights; the shipped float16 copy must reproduce
     # them within the tolerance tests/test_shipped_model.py states.
-    predictor = Predictor(spec.name, run / "best.safetensors", temperatures, image_size=config["image_size"], device="cpu",
-                          check_training_data=False)
+    predictor = Predictor(run_card, run / "best.safetensors", device="cpu", check_training_data=False)
     save_weights(target, predictor.model, {"arch": spec.name, "run": run.name}, half=True)
     target.chmod(0o644)  # installed with the package: readable by every user
     from imagemasknet.data.scans import read_scan
@@ -220,38 +220,34 @@ def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: st
     write_json(target.with_name(f"{spec.name}.history.json"), read_json(run / "history.json"), compact=True)  # the Training page's curves
     for path in (familiarity_path(target), target.with_name(f"{spec.name}.oof.json"), target.with_name(f"{spec.name}.history.json")):
         path.chmod(0o644)  # installed with the package: readable by every user
-    card = {
-        "name": spec.name,
-        "version": dt.date.today().isoformat(),
-        "architecture": {"name": spec.name, "description": spec.description,
-                         "parameters": count_parameters(predictor.model), "modes": list(spec.modes),
-                         "predicts_lesion": spec.predicts_lesion},
-        "pretrained": None if from_scratch else {
+    card = ModelCard(
+        name=spec.name, arch=spec.name,
+        version=dt.date.today().isoformat(),
+        architecture={"name": spec.name, "description": spec.description,
+                      "parameters": count_parameters(predictor.model), "modes": list(spec.modes),
+                      "predicts_lesion": spec.predicts_lesion},
+        pretrained={} if from_scratch else {
             **spec.pretrained.meta(),
             "adapted": "1-channel greyscale input (the RGB stem summed over its inputs), per-image normalisation "
                        "(zero mean, unit variance) instead of ImageNet's mean and std, at 256 px; the 1000-class "
                        "head dropped"},
-        "storage": "float16 weights (batch-norm statistics float32), cast to float32 on loading",
-        "config": config,
-        "trained_on": "all 780 BUSI scans except a duplicate-aware 10 % validation split, used to pick the "
-                      "checkpoint and fit the temperature; hyper-parameters fixed in advance and measured by the "
-                      "5-fold cross-validation below",
-        "dataset_fingerprint": {"busi_sha256": content_fingerprint(data), "scans": len(data.cases)},
-        "split_file": {"path": str(DEFAULT_SPLIT.relative_to(DEFAULT_SPLIT.parent.parent)),
-                       "sha256": hashlib.sha256(DEFAULT_SPLIT.read_bytes()).hexdigest()},
-        "temperature": temperatures,
-        "malignancy_flag": material["malignancy_flag"],
-        "familiarity": material["familiarity"],
-        "low_confidence": {"rule": f"top calibrated probability under {LOW_CONFIDENCE_BELOW:.0%}",
-                           "out_of_fold": low_confidence_figures(material["out_of_fold"], spec.modes)},
-        "cross_validation": summary[preset],
-        "external": {"busbra": {m: summary[preset][m].get("all_data_busbra") for m in spec.modes},
-                     "note": "BUS-BRA subset (532 scans, one per patient, benign/malignant); evaluation only"},
-        "reference_predictions": reference,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "intended_use": "Research and teaching: a second look at B-mode breast-ultrasound scans, showing class "
-                        "probabilities, a predicted lesion outline and Grad-CAM. Not a medical device and not a diagnosis.",
-        "limitations": [
+        storage="float16 weights (batch-norm statistics float32), cast to float32 on loading",
+        config=config,
+        trained_on="all 780 BUSI scans except a duplicate-aware 10 % validation split, used to pick the checkpoint "
+                   "and fit the temperature; hyper-parameters fixed in advance and measured by the 5-fold "
+                   "cross-validation below",
+        temperature=run_card.temperature,
+        malignancy_flag=material["malignancy_flag"],
+        familiarity=material["familiarity"],
+        low_confidence={"rule": f"top calibrated probability under {LOW_CONFIDENCE_BELOW:.0%}",
+                        "out_of_fold": low_confidence_figures(material["out_of_fold"], spec.modes)},
+        cross_validation=summary[preset],
+        external={"busbra": {m: summary[preset][m].get("all_data_busbra") for m in spec.modes},
+                  "note": "BUS-BRA subset (532 scans, one per patient, benign/malignant); evaluation only"},
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        intended_use="Research and teaching: a second look at B-mode breast-ultrasound scans, showing class "
+                     "probabilities, a predicted lesion outline and Grad-CAM. Not a medical device and not a diagnosis.",
+        limitations=[
             ("Trained from scratch" if from_scratch else "Fine-tuned from ImageNet") + " on 780 BUSI scans from one "
             "hospital (Cairo, LOGIQ E9); accuracy on other scanners is lower.",
             "BUSI has near-duplicates and 8 cross-class look-alike groups; grouped folds remove the copies but not "
@@ -259,8 +255,14 @@ def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: st
             "Lesion scans only reach 'normal' when the model misses the lesion; BUS-BRA has no normal scans.",
             "Calibration (temperature) was fitted on BUSI; probabilities on other scanners may be miscalibrated.",
         ],
-    }
-    write_json(target.with_suffix(".json"), card)
+        extra={
+            "dataset_fingerprint": {"busi_sha256": content_fingerprint(data), "scans": len(data.cases)},
+            "split_file": {"path": str(DEFAULT_SPLIT.relative_to(DEFAULT_SPLIT.parent.parent)),
+                           "sha256": hashlib.sha256(DEFAULT_SPLIT.read_bytes()).hexdigest()},
+            "reference_predictions": reference,
+        },
+    )
+    card.write(target.with_suffix(".json"))
     return target
 
 

@@ -1,4 +1,8 @@
-"""Command line: ``imagemasknet {train,evaluate,audit,predict,models,data} ...``."""
+"""Command line: ``imagemasknet {train,evaluate,audit,predict,models,data,admin} ...``.
+
+One module (about 500 lines) on purpose: the argument tree and one short handler per subcommand, each of
+which imports the package's work only when it runs, so ``imagemasknet --help`` never loads PyTorch.
+"""
 from __future__ import annotations
 
 import argparse
@@ -74,14 +78,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate_cv(args: argparse.Namespace) -> int:
     """``evaluate --cv RUN ...``: each fold run on its own test split, merged into one CV report."""
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
-    from imagemasknet.data.busi import load_arrays
-    from imagemasknet.evaluation.evaluate import cross_validation_report, format_cv_report, predict_arrays
-    from imagemasknet.models import get_spec
-    from imagemasknet.data.owndata import load_training_data
-    from imagemasknet.models.weights import load_model
+    from imagemasknet.core.device import pick_device
     from imagemasknet.core.files import read_json, write_json
     from imagemasknet.core.run_folder import RunFolder
-    from imagemasknet.core.device import pick_device
+    from imagemasknet.data.busi import load_arrays
+    from imagemasknet.data.owndata import load_training_data
+    from imagemasknet.evaluation.evaluate import cross_validation_report, format_cv_report, predict_arrays
+    from imagemasknet.models import get_spec
+    from imagemasknet.models.weights import load_model
 
     device = pick_device(args.device)
     decoded: dict[tuple, object] = {}
@@ -124,15 +128,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if getattr(args, "cv", None):
         return cmd_evaluate_cv(args)
 
-    from imagemasknet.data.busi import load_arrays, load_dataset
-    from imagemasknet.evaluation.evaluate import evaluate_model, format_report
-    from imagemasknet.models import get_spec
-    from imagemasknet.models.weights import load_model
+    from imagemasknet.core.device import pick_device
     from imagemasknet.core.files import read_json, write_json
     from imagemasknet.core.run_folder import RunFolder
-    from imagemasknet.models.card import ModelCard
+    from imagemasknet.data.busi import load_arrays, load_dataset
     from imagemasknet.data.splits import resolve_split
-    from imagemasknet.core.device import pick_device
+    from imagemasknet.evaluation.evaluate import evaluate_model, format_report
+    from imagemasknet.models import get_spec
+    from imagemasknet.models.card import ModelCard
+    from imagemasknet.models.weights import load_model
 
     device = pick_device(args.device)
     if args.run:
@@ -234,9 +238,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
-    from imagemasknet.data.duplicates import audit, format_table
-    from imagemasknet.data.busi import load_busi
     from imagemasknet.core.files import write_json
+    from imagemasknet.data.busi import load_busi
+    from imagemasknet.data.duplicates import audit, format_table
 
     data = load_busi(args.data)
     result = audit(data, progress=True)
@@ -250,8 +254,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from collections import Counter
 
-    from imagemasknet.data.duplicates import audit, duplicate_groups
     from imagemasknet.data.busi import load_busi
+    from imagemasknet.data.duplicates import audit, duplicate_groups
     from imagemasknet.data.splits import DEFAULT_SPLIT, make_folds, manifest_groups, merge_groups, write_split_file
 
     data = load_busi(args.data)
@@ -271,8 +275,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def cmd_data_verify(args: argparse.Namespace) -> int:
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
-    from imagemasknet.data.busi import find_data_root
     from imagemasknet.core.files import write_json
+    from imagemasknet.data.busi import find_data_root
     from imagemasknet.data.verify import verify
 
     report = verify(find_data_root(args.data))
@@ -302,8 +306,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from imagemasknet.inference.predictor import Predictor
-    from imagemasknet.models.weights import WeightsError
     from imagemasknet.inference.stream import RecordWriter, iter_records, predict_to_file, read_file_list, scan_files
+    from imagemasknet.models.weights import WeightsError
 
     if args.resume and not args.out:
         print("error: --resume continues an --out file; give --out FILE", file=sys.stderr)
@@ -351,7 +355,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
-    from imagemasknet.models import count_parameters, build_model, get_spec, list_models
+    from imagemasknet.models import build_model, count_parameters, get_spec, list_models
 
     width = max(len(n) for n in list_models())
     for name in list_models():

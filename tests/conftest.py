@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from e2e_helpers import ADMIN_PASSWORD
 
 import imagemasknet.data.busi as data_module
-from e2e_helpers import ADMIN_PASSWORD
 from imagemasknet.ops import access
 
 # The test machine has two cores shared with other work; intra-op threads then fight over them and a

@@ -13,19 +13,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import ADMIN_PASSWORD
-from imagemasknet.core import paths
-from imagemasknet.ops import promotion
-from imagemasknet.ops import retrain_form
-from imagemasknet.ops import train_lock
-from imagemasknet.ops import access
-from imagemasknet.ops import audit_log
+
 from imagemasknet import cli
-from imagemasknet.ops import jobs
-from imagemasknet.training.config import TrainConfig
-from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.core import paths
 from imagemasknet.core.files import file_sha256
+from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.ops import access, audit_log, jobs, promotion, retrain_form, train_lock
+from imagemasknet.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = {"epochs": 1, "limit": 20, "image_size": 64, "fold": 0}

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagemasknet.data import scans
 from imagemasknet import models as models_module
-from imagemasknet.inference import predictor as predict_module
 from imagemasknet.app.charts import probability_chart
-from imagemasknet.models import DEFAULT_MODEL, ModelSpec
-from imagemasknet.inference.predictor import Prediction, Predictor
+from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY
+from imagemasknet.data import scans
 from imagemasknet.data.scans import mask_from_drawing, read_mask, read_scan
+from imagemasknet.inference import predictor as predict_module
+from imagemasknet.inference.predictor import Prediction, Predictor
 from imagemasknet.inference.report import html_report, results_csv
 from imagemasknet.inference.stream import CSV_FIELDS
-from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY
+from imagemasknet.models import DEFAULT_MODEL, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 BUSI = BUNDLED_COPY if BUNDLED_COPY.is_dir() else SHARED_COPY

@@ -18,11 +18,11 @@ from streamlit.testing.v1 import AppTest
 
 import imagemasknet.data.busi as data_module
 from imagemasknet.app import charts
+from imagemasknet.app import gallery as g
 from imagemasknet.app import tables
 from imagemasknet.core import run_folder
-from imagemasknet.app import gallery as g
-from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.data.splits import load_folds
+from imagemasknet.models import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 GALLERY = str(REPO / "app_pages" / "gallery.py")
@@ -451,8 +451,8 @@ def test_run_reader_reports_what_is_wrong(runs_folder):
 def test_out_of_fold_marks_apply_only_to_the_very_files_judged(busi_subset, tmp_path):
     """The Gallery's marks come from the cross-validation's out-of-fold file, matched by file hash: a scan
     whose file differs (another copy under the same name) gets no mark from it."""
-    from imagemasknet.data.busi import load_busi
     from imagemasknet.core.files import file_sha256, write_json
+    from imagemasknet.data.busi import load_busi
 
     busi = load_busi(busi_subset)
     first, second = busi.cases[:2]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from imagemasknet.data.duplicates import AuditResult, audit, duplicate_groups, format_table
 from imagemasknet.data.busi import load_busi
+from imagemasknet.data.duplicates import AuditResult, audit, duplicate_groups, format_table
 
 CROSS_CLASS = {
     "G105": {"benign (433)", "malignant (145)"},

@@ -12,24 +12,14 @@ import pytest
 from PIL import Image
 
 import imagemasknet.data.busi as data_module
-from imagemasknet.data.busi import (
-    CLASSES,
-    DatasetNotFoundError,
-    find_data_root,
-    load_arrays,
-    load_busi,
-    load_dataset,
-    load_labelled_csv,
-    read_grey,
-    read_mask,
-    resize_pair,
-)
+from imagemasknet.data.busi import (CLASSES, DatasetNotFoundError, find_data_root, load_arrays, load_busi, load_dataset,
+                                    load_labelled_csv, read_case_mask, read_grey, resize_pair)
 
 SIZE = 64
 
 
 def original_mask(busi_case_files, case_id: str) -> np.ndarray:
-    """OR of a case's mask files, decoded independently of read_mask."""
+    """OR of a case's mask files, decoded independently of read_case_mask."""
     image, masks = busi_case_files(case_id)
     merged = None
     for path in masks:
@@ -91,15 +81,15 @@ def test_kaggle_layout_merges_split_mask_back_exactly(busi_root, make_busi_copy,
 
     image = read_grey(case.image_path)
     assert image.shape == full.shape
-    merged = read_mask(case.mask_paths, image.shape)
+    merged = read_case_mask(case.mask_paths, image.shape)
     assert merged.dtype == bool
     assert np.array_equal(merged, full)  # native size, pixel for pixel
-    assert not np.array_equal(read_mask(case.mask_paths[:1], image.shape), full)
+    assert not np.array_equal(read_case_mask(case.mask_paths[:1], image.shape), full)
 
     # The two real masks of malignant (53) are merged by OR too.
     m53 = data.by_id()["malignant (53)"]
     assert len(m53.mask_paths) == 2
-    assert np.array_equal(read_mask(m53.mask_paths, read_grey(m53.image_path).shape),
+    assert np.array_equal(read_case_mask(m53.mask_paths, read_grey(m53.image_path).shape),
                           original_mask(busi_case_files, "malignant (53)"))
 
     # load_arrays gives the same scan and mask as the untouched bundled files.
@@ -140,7 +130,7 @@ def test_mask_of_other_size_is_resized_nearest_and_binarised(busi_root, tmp_path
     mask_file = tmp_path / "small_mask.png"
     Image.fromarray(grey).save(mask_file)
 
-    merged = read_mask((mask_file,), (height, width))
+    merged = read_case_mask((mask_file,), (height, width))
     assert merged.shape == (height, width) and merged.dtype == bool
     expected = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.NEAREST)) > 127
     assert np.array_equal(merged, expected)
@@ -149,7 +139,7 @@ def test_mask_of_other_size_is_resized_nearest_and_binarised(busi_root, tmp_path
     iou = (merged & full).sum() / (merged | full).sum()
     assert iou > 0.95
     # Values are a plain OR with another (full-size) mask file.
-    both = read_mask((mask_file, busi_case_files(lesion_id)[1][0]), (height, width))
+    both = read_case_mask((mask_file, busi_case_files(lesion_id)[1][0]), (height, width))
     assert np.array_equal(both, merged | full)
 
     # Through the loader: a copy whose mask file is the half-size one.

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from imagemasknet.data.busi import read_grey, resize_pair
-from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW, flag_figures, is_low_confidence, is_suspicious, sensitivity_threshold
 from imagemasknet.data.transforms import model_input
+from imagemasknet.evaluation.decision import (LOW_CONFIDENCE_BELOW, flag_figures, is_low_confidence, is_suspicious,
+                                              sensitivity_threshold)
 from imagemasknet.inference.familiarity import Familiarity, FamiliarityReference
 from imagemasknet.models import build_model, get_spec
 

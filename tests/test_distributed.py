@@ -16,15 +16,15 @@ import torch
 
 import imagemasknet.training.trainer as train_module
 from imagemasknet import cli
-from imagemasknet.training import distributed
-from imagemasknet.training.config import TrainConfig
+from imagemasknet.core.files import read_json
+from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.busi import CLASSES, load_arrays, load_busi
 from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.models import build_model, get_spec
-from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.models.weights import load_model, load_state
-from imagemasknet.core.files import read_json
+from imagemasknet.training import distributed
 from imagemasknet.training.checkpoint import EMA_FILE, STATE_FILE
+from imagemasknet.training.config import TrainConfig
 from imagemasknet.training.step import TrainingStep, heldout_metrics
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
+from e2e_helpers import (browser, browser_page, chromium_executable, open_app, screenshot,  # noqa: F401  (fixtures)
+                         streamlit_server, wait_idle)
 
-from e2e_helpers import (  # noqa: F401  (fixtures)
-    browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
-)
 from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY
 
 pytestmark = pytest.mark.e2e
@@ -29,8 +28,8 @@ def expected():
     """What the shipped Predictor says about the scans (the app must show the same)."""
     if not SCAN.is_file() or not SECOND.is_file():
         pytest.skip(f"BUSI scans not found under {BUSI}")
-    from imagemasknet.inference.predictor import Predictor
     from imagemasknet.data.scans import read_mask, read_scan
+    from imagemasknet.inference.predictor import Predictor
 
     predictor = Predictor.shipped()
     scan = read_scan(SCAN)

@@ -5,7 +5,6 @@ app_pages/, which Streamlit does not discover on its own, so no private API is n
 from __future__ import annotations
 
 import pytest
-
 from e2e_helpers import VIEWPORT, browser, chromium_executable, open_app, running_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e

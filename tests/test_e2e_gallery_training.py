@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e_helpers import (REPO, browser, browser_page, chromium_executable, open_app,  # noqa: F401  (fixtures)
+                         running_server, screenshot, wait_idle)
 from PIL import Image
-
-from e2e_helpers import (  # noqa: F401  (fixtures)
-    REPO, browser, browser_page, chromium_executable, open_app, running_server, screenshot, wait_idle,
-)
 from test_app_gallery_training import CV_RESULTS, NO_WEIGHTS, SUBSET
 
 pytestmark = pytest.mark.e2e

@@ -15,10 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from e2e_helpers import (REPO, browser, chromium_executable, classify_concurrently,  # noqa: F401  (fixtures)
+                         running_server)
 
-from e2e_helpers import (  # noqa: F401  (fixtures)
-    REPO, browser, chromium_executable, classify_concurrently, running_server,
-)
 from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY
 
 pytestmark = pytest.mark.e2e
@@ -59,8 +58,8 @@ def test_ten_sessions_at_once_each_get_their_own_correct_result_and_nothing_touc
     missing = [p for p in SCANS if not p.is_file()]
     if missing:
         pytest.skip(f"BUSI scans not found: {missing[:2]}")
-    from imagemasknet.inference.predictor import Predictor
     from imagemasknet.data.scans import read_scan
+    from imagemasknet.inference.predictor import Predictor
 
     predictor = Predictor.shipped()
     expected = [predictor.predict(read_scan(path)).predicted_class.capitalize() for path in SCANS]

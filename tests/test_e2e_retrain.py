@@ -10,12 +10,10 @@ import re
 import time
 
 import pytest
+from e2e_helpers import (ADMIN_PASSWORD, browser, browser_page, chromium_executable, open_app,  # noqa: F401  (fixtures)
+                         screenshot, streamlit_server, wait_idle)
 
 from imagemasknet.models import DEFAULT_MODEL
-
-from e2e_helpers import (  # noqa: F401  (fixtures)
-    ADMIN_PASSWORD, browser, browser_page, chromium_executable, open_app, screenshot, streamlit_server, wait_idle,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagemasknet.inference.explain import colorize, fill, gradcam_layer, heatmap_overlay, mask_edges, outline
-from imagemasknet.models import build_model
-from imagemasknet.inference.predictor import Predictor
 from imagemasknet.data.scans import read_scan
+from imagemasknet.inference.explain import colorize, fill, gradcam_layer, heatmap_overlay, mask_edges, outline
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.models import build_model
 
 
 def test_colorize_runs_from_the_first_anchor_to_the_last():

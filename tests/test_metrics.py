@@ -4,17 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagemasknet.evaluation.metrics import (
-    bootstrap,
-    confusion,
-    dice,
-    expected_calibration_error,
-    fit_temperature,
-    point_metrics,
-    roc_auc,
-    roc_curve,
-    softmax,
-)
+from imagemasknet.evaluation.metrics import (bootstrap, confusion, dice, expected_calibration_error, fit_temperature,
+                                             point_metrics, roc_auc, roc_curve, softmax)
 
 
 def pairwise_auc(positive: np.ndarray, scores: np.ndarray) -> float:

@@ -130,9 +130,10 @@ def test_lesion_resunet_mask_given_chooses_per_scan():
 def test_half_storage_halves_the_file_and_predicts_like_float32(tmp_path, busi_root):
     """Shipped weights are stored in float16 and cast back to float32 on loading: class probabilities on
     real scans stay within 0.01 and the lesion map within 1 % of its pixels of the float32 weights."""
+    from safetensors import safe_open
+
     from imagemasknet.data.busi import read_grey, resize_pair
     from imagemasknet.models.weights import load_weights, save_weights
-    from safetensors import safe_open
 
     spec = get_spec("lesion-effnet-lite0")
     model = build_model(spec.name, pretrained=True).eval()

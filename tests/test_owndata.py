@@ -19,17 +19,18 @@ import pytest
 
 import imagemasknet.evaluation.evaluate as evaluate_module
 from imagemasknet import cli
+from imagemasknet.core.files import file_sha256, read_json
+from imagemasknet.core.paths import runs_root
+from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.busi import CLASSES, load_arrays, load_dataset
+from imagemasknet.data.owndata import OWN_PREFIX, load_training_data
+from imagemasknet.data.splits import inner_validation, load_folds, resolve_split
 from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.evaluation.metrics import softmax
+from imagemasknet.evaluation.site_threshold import (choose_threshold, load_site_threshold, site_threshold_for,
+                                                    site_threshold_mismatch)
 from imagemasknet.models import get_spec
-from imagemasknet.data.owndata import OWN_PREFIX, load_training_data
-from imagemasknet.evaluation.site_threshold import choose_threshold, load_site_threshold, site_threshold_for, site_threshold_mismatch
-from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.core.paths import runs_root
-from imagemasknet.core.files import file_sha256, read_json
 from imagemasknet.models.weights import load_model
-from imagemasknet.data.splits import inner_validation, load_folds, resolve_split
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights" / "lesion-resunet.safetensors"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.inference.predictor import Predictor
 from imagemasknet.data.scans import MaskError, read_mask, read_scan
 from imagemasknet.data.splits import load_folds
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.models import DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from imagemasknet.data.busi import read_grey, resize_pair
+from imagemasknet.data.transforms import normalise
 from imagemasknet.models import build_model, get_spec
 from imagemasknet.models.efficientnet_lite import PRETRAINED, EfficientNetLite, PretrainedWeightsError, adapt_stem
-from imagemasknet.data.transforms import normalise
 
 VARIANTS = tuple(PRETRAINED)
 # ImageNet-1k class indices: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso, 968 cup.

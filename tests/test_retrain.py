@@ -16,25 +16,20 @@ import time
 from pathlib import Path
 
 import pytest
+from e2e_helpers import ADMIN_PASSWORD
 from streamlit.testing.v1 import AppTest
 
-from e2e_helpers import ADMIN_PASSWORD
-from imagemasknet.models.card import active_card, previous_card
-from imagemasknet.ops import promotion
-from imagemasknet.ops import retrain_form
-from imagemasknet.ops import train_lock
-from imagemasknet.ops import access
-from imagemasknet.ops import audit_log
 from imagemasknet import cli
-from imagemasknet.ops import jobs
-from imagemasknet.training.config import PRESETS, TrainConfig
-from imagemasknet.data.busi import DatasetNotFoundError
-from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.inference.predictor import Predictor, active_model_key
-from imagemasknet.data.scans import read_scan
+from imagemasknet.core.files import file_sha256, read_json, write_json
 from imagemasknet.core.paths import runs_root
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.core.files import file_sha256, read_json, write_json
+from imagemasknet.data.busi import DatasetNotFoundError
+from imagemasknet.data.scans import read_scan
+from imagemasknet.inference.predictor import Predictor, active_model_key
+from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.models.card import active_card, previous_card
+from imagemasknet.ops import access, audit_log, jobs, promotion, retrain_form, train_lock
+from imagemasknet.training.config import PRESETS, TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -13,21 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from imagemasknet.data import scans
-from imagemasknet.data.scans import (
-    AspectRatioError,
-    CorruptImageError,
-    DecompressionBombError,
-    EmptyFileError,
-    ImageTooSmallError,
-    MaskError,
-    MultiFrameError,
-    NotAnImageError,
-    Scan,
-    ScanError,
-    mask_from_drawing,
-    read_mask,
-    read_scan,
-)
+from imagemasknet.data.scans import (AspectRatioError, CorruptImageError, DecompressionBombError, EmptyFileError,
+                                     ImageTooSmallError, MaskError, MultiFrameError, NotAnImageError, Scan, ScanError,
+                                     mask_from_drawing, read_mask, read_scan)
 
 BUSI = Path(__file__).resolve().parents[1] / "data" / "busi" / "Dataset_BUSI_with_GT"  # bundled with the project
 if not BUSI.is_dir():

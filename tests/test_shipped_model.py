@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from imagemasknet.data.busi import CLASSES, load_busi
-from imagemasknet.models import DEFAULT_MODEL, build_model, get_spec
-from imagemasknet.core.paths import WEIGHTS_DIR
-from imagemasknet.inference.predictor import Predictor, available_models
-from imagemasknet.data.scans import read_scan
 from imagemasknet.core.files import read_json
+from imagemasknet.core.paths import WEIGHTS_DIR
+from imagemasknet.data.busi import CLASSES, load_busi
+from imagemasknet.data.scans import read_scan
 from imagemasknet.data.splits import load_folds
+from imagemasknet.inference.predictor import Predictor, available_models
+from imagemasknet.models import DEFAULT_MODEL, build_model, get_spec
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,8 @@ def test_every_shipped_model_reproduces_its_references(name, busi_root):
 
 def test_predicted_lesion_overlaps_the_drawn_lesion(predictor, busi_root):
     """The segmentation head is trained on BUSI masks; on scans it trained on it must find the lesion."""
-    from imagemasknet.evaluation.metrics import dice
     from imagemasknet.data.scans import read_mask
+    from imagemasknet.evaluation.metrics import dice
 
     scores = []
     for n in (1, 2, 3, 4, 5, 6):
@@ -115,13 +115,13 @@ def test_predicted_lesion_overlaps_the_drawn_lesion(predictor, busi_root):
 def test_flip_average_is_mirror_invariant_and_maps_the_lesion_back(predictor, busi_root):
     """Averaging over a scan and its mirror must give the mirrored scan the same class logits and the
     same Dice against its mirrored mask; a lesion map left unflipped would score differently."""
-    from imagemasknet.data.busi import Arrays, read_grey, read_mask, resize_pair
+    from imagemasknet.data.busi import Arrays, read_case_mask, read_grey, resize_pair
     from imagemasknet.evaluation.evaluate import predict_arrays
 
     images, masks = [], []
     for n in (1, 7, 20):
         image = read_grey(busi_root / "malignant" / "images" / f"malignant ({n}).png")
-        mask = read_mask((busi_root / "malignant" / "masks" / f"malignant ({n})_mask.png",), image.shape)
+        mask = read_case_mask((busi_root / "malignant" / "masks" / f"malignant ({n})_mask.png",), image.shape)
         image, mask = resize_pair(image, mask, 256)
         images.append(image), masks.append(mask)
     scans = Arrays(["a", "b", "c"], np.full(3, CLASSES.index("malignant")), np.stack(images), np.stack(masks))

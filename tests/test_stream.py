@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from imagemasknet import cli
-from imagemasknet.inference.predictor import Predictor
 from imagemasknet.data.scans import read_scan
+from imagemasknet.inference.predictor import Predictor
 from imagemasknet.inference.stream import CSV_FIELDS, done_files, scan_files
 
 

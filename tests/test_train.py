@@ -14,15 +14,15 @@ import torch
 import imagemasknet.models.weights as weights_module
 import imagemasknet.training.step as step_module
 from imagemasknet import cli
-from imagemasknet.training.config import TrainConfig, preset
+from imagemasknet.core.files import read_json
+from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.busi import CLASSES, load_arrays, load_busi
+from imagemasknet.data.splits import load_folds
 from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.evaluation.metrics import point_metrics, softmax
 from imagemasknet.models import get_spec
-from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.models.weights import load_model
-from imagemasknet.core.files import read_json
-from imagemasknet.data.splits import load_folds
+from imagemasknet.training.config import TrainConfig, preset
 from imagemasknet.training.step import TrainingStep
 from imagemasknet.training.trainer import train
 

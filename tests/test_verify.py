@@ -18,8 +18,7 @@ import imagemasknet.data.busi as data_module
 import imagemasknet.data.verify as verify_module
 from imagemasknet import cli
 from imagemasknet.data.busi import load_busi, load_dataset
-from imagemasknet.data.verify import DataIntegrityError
-from imagemasknet.data.verify import CHECKSUMS, checksum_root, read_checksums, verify
+from imagemasknet.data.verify import CHECKSUMS, DataIntegrityError, checksum_root, read_checksums, verify
 
 BUNDLED = data_module.BUNDLED_COPY.parent  # data/busi
 CASES = ["benign (1)", "benign (2)", "malignant (1)", "malignant (2)", "normal (1)", "normal (2)"]

@@ -1,0 +1,1 @@
+"""What the pages show, computed here so that pages only place it."""

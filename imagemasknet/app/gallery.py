@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import hashlib
@@ -25,17 +26,15 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from imagemasknet.data.busi import CLASSES, Arrays, Busi, listing_fingerprint
+from imagemasknet.core.files import file_sha256, write_json
 from imagemasknet.core.paths import cache_dir
-from imagemasknet.evaluation.decision import is_low_confidence
-from imagemasknet.inference.explain import fill, outline
-import base64
-from imagemasknet.core.files import file_sha256
-from imagemasknet.evaluation.evaluate import predict_arrays
-from imagemasknet.evaluation.metrics import softmax
-from imagemasknet.core.files import write_json
+from imagemasknet.data.busi import CLASSES, Arrays, Busi, listing_fingerprint
 from imagemasknet.data.duplicates import audit
 from imagemasknet.data.splits import SplitError, committed_groups
+from imagemasknet.evaluation.decision import is_low_confidence
+from imagemasknet.evaluation.evaluate import predict_arrays
+from imagemasknet.evaluation.metrics import softmax
+from imagemasknet.inference.explain import fill, outline
 
 THUMB_SIZE = 192
 PER_PAGE = 24

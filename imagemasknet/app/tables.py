@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from imagemasknet.models.card import ModelCard
 from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.models.card import ModelCard
 
 METRIC_NAMES = {
     "accuracy": "accuracy", "recall_malignant": "malignant sensitivity", "macro_precision": "precision (macro)",

@@ -1,0 +1,1 @@
+"""Scans in, arrays out: BUSI and a site's own data, checksums, duplicates, splits, uploads, augmentations."""

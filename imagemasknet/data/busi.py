@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from imagemasknet.core.paths import BUNDLED_COPY, LOCAL_COPY, SHARED_COPY, cache_dir, data_override
 from imagemasknet.data.verify import ensure_verified, skip_requested
-from tqdm import tqdm
 
 CLASSES = ("normal", "benign", "malignant")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -203,7 +203,7 @@ def read_grey(path: Path) -> np.ndarray:
         return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def read_mask(paths: tuple[Path, ...], size_hw: tuple[int, int]) -> np.ndarray:
+def read_case_mask(paths: tuple[Path, ...], size_hw: tuple[int, int]) -> np.ndarray:
     """Merge mask files by OR, binarised, at the image's size (nearest-neighbour when sizes differ)."""
     merged = np.zeros(size_hw, dtype=bool)
     for path in paths:
@@ -277,7 +277,7 @@ def load_arrays(data: Busi, size: int = 256, progress: bool = False) -> Arrays:
     for n, case in enumerate(cases):
         try:
             image = read_grey(case.image_path)
-            mask = read_mask(case.mask_paths, image.shape)
+            mask = read_case_mask(case.mask_paths, image.shape)
         except (OSError, UnidentifiedImageError, ValueError) as error:
             data.report.add(case.image_path, "unreadable", f"{case.image_path.name}: {error}")
             continue

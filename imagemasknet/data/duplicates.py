@@ -16,10 +16,15 @@ Plain image hashes miss most re-cropped copies, so near-duplicates are found in 
 
 Groups are the connected components of those pairs. A group whose members carry different labels
 is a label conflict: the same scan was filed under two classes.
+
+Its size (about 500 lines) is on purpose: the two passes, their shared image preparation, the thresholds
+they were calibrated with and the index the app matches uploads against belong together.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -27,14 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-
-from imagemasknet.data.busi import CLASSES, Arrays, Busi, load_arrays, read_grey
 from tqdm import tqdm
-import hashlib
-import json
-from imagemasknet.data.busi import listing_fingerprint
-from imagemasknet.core.paths import cache_dir
+
 from imagemasknet.core.files import atomic_write
+from imagemasknet.core.paths import cache_dir
+from imagemasknet.data.busi import CLASSES, Arrays, Busi, listing_fingerprint, load_arrays, read_grey
+from imagemasknet.data.splits import merge_groups
 
 # Coarse search. Heights are in pixels after shrinking every image to CANONICAL_HEIGHT rows.
 CANONICAL_HEIGHT = 32
@@ -169,23 +172,9 @@ def _size_stats(busi: Busi) -> dict[str, SizeStats]:
 
 
 def _group(busi: Busi, pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
-    order = {i: n for n, i in enumerate(busi.ids)}
-    parent = {i: i for i in busi.ids}
-
-    def root(i: str) -> str:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for pair in pairs:
-        a, b = sorted((root(pair.a), root(pair.b)), key=order.get)
-        parent[b] = a
-    members: dict[str, list[str]] = {}
-    for i in busi.ids:
-        members.setdefault(root(i), []).append(i)
     labels = {c.id: c.label for c in busi.cases}
-    components = sorted((m for m in members.values() if len(m) > 1), key=lambda m: order[m[0]])
+    # Connected components of the pairs, in data-set order (each pair a grouping of its own).
+    components = [m for m in merge_groups(list(busi.ids), *({p.a: "", p.b: ""} for p in pairs)) if len(m) > 1]
     return [
         DuplicateGroup(f"D{n:03d}", tuple(m), tuple(labels[i] for i in m), len({labels[i] for i in m}) > 1)
         for n, m in enumerate(components, start=1)

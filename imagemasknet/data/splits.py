@@ -12,9 +12,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from imagemasknet.core.files import write_json
 from imagemasknet.core.paths import SPLITS_DIR
 from imagemasknet.data.busi import CLASSES, Busi
-from imagemasknet.core.files import write_json
 
 DEFAULT_SPLIT = SPLITS_DIR / "busi-5fold.json"
 

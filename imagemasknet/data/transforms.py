@@ -6,16 +6,15 @@ only.
 """
 from __future__ import annotations
 
+import io
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-import io
-import numpy as np
-from PIL import Image
-
 
 
 def _random_gamma(image: torch.Tensor) -> torch.Tensor:

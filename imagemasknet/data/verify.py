@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from imagemasknet.core.paths import cache_dir
 
 CHECKSUMS = "checksums.sha256"

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from imagemasknet.data.busi import CLASSES, Arrays
-from imagemasknet.evaluation.metrics import bootstrap, confusion, dice, expected_calibration_error, reliability, roc_auc, roc_curve, softmax
-from imagemasknet.models import ModelSpec
 from imagemasknet.data.transforms import model_input
+from imagemasknet.evaluation.metrics import (bootstrap, confusion, dice, expected_calibration_error, point_metrics,
+                                             reliability, roc_auc, roc_curve, softmax)
 from imagemasknet.evaluation.site_threshold import operating_point
-from imagemasknet.evaluation.metrics import point_metrics
+from imagemasknet.models import ModelSpec
 
 
 @dataclass

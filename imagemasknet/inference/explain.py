@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
-
 # Anchor colours of a perceptually ordered map (dark blue → cyan → yellow → red), interpolated linearly.
 _COLORMAPS = {
     "turbo": np.array([[48, 18, 59], [70, 131, 246], [27, 229, 181], [164, 252, 60], [251, 185, 56],

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-from imagemasknet.core.files import atomic_write
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from imagemasknet.core.files import atomic_write
 from imagemasknet.models.weights import WeightsError
 
 COMPONENTS = 32  # principal components kept (BUSI's fold-0 texture statistics: a steep spectrum, flat after ~30)

@@ -16,23 +16,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imagemasknet.data.busi import CLASSES, resize_pair
-from imagemasknet.evaluation.decision import is_low_confidence, is_suspicious
 from imagemasknet.core.device import pick_device
-from imagemasknet.inference.familiarity import Familiarity
-from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY, active_model_dir
-from imagemasknet.evaluation.metrics import softmax
-from imagemasknet.models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
 from imagemasknet.core.files import file_sha256
-from imagemasknet.models.card import ModelCard, ModelCardError, promoted_card, shipped_card, shipped_weights
-from imagemasknet.models.weights import WeightsError, load_model
+from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY, active_model_dir
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.data.busi import CLASSES, load_busi, resize_pair
+from imagemasknet.data.duplicates import DuplicateIndex
 from imagemasknet.data.scans import MaskError, NotUltrasoundError, Scan
 from imagemasknet.data.transforms import model_input
-from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.duplicates import DuplicateIndex
-from imagemasknet.data.busi import load_busi
+from imagemasknet.evaluation.decision import is_low_confidence, is_suspicious
+from imagemasknet.evaluation.metrics import softmax
 from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_for
 from imagemasknet.inference.explain import grad_cam
+from imagemasknet.inference.familiarity import Familiarity
+from imagemasknet.models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
+from imagemasknet.models.card import ModelCard, ModelCardError, promoted_card, shipped_card, shipped_weights
+from imagemasknet.models.weights import WeightsError, load_model
 
 
 @dataclass

@@ -25,10 +25,10 @@ from typing import IO, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
 from imagemasknet.data.busi import CLASSES, IMAGE_SUFFIXES
 from imagemasknet.data.scans import ScanError, read_mask, read_scan
-from PIL import Image
 from imagemasknet.inference.explain import heatmap_overlay
 
 SCAN_SUFFIXES = IMAGE_SUFFIXES | {".dcm", ".dicom"}

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from imagemasknet.ops import audit_log
-from imagemasknet.core.paths import runs_root
 from imagemasknet.core.files import atomic_write, folder_lock, read_json, write_json
+from imagemasknet.core.paths import runs_root
+from imagemasknet.ops import audit_log
 
 HASH_KEY = "admin_password_hash"
 HASH_ENV = "IMAGEMASKNET_ADMIN_HASH"

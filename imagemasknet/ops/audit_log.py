@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagemasknet.core.paths import active_weights, runs_root
 from imagemasknet.core.files import file_sha256, now
+from imagemasknet.core.paths import active_weights, runs_root
 
 LOG_NAME = "audit.jsonl"
 ACTIONS = ("launch", "cancel", "finish", "failure", "promote", "rollback", "login")

@@ -37,8 +37,8 @@ from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.busi import find_data_root
 from imagemasknet.ops import audit_log
 from imagemasknet.ops.access import AdminSession, require_admin
-from imagemasknet.ops.train_lock import (JobError, LockInfo, acquire_lock, lock_path, lock_payload,
-                                         read_lock, release_lock)
+from imagemasknet.ops.train_lock import (JobError, LockInfo, acquire_lock, lock_path, lock_payload, read_lock,
+                                         release_lock)
 from imagemasknet.training.config import TrainConfig
 
 JOBS_DIR = ".jobs"

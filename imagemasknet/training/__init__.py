@@ -1,0 +1,1 @@
+"""One TrainConfig in, one run folder out: the loop, its steps, checkpoints, distributed training."""

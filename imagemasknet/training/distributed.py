@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
@@ -24,9 +25,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+
 from imagemasknet.core.device import pick_device
 from imagemasknet.evaluation.evaluate import Predictions
-import signal
 
 T = TypeVar("T")
 

@@ -1,0 +1,82 @@
+"""One model card type: the shipped cards read and write back unchanged, a card is read without being trusted,
+and a run folder's checkpoints and a promoted model get the same type."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imagemasknet.core.files import write_json
+from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.models.card import ModelCard, ModelCardError, promoted_card, shipped_card
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+@pytest.mark.parametrize("name", ["lesion-effnet-lite0", "lesion-resunet"])
+def test_a_shipped_card_reads_and_writes_back_unchanged(name, tmp_path):
+    raw = json.loads((WEIGHTS / f"{name}.json").read_text())
+    card = shipped_card(name)
+    assert card.name == card.arch == name and card.image_size == raw["config"]["image_size"]
+    assert card.temperature == raw["temperature"] and card.cross_validation == raw["cross_validation"]
+    written = tmp_path / "card.json"
+    card.write(written)
+    again = json.loads(written.read_text())
+    assert {k: v for k, v in again.items() if k != "arch"} == raw  # the name of the architecture is added
+    assert ModelCard.read(written) == card
+
+
+def test_the_flag_thresholds_and_the_cross_validation_means_come_from_the_card():
+    card = shipped_card("lesion-effnet-lite0")
+    raw = json.loads((WEIGHTS / "lesion-effnet-lite0.json").read_text())
+    assert card.flag_thresholds == {m: v["threshold"] for m, v in raw["malignancy_flag"]["modes"].items()}
+    assert card.flag_target == raw["malignancy_flag"]["target_sensitivity"] == 0.9
+    assert card.cross_validation_means()["image"]["accuracy"] == raw["cross_validation"]["image"]["accuracy"]["mean"]
+
+
+def test_a_card_is_read_without_trusting_it():
+    card = ModelCard.from_json({"name": "lesion-resunet", "temperature": {"image": 1.5, "mask": "hot"},
+                                "malignancy_flag": ["not", "a", "block"], "config": 7, "limitations": "one",
+                                "something_new": {"kept": True}})
+    assert card.arch == "lesion-resunet" and card.config == {} and card.image_size == 256
+    assert card.temperature == {"image": 1.5} and card.flag_thresholds == {} and card.limitations == []
+    assert card.to_json()["something_new"] == {"kept": True}
+    assert ModelCard.from_json({"pretrained": None, "name": "x"}).pretrained == {}  # null: trained from scratch
+    assert ModelCard.from_json({"name": "x"}).pretrained is None  # not said
+
+
+@pytest.mark.parametrize("payload, message", [([1, 2], "is not a JSON object"), ({"version": "1"}, "names no architecture")])
+def test_a_card_that_cannot_describe_weights_is_refused_in_one_sentence(payload, message):
+    with pytest.raises(ModelCardError, match=message):
+        ModelCard.from_json(payload, source="model.json")
+
+
+def test_a_missing_or_cut_off_card_names_its_file(tmp_path):
+    with pytest.raises(ModelCardError, match=r"missing\.json is missing or not valid JSON"):
+        ModelCard.read(tmp_path / "missing.json")
+    (tmp_path / "cut.json").write_text('{"name": "lesion-res')
+    with pytest.raises(ModelCardError, match="cut.json"):
+        ModelCard.read(tmp_path / "cut.json")
+
+
+def test_a_run_folder_card_carries_its_config_and_calibration(tmp_path):
+    run = tmp_path / "lesion-resunet-fold2"
+    write_json(run / "config.json", {"arch": "lesion-resunet", "image_size": 64, "fold": 2})
+    write_json(run / "calibration.json", {"temperature": {"image": 1.2, "mask": 0.9}})
+    card = ModelCard.for_run(RunFolder(run))
+    assert (card.arch, card.version, card.image_size, card.temperature) == (
+        "lesion-resunet", "lesion-resunet-fold2", 64, {"image": 1.2, "mask": 0.9})
+    with pytest.raises(ModelCardError, match="not a run folder"):
+        ModelCard.for_run(RunFolder(tmp_path / "empty"))
+
+
+def test_a_promoted_folder_without_its_weights_or_card_has_no_card(tmp_path):
+    folder = tmp_path / "model"
+    write_json(folder / "model.json", {"arch": "lesion-resunet", "version": "run-1", "promoted_at": "today"})
+    assert promoted_card(folder) is None  # no model.safetensors beside it
+    (folder / "model.safetensors").write_bytes(b"")
+    card = promoted_card(folder)
+    assert card is not None and card.promoted and card.version == "run-1"
+    (folder / "model.json").write_text("[]")
+    assert promoted_card(folder) is None
