@@ -79,7 +79,7 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
     """``evaluate --cv RUN ...``: each fold run on its own test split, merged into one CV report."""
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.core.device import pick_device
-    from imagemasknet.core.files import read_json, write_json
+    from imagemasknet.core.files import write_json
     from imagemasknet.core.run_folder import RunFolder
     from imagemasknet.data.busi import load_arrays
     from imagemasknet.data.owndata import load_training_data
@@ -92,10 +92,11 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
     folds, archs = [], set()
     for run in args.cv:
         run_dir = Path(run)
-        config = read_json(run_dir / "config.json")
+        run_folder = RunFolder(run_dir)
+        config = run_folder.config
         if not config:
             raise SystemExit(f"{run_dir} is not a run folder (no config.json)")
-        ids = (read_json(run_dir / "split.json", {}) or {}).get("test") or []
+        ids = run_folder.split.get("test") or []
         if not ids:
             raise SystemExit(f"{run_dir} has no test split (trained on all data?), so it is no cross-validation fold")
         key = (config.get("data"), config.get("data_mode", "replace"), config["image_size"])
@@ -108,7 +109,7 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
         arrays = decoded[key].take(ids)
         folds.append({"run": str(run_dir), "fold": config.get("fold"),
                       "predictions": {m: predict_arrays(model, spec, arrays, m, device) for m in modes},
-                      "temperatures": {} if args.uncalibrated else RunFolder(run_dir).temperatures})
+                      "temperatures": {} if args.uncalibrated else run_folder.temperatures})
     if len(archs) > 1:
         raise SystemExit(f"--cv merges the folds of one model; these runs train {', '.join(sorted(archs))}")
     arch = archs.pop()
@@ -129,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_evaluate_cv(args)
 
     from imagemasknet.core.device import pick_device
-    from imagemasknet.core.files import read_json, write_json
+    from imagemasknet.core.files import write_json
     from imagemasknet.core.run_folder import RunFolder
     from imagemasknet.data.busi import load_arrays, load_dataset
     from imagemasknet.data.splits import resolve_split
@@ -141,12 +142,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     if args.run:
         run_dir = Path(args.run)
-        config = read_json(run_dir / "config.json")
+        run_folder = RunFolder(run_dir)
+        config = run_folder.config
         if not config:
             raise SystemExit(f"{run_dir} is not a run folder (no config.json)")
         arch, image_size = config["arch"], config["image_size"]
         weights = run_dir / f"{args.checkpoint}.safetensors"
-        temperatures = RunFolder(run_dir).temperatures
+        temperatures = run_folder.temperatures
     else:
         if not (args.weights and args.arch):
             raise SystemExit("give --run DIR, or --weights FILE with --arch NAME")
@@ -186,8 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif args.split_file or args.fold is not None:
         ids, source = resolve_split(data, args.fold, args.split_file)[1], f"fold {args.fold}" if args.split_file is None else args.split_file
     elif args.run:
-        split = read_json(run_dir / "split.json", {}) or {}
-        ids = split.get(args.on, [])
+        ids = run_folder.split.get(args.on, [])
         source = f"the run's {args.on} split"
         if args.on == "train":
             source += " (the study's protocol: the images the model trained on)"

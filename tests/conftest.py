@@ -12,6 +12,7 @@ import torch
 from e2e_helpers import ADMIN_PASSWORD
 
 import imagemasknet.data.busi as data_module
+from imagemasknet.core import paths
 from imagemasknet.ops import access
 
 # The test machine has two cores shared with other work; intra-op threads then fight over them and a
@@ -44,7 +45,7 @@ def isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("IMAGEMASKNET_DATA", raising=False)
     # No administrator unless a test configures one (never the shell's, never the repo's secrets file).
     monkeypatch.delenv(access.HASH_ENV, raising=False)
-    monkeypatch.setenv(access.SECRETS_ENV, str(runs / "no-secrets.toml"))
+    monkeypatch.setenv(paths.SECRETS_ENV, str(runs / "no-secrets.toml"))
     return SimpleNamespace(cache=cache, runs=runs)
 
 

@@ -94,7 +94,8 @@ def running_server(work: Path, extra_env: dict[str, str] | None = None) -> Itera
     """``streamlit run app.py`` on a free localhost port, with its cache and runs folders under ``work``
     and the test administrator password (``extra_env`` overrides any of them); yields (base URL, process)
     and stops it afterwards."""
-    from imagemasknet.ops.access import HASH_ENV, SECRETS_ENV, hash_password
+    from imagemasknet.core.paths import SECRETS_ENV
+    from imagemasknet.ops.access import HASH_ENV, hash_password
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"

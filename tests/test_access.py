@@ -47,7 +47,7 @@ def test_set_password_writes_only_the_hash_with_mode_600(tmp_path, monkeypatch, 
     secrets = tmp_path / ".streamlit" / "secrets.toml"
     secrets.parent.mkdir()
     secrets.write_text('[connections.db]\nurl = "sqlite://"\n')
-    monkeypatch.setenv(access.SECRETS_ENV, str(secrets))
+    monkeypatch.setenv(paths.SECRETS_ENV, str(secrets))
     assert not access.is_configured()
 
     monkeypatch.setattr("sys.stdin", io.StringIO(ADMIN_PASSWORD + "\n"))

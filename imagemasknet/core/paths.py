@@ -5,7 +5,8 @@ them. Nothing here imports PyTorch.
 * decoded-scan and index caches: ``$IMAGEMASKNET_CACHE``, default ``~/.cache/imagemasknet``;
 * BUSI: ``$IMAGEMASKNET_DATA``, else the copy bundled in the repository, else ``./data/…``, else the shared copy
   (:func:`imagemasknet.data.busi.find_data_root` tries them in that order);
-* the shipped weights: inside the installed package, else the checkout's ``weights/``.
+* the shipped weights: inside the installed package, else the checkout's ``weights/``;
+* the administrator's password hash: ``$IMAGEMASKNET_SECRETS``, default ``./.streamlit/secrets.toml``.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 RUNS_ENV, CACHE_ENV, DATA_ENV = "IMAGEMASKNET_RUNS", "IMAGEMASKNET_CACHE", "IMAGEMASKNET_DATA"
+SECRETS_ENV = "IMAGEMASKNET_SECRETS"
 PACKAGE = Path(__file__).resolve().parent.parent  # this file is imagemasknet/core/paths.py
 REPOSITORY = PACKAGE.parent
 # The copy that ships with the project (data/busi/ in the repository, with its checksums.sha256).
@@ -40,6 +42,13 @@ def cache_dir() -> Path:
     path = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "imagemasknet"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def secrets_path() -> Path:
+    """Where `imagemasknet admin set-password` writes the administrator's hash and the app reads it:
+    ``$IMAGEMASKNET_SECRETS``, else ``./.streamlit/secrets.toml`` (Streamlit's own secrets file)."""
+    override = os.environ.get(SECRETS_ENV)
+    return Path(override) if override else Path.cwd() / ".streamlit" / "secrets.toml"
 
 
 def data_override() -> Path | None:

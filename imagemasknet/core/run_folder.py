@@ -95,6 +95,12 @@ class RunFolder:
         return self._contents.problems
 
     @property
+    def split(self) -> dict[str, list[str]]:
+        """The scan ids of each part of the run (train, validation, test), as split.json lists them."""
+        split, _ = read_json_checked(self.path / "split.json", dict)
+        return {part: list(ids) for part, ids in (split or {}).items() if isinstance(ids, list)}
+
+    @property
     def temperatures(self) -> dict[str, float]:
         """Calibration temperature per inference mode (empty before calibration)."""
         temperatures = self.calibration.get("temperature", {})

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Callable
 
 from imagemasknet.core.files import atomic_write, folder_lock, read_json, write_json
-from imagemasknet.core.paths import runs_root
+from imagemasknet.core.paths import runs_root, secrets_path
 from imagemasknet.ops import audit_log
 
 HASH_KEY = "admin_password_hash"
 HASH_ENV = "IMAGEMASKNET_ADMIN_HASH"
-SECRETS_ENV = "IMAGEMASKNET_SECRETS"
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SALT_BYTES, KEY_BYTES = 2**14, 8, 1, 16, 32
@@ -116,12 +115,6 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 # --- where the hash lives ------------------------------------------------------------------------------
-
-
-def secrets_path() -> Path:
-    """Where set-password writes and the app reads: $IMAGEMASKNET_SECRETS, else ./.streamlit/secrets.toml."""
-    override = os.environ.get(SECRETS_ENV)
-    return Path(override) if override else Path.cwd() / ".streamlit" / "secrets.toml"
 
 
 def configured_hash() -> str | None:

@@ -59,8 +59,8 @@ def _reap(process: subprocess.Popen, root: Path, name: str) -> None:
         record = read_json(_record_path(root, name), {}) or {}
         record.update(returncode=code, ended=now())
         write_json(_record_path(root, name), record)
-        status = read_json(root / name / "status.json")
-        if record.get("cancel_requested") and isinstance(status, dict) and status.get("state") == "running":
+        status = RunFolder(root / name).status
+        if record.get("cancel_requested") and status.get("state") == "running":
             # Stopped before its SIGTERM handler was in place (or force-stopped): record what happened.
             write_json(root / name / "status.json", {**status, "state": "cancelled", "updated": now(),
                                                      "note": f"stopped by a signal (exit code {code})"})

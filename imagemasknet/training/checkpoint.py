@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from imagemasknet.core.files import read_json, write_json
+from imagemasknet.core.files import write_json
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.models.weights import load_state, load_weights, save_state, save_weights
 from imagemasknet.training.config import TrainConfig
@@ -85,7 +85,7 @@ class Checkpointer:
         parts.mask_rng.setstate(_as_tuple(state["rng"]["mask_rng"]))
         if restore_torch_rng:
             torch.set_rng_state(state["rng"]["torch"])
-        history = (read_json(self.run_dir / "history.json", []) or [])[:first_epoch]
+        history = RunFolder(self.run_dir).history[:first_epoch]
         if self.writes:
             write_json(self.run_dir / "history.json", history)
         return Resumed(history, first_epoch, best_val)
@@ -123,8 +123,8 @@ class Checkpointer:
 
 def resume_config(run_dir: Path | str) -> TrainConfig:
     """The config of a run folder, to continue it with ``train(config, resume=run_dir)``."""
-    values = read_json(Path(run_dir) / "config.json")
-    if not isinstance(values, dict):
+    values = RunFolder(Path(run_dir)).config
+    if not values:
         raise FileNotFoundError(f"{run_dir} is not a run folder (no readable config.json)")
     return TrainConfig.from_dict(values)
 

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imagemasknet.core.files import now, read_json, write_json
+from imagemasknet.core.files import now, write_json
 from imagemasknet.core.paths import runs_root
+from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.busi import CLASSES, Arrays, load_arrays
 from imagemasknet.data.owndata import load_training_data
 from imagemasknet.data.splits import inner_validation, resolve_split
@@ -165,8 +166,8 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
     if resume is not None:
         run_dir = Path(resume)
         previous = distributed.on_main(lambda: check_resumable(run_dir, config))
-        split = read_json(run_dir / "split.json", {}) or {}
-        train_ids, val_ids, test_ids = (list(split.get(k, [])) for k in ("train", "validation", "test"))
+        split = RunFolder(run_dir).split
+        train_ids, val_ids, test_ids = (split.get(k, []) for k in ("train", "validation", "test"))
         missing = set(train_ids + val_ids + test_ids) - set(arrays.ids)
         if missing or not train_ids:
             raise ValueError(f"cannot resume {run_dir}: its split.json names {len(missing)} scans the data set "
@@ -244,8 +245,7 @@ def _main_thread() -> bool:
 
 
 def _progress_fields(run_dir: Path) -> dict:
-    history = read_json(run_dir / "history.json", []) or []
-    return {"epoch": len(history)}
+    return {"epoch": RunFolder(run_dir).epochs_done}
 
 
 def _fit(config: TrainConfig, spec: ModelSpec, device: torch.device, arrays: Arrays, split: Split,
