@@ -17,21 +17,18 @@ from PIL import Image
 
 from app_pages import md
 from imagemasknet.app.charts import probability_chart
-from imagemasknet.app.scan_view import (canvas_size, digest_of, display_size, drawn_mask, mask_digest, pair_masks,
-                                        resize_heat, resize_mask, resize_rgb)
+from imagemasknet.app.scan_view import (USER_MASK_CSS, USER_MASK_RGB, canvas_size, digest_of, display_size, drawn_mask,
+                                        mask_digest, outlined_scan, pair_masks, resize_heat, resize_rgb)
 from imagemasknet.data import scans
 from imagemasknet.data.busi import CLASSES
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_mismatch, site_threshold_path
 from imagemasknet.inference import predictor as predict_module
-from imagemasknet.inference.explain import heatmap_overlay, outline
-from imagemasknet.inference.report import flag_sentence, html_report, results_csv
+from imagemasknet.inference.explain import heatmap_overlay
+from imagemasknet.inference.report import flag_reason, flag_sentence, html_report, results_csv
 from imagemasknet.models import DEFAULT_MODEL, get_spec
 from imagemasknet.models.card import active_card
 
-USER_MASK_RGB = (0, 213, 255)  # cyan: the user's mask
-LESION_RGB = (255, 179, 0)  # amber: the lesion the model outlines
-USER_MASK_CSS, LESION_CSS = "#00D5FF", "#FFB300"
 MODE_LABEL = {"image": "image only", "mask": "with mask"}
 UPLOAD, DRAW = "Upload a mask file", "Draw on the scan"
 TOOLS = {"Freehand": "freedraw", "Polygon": "polygon", "Rectangle": "rect"}
@@ -314,13 +311,12 @@ def results_table(items: list[Item], model: str) -> None:
 
 def malignancy_flag(prediction: predict_module.Prediction) -> None:
     """The decision first, in large type: suspicious or not at the sensitivity-set threshold."""
-    sentence = md(flag_sentence(prediction))
     if prediction.suspicious_for_malignancy:
-        st.error(f"### Suspicious for malignancy\n{sentence}", icon=":material/flag:")
+        st.error(f"### Suspicious for malignancy\n{md(flag_reason(prediction))}", icon=":material/flag:")
     elif prediction.suspicious_for_malignancy is False:
-        st.success(f"### Not flagged for malignancy\n{sentence}", icon=":material/check_circle:")
+        st.success(f"### Not flagged for malignancy\n{md(flag_reason(prediction))}", icon=":material/check_circle:")
     else:
-        st.info(sentence, icon=":material/info:")
+        st.info(md(flag_sentence(prediction)), icon=":material/info:")
 
 
 def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> None:
@@ -387,24 +383,17 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
 
     size_hw = display_size(item.scan.pixels.shape)
     rgb = resize_rgb(item.scan.rgb, size_hw)
-    outlined, legend, captions = rgb, [], []
-    if prediction is not None and prediction.mode == "mask" and item.mask is not None:
-        outlined = outline(outlined, resize_mask(item.mask, size_hw), USER_MASK_RGB)
-        legend.append(f'<span style="color:{USER_MASK_CSS}">■</span> your mask')
-        captions.append("the user's mask (cyan)")
     called_normal = prediction is not None and prediction.predicted_class == "normal"
     with legend_box:
         show_anyway = called_normal and prediction.lesion_mask is not None and prediction.lesion_mask.any() and st.toggle(
             "Show the model's outline anyway", key="outline_on_normal",
             help="The model calls this scan normal, so the shape its lesion head draws is not a lesion it claims.")
-    if prediction is not None and prediction.lesion_mask is not None and (not called_normal or show_anyway):
-        outlined = outline(outlined, resize_mask(prediction.lesion_mask, size_hw), LESION_RGB)
-        if called_normal:
-            legend.append(f'<span style="color:{LESION_CSS}">■</span> outline drawn by the model although it calls the scan normal')
-            captions.append("the outline the model drew although it calls the scan normal (amber)")
-        else:
-            legend.append(f'<span style="color:{LESION_CSS}">■</span> lesion outlined by the model')
-            captions.append("the lesion outlined by the model (amber)")
+    drawn = outlined_scan(
+        rgb, item.mask if prediction is not None and prediction.mode == "mask" else None,
+        prediction.lesion_mask if prediction is not None and (not called_normal or show_anyway) else None,
+        called_normal)
+    outlined, captions = drawn.image, drawn.captions
+    legend = [f'<span style="color:{colour}">■</span> {words}' for colour, words in drawn.legend]
     with legend_box:
         if legend:  # fixed strings, no user text
             st.markdown('<span style="font-size:0.9rem">' + " &nbsp;&nbsp; ".join(legend) + "</span>",

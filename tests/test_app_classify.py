@@ -423,6 +423,7 @@ def test_the_malignancy_flag_comes_first_and_follows_the_threshold(app, predicto
     else:
         assert flag.startswith("success: ") and "Not flagged for malignancy" in flag
     if prediction.malignancy_threshold is not None:
+        assert flag.count("for malignancy") == 1  # the verdict is the box's title, said once
         assert f"{prediction.malignancy_threshold:.1%}" in flag and f"{prediction.probabilities['malignant']:.1%}" in flag
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from imagemasknet.app.scan_view import (CANVAS_MAX_HEIGHT, CANVAS_WIDTH, DISPLAY_LONG_SIDE, canvas_size, display_size,
-                                        drawn_mask, mask_digest, pair_masks, resize_mask)
+from imagemasknet.app.scan_view import (CANVAS_MAX_HEIGHT, CANVAS_WIDTH, DISPLAY_LONG_SIDE, LESION_CSS, LESION_RGB,
+                                        canvas_size, display_size, drawn_mask, mask_digest, outlined_scan, pair_masks,
+                                        resize_mask)
 from imagemasknet.data.scans import ScanError
 
 
@@ -57,3 +58,17 @@ def test_mask_digests_tell_masks_apart_and_resizing_keeps_them_binary():
     assert mask_digest(None) is None
     small = resize_mask(mask, (20, 30))
     assert small.dtype == bool and small.sum() == pytest.approx(mask.sum() / 4, rel=0.1)
+
+
+def test_outlines_are_drawn_only_when_given_and_say_what_they_are():
+    rgb = np.full((60, 80, 3), 40, np.uint8)
+    mask = np.zeros((120, 160), bool)  # masks come at the scan's size, the picture at display size
+    mask[40:80, 40:100] = True
+    bare = outlined_scan(rgb, None, None, model_calls_normal=False)
+    assert bare.legend == [] and bare.captions == [] and np.array_equal(bare.image, rgb)
+    both = outlined_scan(rgb, mask, mask, model_calls_normal=False)
+    assert [words for _, words in both.legend] == ["your mask", "lesion outlined by the model"]
+    assert (np.all(both.image == LESION_RGB, axis=2)).any()  # drawn last, on top
+    on_normal = outlined_scan(rgb, None, mask, model_calls_normal=True)
+    assert on_normal.legend == [(LESION_CSS, "outline drawn by the model although it calls the scan normal")]
+    assert "although it calls the scan normal" in on_normal.captions[0]

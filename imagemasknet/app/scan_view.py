@@ -5,18 +5,32 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import PurePath
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from imagemasknet.data.scans import mask_from_drawing
+from imagemasknet.inference.explain import outline
 
 DISPLAY_LONG_SIDE = 900  # images are shown (and put in reports) at most this large
 # The canvas sits in a full-width row of its own, no wider than the page's content at the narrowest supported
 # window (1024 px, sidebar open: 564 px, measured in Chromium), so every pixel of the scan can be drawn on.
 CANVAS_WIDTH = 560
 CANVAS_MAX_HEIGHT = 560
+USER_MASK_RGB, USER_MASK_CSS = (0, 213, 255), "#00D5FF"  # cyan: the user's mask
+LESION_RGB, LESION_CSS = (255, 179, 0), "#FFB300"  # amber: the lesion the model outlines
+
+
+@dataclass(frozen=True)
+class Outlined:
+    """The scan with its outlines drawn, and what they are: legend entries (CSS colour, words) for the page and
+    captions for the report."""
+
+    image: np.ndarray
+    legend: list[tuple[str, str]]
+    captions: list[str]
 
 
 def digest_of(data: bytes) -> str:
@@ -98,3 +112,25 @@ def drawn_mask(rgba: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     if rgba.ndim == 3 and rgba.shape[2] == 4:  # anything else is refused by mask_from_drawing, naming its shape
         rgba[..., 3] = np.where(fill_enclosed(rgba[..., 3] > 0), 255, 0)
     return mask_from_drawing(rgba, size_hw)
+
+
+def outlined_scan(rgb: np.ndarray, user_mask: np.ndarray | None, lesion_mask: np.ndarray | None,
+                  model_calls_normal: bool) -> Outlined:
+    """``rgb`` (the scan at display size) with the user's mask in cyan and the model's lesion in amber, each
+    only when given (masks at the scan's size). A lesion drawn on a scan the model calls normal is labelled as
+    such: it is not a lesion the model claims."""
+    size_hw = rgb.shape[:2]
+    image, legend, captions = rgb, [], []
+    if user_mask is not None:
+        image = outline(image, resize_mask(user_mask, size_hw), USER_MASK_RGB)
+        legend.append((USER_MASK_CSS, "your mask"))
+        captions.append("the user's mask (cyan)")
+    if lesion_mask is not None:
+        image = outline(image, resize_mask(lesion_mask, size_hw), LESION_RGB)
+        if model_calls_normal:
+            legend.append((LESION_CSS, "outline drawn by the model although it calls the scan normal"))
+            captions.append("the outline the model drew although it calls the scan normal (amber)")
+        else:
+            legend.append((LESION_CSS, "lesion outlined by the model"))
+            captions.append("the lesion outlined by the model (amber)")
+    return Outlined(image, legend, captions)

@@ -46,13 +46,20 @@ def _bar(value: float, highlight: bool) -> str:
 
 
 def flag_sentence(prediction) -> str:
-    """The malignancy flag as one sentence (the Classify page and the report say the same)."""
+    """The malignancy flag as one sentence (the report and the CSV say it so)."""
+    if prediction.malignancy_threshold is None:
+        return f"No malignancy flag: {flag_reason(prediction)}"
+    verdict = "Suspicious for malignancy" if prediction.suspicious_for_malignancy else "Not flagged for malignancy"
+    return f"{verdict}: {flag_reason(prediction)}"
+
+
+def flag_reason(prediction) -> str:
+    """Why the flag says what it says (the Classify page puts the verdict above it as its title)."""
     p = prediction.probabilities["malignant"]
     if prediction.malignancy_threshold is None:
-        return f"No malignancy flag: {prediction.threshold_source} (P(malignant) {p:.1%})."
-    verdict = "Suspicious for malignancy" if prediction.suspicious_for_malignancy else "Not flagged for malignancy"
+        return f"{prediction.threshold_source} (P(malignant) {p:.1%})."
     relation = "reaches" if prediction.suspicious_for_malignancy else "is below"
-    return (f"{verdict}: P(malignant) {p:.1%} {relation} the threshold {prediction.malignancy_threshold:.1%}, "
+    return (f"P(malignant) {p:.1%} {relation} the threshold {prediction.malignancy_threshold:.1%}, "
             f"set for {prediction.threshold_source}.")
 
 
