@@ -1,5 +1,6 @@
 """Training: the shipped model's card, every run folder, per-epoch curves, evaluation charts and the
-per-fold spread of cross-validation runs. Draws only; :mod:`imagemasknet.app.run_charts` computes.
+per-fold spread of cross-validation runs. Draws only; :mod:`imagemasknet.core.run_folder`,
+:mod:`imagemasknet.app.tables` and :mod:`imagemasknet.app.charts` compute.
 """
 from __future__ import annotations
 

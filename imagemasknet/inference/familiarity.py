@@ -103,7 +103,7 @@ class Familiarity:
 
     @classmethod
     def load(cls, path: Path) -> "Familiarity":
-        """Raises :class:`~imagemasknet.runs.WeightsError` for a file that is not one."""
+        """Raises :class:`~imagemasknet.models.weights.WeightsError` for a file that is not one."""
         references = {}
         try:
             with safe_open(str(path), "np") as stored:

@@ -6,7 +6,7 @@ GPU, gloo on CPU) with a timeout, so a stuck collective ends in an error instead
 torchrun (``WORLD_SIZE`` unset or 1) every helper here is a no-op and the training loop is the
 single-process one, unchanged.
 
-The loop (``train.py``) uses: :func:`init`/:func:`cleanup`; :func:`is_main` (only rank 0 writes run
+The loop (``trainer.py``, ``step.py``) uses: :func:`init`/:func:`cleanup`; :func:`is_main` (only rank 0 writes run
 files); :func:`all_reduce_sum`/:func:`all_reduce_mean` (epoch tallies); :func:`share_denominators`
 (loss normalisers over the global batch, so gradients equal a single process's); :func:`broadcast` /
 :func:`on_main` (values and errors decided on rank 0); :func:`main_first` (rank 0 fills the decode cache
