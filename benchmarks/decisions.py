@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagemasknet.core.files import file_sha256, read_json
+from imagemasknet.core.files import file_sha256
+from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.busi import CLASSES, Arrays, load_arrays, load_dataset
 from imagemasknet.data.owndata import load_training_data
 from imagemasknet.data.transforms import augment_pair, build_augmentation
@@ -32,11 +33,11 @@ MALIGNANT = CLASSES.index("malignant")
 
 
 def _augmentation_of(run: Path) -> str:
-    return read_json(run / "config.json").get("augment", "ultrasound")
+    return RunFolder(run).config.get("augment", "ultrasound")
 
 
 def _arrays_for(run: Path):
-    config = read_json(run / "config.json")
+    config = RunFolder(run).config
     return load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), config["image_size"])
 
 
@@ -79,7 +80,7 @@ def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
     for k in folds:
         run = results / f"{preset}-fold{k}"
         predictor = Predictor.from_run(run, device="cpu", check_training_data=False)
-        arrays, split = _arrays_for(run), read_json(run / "split.json")
+        arrays, split = _arrays_for(run), RunFolder(run).split
         test = arrays.take(split["test"])
         predictions = {m: predict_arrays(predictor.model, predictor.spec, test, m, cpu) for m in predictor.spec.modes}
         fold = Familiarity.fit(*training_textures(predictor, arrays.take(split["train"]), _augmentation_of(run), seed=k))
@@ -118,7 +119,7 @@ def decision_material(results: Path, preset: str, folds: list[int], shipped: Pre
     scores = np.array([r["familiarity"] for r in rows])
     far = np.array([r["refusal_score"] for r in rows])
     run = results / f"{preset}-all"
-    arrays, split, augmentation = _arrays_for(run), read_json(run / "split.json"), _augmentation_of(run)
+    arrays, split, augmentation = _arrays_for(run), RunFolder(run).split, _augmentation_of(run)
     cpu = torch.device("cpu")
     reference = Familiarity.fit(*training_textures(shipped, arrays.take(split["train"]), augmentation, seed=len(folds)),
                                 scores, far)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagemasknet.core.files import read_json, write_json
+from imagemasknet.core.files import write_json
+from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.busi import load_arrays, load_busi, load_dataset
 from imagemasknet.evaluation.evaluate import lesion_summary, predict_arrays
 from imagemasknet.evaluation.metrics import expected_calibration_error, fit_temperature, point_metrics, softmax
@@ -32,7 +33,7 @@ def fold_figures(run: Path, busi_at, busbra_at, device: torch.device) -> dict:
     """``busi_at(size)`` / ``busbra_at(size)``: the decoded scans at that size (``busbra_at`` may be None)."""
     fold_model = Predictor.from_run(run, device=str(device))
     model, spec = fold_model.model, fold_model.spec
-    split = read_json(run / "split.json")
+    split = RunFolder(run).split
     arrays = busi_at(fold_model.image_size)
     external = busbra_at(fold_model.image_size) if busbra_at is not None else None
     figures: dict = {}

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from decisions import _arrays_for, _augmentation_of, _textures, augmented_copies
 
-from imagemasknet.core.files import read_json, write_json
+from imagemasknet.core.files import write_json
+from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.inference.familiarity import REFUSE_FACTOR, FamiliarityReference
 from imagemasknet.inference.predictor import Predictor
 from imagemasknet.models.card import shipped_card
@@ -38,7 +39,7 @@ def fold_scores(run: Path, fold: int) -> dict[str, np.ndarray]:
     """Refusal scores of the fold's held-out scans (plain and strongly drawn) against the shipped design and
     the candidate, both fitted on the fold's own training scans."""
     predictor = Predictor.from_run(run, device="cpu", check_training_data=False)
-    arrays, split = _arrays_for(run), read_json(run / "split.json")
+    arrays, split = _arrays_for(run), RunFolder(run).split
     train, test = arrays.take(split["train"]), arrays.take(split["test"])
     plain = _textures(predictor, train)
     as_trained = _textures(predictor, augmented_copies(train, _augmentation_of(run), seed=fold))

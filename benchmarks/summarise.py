@@ -44,7 +44,7 @@ def inner_validation_loss(run: Path, mode: str) -> float | None:
     history = [e for e in read_json(run / "history.json", []) if e.get("validation")]
     if not history:
         return None
-    if read_json(run / "config.json", {}).get("checkpoint", "lowest-loss") == "last":
+    if RunFolder(run).config.get("checkpoint", "lowest-loss") == "last":
         return history[-1]["validation"][mode]["loss"]
     primary = next(iter(history[0]["validation"]))
     best = min(history, key=lambda e: e["validation"][primary]["loss"])
@@ -77,7 +77,7 @@ def validation_halves(run: Path, checkpoint: str, mode: str) -> list[float]:
     predictor = Predictor.from_run(run, checkpoint, device="cpu")
     config = predictor.card.config
     arrays = load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), predictor.image_size)
-    ids = read_json(run / "split.json")["validation"]
+    ids = RunFolder(run).split["validation"]
     predictions = predict_arrays(predictor.model, predictor.spec, arrays.take(ids), mode, predictor.device)
     return heldout_metrics(predictions, halves=True)["loss_halves"]
 
@@ -87,7 +87,7 @@ def summarise(results: Path, folds: list[int]) -> dict:
     for preset in PRESETS:
         if not any((results / f"{preset}-{job}").is_dir() for job in [*(f"fold{k}" for k in folds), "all"]):
             continue  # a results folder of some presets only
-        configs = [read_json(results / f"{preset}-{job}" / "config.json") for job in ["all", *(f"fold{k}" for k in folds)]]
+        configs = [RunFolder(results / f"{preset}-{job}").config for job in ["all", *(f"fold{k}" for k in folds)]]
         spec = get_spec(next(c["arch"] for c in configs if c))
         for mode in spec.modes:
             per_fold = []
@@ -190,7 +190,7 @@ def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: st
     """Store the all-data run's kept weights in weights/ (float16) with its model card, out-of-fold
     predictions and familiarity reference (:mod:`decisions`)."""
     run = results / f"{preset}-all"
-    config = read_json(run / "config.json")
+    config = RunFolder(run).config
     spec = get_spec(config["arch"])
     target = WEIGHTS_DIR / f"{spec.name}.safetensors"
     WEIGHTS_DIR.mkdir(exist_ok=True)
