@@ -17,8 +17,8 @@ from PIL import Image
 
 from app_pages import md
 from imagemasknet.app.charts import probability_chart
-from imagemasknet.app.scan_view import (USER_MASK_CSS, USER_MASK_RGB, canvas_size, digest_of, display_size, drawn_mask,
-                                        mask_digest, outlined_scan, pair_masks, resize_heat, resize_rgb)
+from imagemasknet.app.scan_view import (USER_MASK_CSS, USER_MASK_RGB, Outlined, canvas_size, digest_of, display_size,
+                                        drawn_mask, mask_digest, outlined_scan, pair_masks, resize_heat, resize_rgb)
 from imagemasknet.data import scans
 from imagemasknet.data.busi import CLASSES
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
@@ -331,12 +331,10 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
     scan_col, cam_col = st.columns(2, gap="large")
     with head_right:
         st.markdown("**Grad-CAM**")
-        cam_class_col, cam_opacity_col = st.columns(2)
+        cam_controls = st.columns(2)
     with head_left:
         st.markdown("**Scan**")
         legend_box = st.container()
-    with scan_col:
-        outline_box = st.container()
     if draw_box is not None:
         with draw_box:
             st.markdown("**Draw the lesion**")
@@ -346,97 +344,113 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
         attach_drawn_masks([item])
     classify([item], model)
     prediction = item.prediction
-
     with result_col:
-        if prediction is None:
-            st.error(md(item.error), icon=":material/error:")
-        else:
-            malignancy_flag(prediction)
-            left, right = st.columns(2)
-            left.metric("Predicted class", prediction.predicted_class.capitalize(),
-                        delta="low confidence" if prediction.low_confidence else None, delta_color="off",
-                        delta_arrow="off")
-            right.metric("Calibrated probability", f"{prediction.confidence:.1%}")
-            if prediction.low_confidence:
-                st.warning(f"Low confidence: no class reaches {LOW_CONFIDENCE_BELOW:.0%}; read the probabilities, "
-                           "not the class.", icon=":material/help:")
-            source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
-            st.markdown(f"Mode: **{MODE_LABEL.get(prediction.mode, prediction.mode)}**{source}")
-            predictor = load_predictor(model)
-            st.caption(f"Model {model}, version {predictor.version or 'unversioned'}")
-            if prediction.familiarity is None:
-                st.caption("This model carries no familiarity reference, so nothing checks whether the scan is an "
-                           "ultrasound like its training scans; the shipped default model does.")
-            site = load_site_threshold()
-            if site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
-                st.caption(f"The saved site threshold is not applied: {md(reason)}. Choose one for this model "
-                           "with `imagemasknet evaluate --data SITE_SCANS --save-threshold`.")
-            report_box = st.container()
-        for note in item.notes:
-            st.info(md(note), icon=":material/info:")
-        for warning in prediction.warnings if prediction else []:
-            st.warning(md(warning), icon=":material/warning:")
+        report_box = result_panel(item, model)
     with chart_col:
         if prediction is not None:
             st.plotly_chart(probability_chart(prediction), config={"displayModeBar": False},
                             key=f"chart-{item.index}")
-
     size_hw = display_size(item.scan.pixels.shape)
     rgb = resize_rgb(item.scan.rgb, size_hw)
-    called_normal = prediction is not None and prediction.predicted_class == "normal"
     with legend_box:
-        show_anyway = called_normal and prediction.lesion_mask is not None and prediction.lesion_mask.any() and st.toggle(
-            "Show the model's outline anyway", key="outline_on_normal",
-            help="The model calls this scan normal, so the shape its lesion head draws is not a lesion it claims.")
-    drawn = outlined_scan(
-        rgb, item.mask if prediction is not None and prediction.mode == "mask" else None,
-        prediction.lesion_mask if prediction is not None and (not called_normal or show_anyway) else None,
-        called_normal)
-    outlined, captions = drawn.image, drawn.captions
-    legend = [f'<span style="color:{colour}">■</span> {words}' for colour, words in drawn.legend]
-    with legend_box:
-        if legend:  # fixed strings, no user text
-            st.markdown('<span style="font-size:0.9rem">' + " &nbsp;&nbsp; ".join(legend) + "</span>",
-                        unsafe_allow_html=True)
-        elif called_normal:
-            st.caption("No lesion outline: the model calls this scan normal.")
-        elif prediction is not None:
-            st.caption("No outline: the model draws no lesion and no mask was used.")
-    with outline_box:
-        st.image(outlined, width="stretch")
-
-    overlay = target = None
-    if prediction is None:
-        with cam_col:
+        drawn = outlines(item, rgb)
+    with scan_col:
+        st.image(drawn.image, width="stretch")
+    with cam_col:
+        cam = grad_cam_panel(item, model, rgb, cam_controls) if prediction is not None else None
+        if prediction is None:
             st.caption("No Grad-CAM without a prediction.")
-    else:
-        with cam_class_col:
-            choice = st.selectbox("Explain the score of", ["predicted", *CLASSES], key="cam_target",
-                                  format_func=lambda c: "the predicted class" if c == "predicted" else c)
-        with cam_opacity_col:
-            opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
-        target = prediction.predicted_class if choice == "predicted" else choice
-        with cam_col:
-            try:
-                heat = cached_grad_cam(model, model_key(model), item.digest, item.mask_key, target, size_hw, item.scan, item.mask)
-            except scans.ScanError as error:
-                st.error(md(str(error)))
-            else:
-                overlay = heatmap_overlay(rgb, heat, opacity)
-                st.image(overlay, width="stretch")
-                st.caption(f"Regions that raised the score of **{target}** (red: most). Not a lesion segmentation.")
-
     if prediction is not None:
         overlays = {"Scan": rgb}
-        if captions:
-            overlays["Outlines: " + " and ".join(captions)] = outlined
-        if overlay is not None:
-            overlays[f"Grad-CAM for {target} (opacity {opacity:.0%})"] = overlay
+        if drawn.captions:
+            overlays["Outlines: " + " and ".join(drawn.captions)] = drawn.image
+        if cam is not None:
+            overlays[cam[0]] = cam[1]
         scan, version = item.scan, load_predictor(model).version
         with report_box:  # the report is built only when the button is clicked
             st.download_button("Download report (HTML)", lambda: html_report(scan, prediction, overlays, model, version),
                                file_name=f"{PurePath(item.name).stem}-report.html", mime="text/html",
                                on_click="ignore", icon=":material/description:", key=f"report-{item.index}")
+
+
+def result_panel(item: Item, model: str) -> st.delta_generator.DeltaGenerator | None:
+    """The flag, class, probability, mode, model and every note or warning; returns where the report button goes
+    (None without a prediction)."""
+    prediction = item.prediction
+    report_box = None
+    if prediction is None:
+        st.error(md(item.error), icon=":material/error:")
+    else:
+        malignancy_flag(prediction)
+        left, right = st.columns(2)
+        left.metric("Predicted class", prediction.predicted_class.capitalize(),
+                    delta="low confidence" if prediction.low_confidence else None, delta_color="off",
+                    delta_arrow="off")
+        right.metric("Calibrated probability", f"{prediction.confidence:.1%}")
+        if prediction.low_confidence:
+            st.warning(f"Low confidence: no class reaches {LOW_CONFIDENCE_BELOW:.0%}; read the probabilities, "
+                       "not the class.", icon=":material/help:")
+        source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
+        st.markdown(f"Mode: **{MODE_LABEL.get(prediction.mode, prediction.mode)}**{source}")
+        predictor = load_predictor(model)
+        st.caption(f"Model {model}, version {predictor.version or 'unversioned'}")
+        if prediction.familiarity is None:
+            st.caption("This model carries no familiarity reference, so nothing checks whether the scan is an "
+                       "ultrasound like its training scans; the shipped default model does.")
+        site = load_site_threshold()
+        if site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
+            st.caption(f"The saved site threshold is not applied: {md(reason)}. Choose one for this model "
+                       "with `imagemasknet evaluate --data SITE_SCANS --save-threshold`.")
+        report_box = st.container()
+    for note in item.notes:
+        st.info(md(note), icon=":material/info:")
+    for warning in prediction.warnings if prediction else []:
+        st.warning(md(warning), icon=":material/warning:")
+    return report_box
+
+
+def outlines(item: Item, rgb: np.ndarray) -> Outlined:
+    """The scan's outlines (the user's mask in mask mode; the model's lesion unless it calls the scan normal,
+    then only on request) and their legend."""
+    prediction = item.prediction
+    called_normal = prediction is not None and prediction.predicted_class == "normal"
+    show_anyway = called_normal and prediction.lesion_mask is not None and prediction.lesion_mask.any() and st.toggle(
+        "Show the model's outline anyway", key="outline_on_normal",
+        help="The model calls this scan normal, so the shape its lesion head draws is not a lesion it claims.")
+    drawn = outlined_scan(
+        rgb, item.mask if prediction is not None and prediction.mode == "mask" else None,
+        prediction.lesion_mask if prediction is not None and (not called_normal or show_anyway) else None,
+        called_normal)
+    if drawn.legend:  # fixed strings, no user text
+        st.markdown('<span style="font-size:0.9rem">' + " &nbsp;&nbsp; ".join(
+            f'<span style="color:{colour}">■</span> {words}' for colour, words in drawn.legend) + "</span>",
+            unsafe_allow_html=True)
+    elif called_normal:
+        st.caption("No lesion outline: the model calls this scan normal.")
+    elif prediction is not None:
+        st.caption("No outline: the model draws no lesion and no mask was used.")
+    return drawn
+
+
+def grad_cam_panel(item: Item, model: str, rgb: np.ndarray, controls) -> tuple[str, np.ndarray] | None:
+    """Grad-CAM of the chosen class over the scan; returns (its report caption, the overlay), or None."""
+    class_col, opacity_col = controls
+    with class_col:
+        choice = st.selectbox("Explain the score of", ["predicted", *CLASSES], key="cam_target",
+                              format_func=lambda c: "the predicted class" if c == "predicted" else c)
+    with opacity_col:
+        opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
+    target = item.prediction.predicted_class if choice == "predicted" else choice
+    try:
+        heat = cached_grad_cam(model, model_key(model), item.digest, item.mask_key, target, rgb.shape[:2], item.scan,
+                               item.mask)
+    except scans.ScanError as error:
+        st.error(md(str(error)))
+        return None
+    overlay = heatmap_overlay(rgb, heat, opacity)
+    st.image(overlay, width="stretch")
+    st.caption(f"Regions that raised the score of **{target}** (red: most). Not a lesion segmentation.")
+    return f"Grad-CAM for {target} (opacity {opacity:.0%})", overlay
 
 
 def main() -> None:
