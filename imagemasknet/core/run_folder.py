@@ -1,16 +1,16 @@
 """The one reader of run folders (the contract is in DESIGN.md): training resumes from it, the job launcher
 and promotion read their run through it, and the Training page lists and charts what it reads.
 
-A :class:`RunFolder` reads ``config.json``, ``history.json``, ``status.json``, ``calibration.json`` and every
-``metrics*.json`` once, on first use, and never raises for a missing or damaged file: ``problems`` says in
-sentences what is missing or broken (truncated JSON, an empty history, a run whose process is gone). Make a
-new one to see the folder as it is now.
+A :class:`RunFolder` reads each of ``config.json``, ``history.json``, ``status.json``, ``calibration.json`` and
+the ``metrics*.json`` once, when first asked for it, and never raises for a missing or damaged file:
+``problems`` says in sentences what is missing or broken (truncated JSON, an empty history, a run whose
+process is gone). Make a new one to see the folder as it is now.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
@@ -42,16 +42,6 @@ def read_json_checked(path: Path, kind: type | tuple[type, ...] = (dict, list)) 
 
 
 @dataclass
-class _Contents:
-    config: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    status: dict = field(default_factory=dict)
-    calibration: dict = field(default_factory=dict)
-    metrics: dict[str, dict] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-
-@dataclass
 class RunFolder:
     """One run folder as far as it is written, read on first use."""
 
@@ -64,35 +54,85 @@ class RunFolder:
     def name(self) -> str:
         return self.path.name
 
+    # Each file is read on first use only, so a caller that wants the status reads status.json alone.
     @cached_property
-    def _contents(self) -> _Contents:
-        return _read(self.path)
+    def _config(self) -> tuple[dict, list[str]]:
+        config, problem = read_json_checked(self.path / "config.json", dict)
+        return config or {}, [problem] if problem else []
+
+    @cached_property
+    def _status(self) -> tuple[dict, list[str]]:
+        status, problem = read_json_checked(self.path / "status.json", dict)
+        return status or {}, [problem] if problem else []
+
+    @cached_property
+    def _history(self) -> tuple[list[dict], list[str]]:
+        problems = []
+        evaluation_only = self.config.get("kind") == "own-data evaluation"  # `evaluate --data`: nothing trained
+        history, problem = read_json_checked(self.path / "history.json", list)
+        if problem and "missing" in problem:
+            problem = None if evaluation_only else "history.json is missing — no epoch has finished yet"
+        if problem:
+            problems.append(problem)
+        history = history or []
+        epochs = [e for e in history if isinstance(e, dict) and isinstance(e.get("epoch"), (int, float))]
+        if len(epochs) < len(history):
+            problems.append(f"history.json has {len(history) - len(epochs)} entries that are not epochs")
+        if not epochs and not problem and not evaluation_only:
+            problems.append("history.json has no finished epoch yet")
+        return epochs, problems
+
+    @cached_property
+    def _calibration(self) -> tuple[dict, list[str]]:
+        calibration, problem = read_json_checked(self.path / "calibration.json", dict)
+        return calibration or {}, [problem] if problem and "missing" not in problem else []
+
+    @cached_property
+    def _metrics(self) -> tuple[dict[str, dict], list[str]]:
+        reports, problems = {}, []
+        for metrics_file in sorted(self.path.glob("metrics*.json")):
+            report, problem = read_json_checked(metrics_file, dict)
+            if problem:
+                problems.append(problem)
+            elif not isinstance(report.get("modes"), dict):
+                problems.append(f"{metrics_file.name} has no per-mode results")
+            else:
+                reports[metrics_file.stem] = report
+        return reports, problems
 
     @property
     def config(self) -> dict:
-        return self._contents.config
+        return self._config[0]
 
     @property
     def history(self) -> list[dict]:
         """The finished epochs, in order."""
-        return self._contents.history
+        return self._history[0]
 
     @property
     def status(self) -> dict:
-        return self._contents.status
+        return self._status[0]
 
     @property
     def calibration(self) -> dict:
-        return self._contents.calibration
+        return self._calibration[0]
 
     @property
     def metrics(self) -> dict[str, dict]:
         """Evaluation reports by file stem (``metrics``, ``metrics-test``, …)."""
-        return self._contents.metrics
+        return self._metrics[0]
 
-    @property
+    @cached_property
     def problems(self) -> list[str]:
-        return self._contents.problems
+        """What is missing or broken, as sentences (reads every file)."""
+        problems = [*self._config[1], *self._status[1], *self._history[1], *self._calibration[1], *self._metrics[1]]
+        state = self.state
+        if state == "crashed":
+            problems.append(f"status.json says running, but process {self.status.get('pid')} is gone — the run "
+                            "crashed or was killed")
+        elif state in ("failed", "cancelled"):
+            problems.append(f"the run {state}" + (f": {self.status['error']}" if self.status.get("error") else ""))
+        return problems
 
     @property
     def split(self) -> dict[str, list[str]]:
@@ -168,49 +208,6 @@ class RunFolder:
             return "\n".join((self.path / "log.txt").read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def _read(path: Path) -> _Contents:
-    run = _Contents()
-    config, problem = read_json_checked(path / "config.json", dict)
-    if problem:
-        run.problems.append(problem)
-    run.config = config or {}
-    status, problem = read_json_checked(path / "status.json", dict)
-    if problem:
-        run.problems.append(problem)
-    run.status = status or {}
-    evaluation_only = run.config.get("kind") == "own-data evaluation"  # `evaluate --data`: nothing trained
-    history, problem = read_json_checked(path / "history.json", list)
-    if problem and "missing" in problem:
-        problem = None if evaluation_only else "history.json is missing — no epoch has finished yet"
-    if problem:
-        run.problems.append(problem)
-    history = history or []
-    run.history = [e for e in history if isinstance(e, dict) and isinstance(e.get("epoch"), (int, float))]
-    if len(run.history) < len(history):
-        run.problems.append(f"history.json has {len(history) - len(run.history)} entries that are not epochs")
-    if history is not None and not run.history and not problem and not evaluation_only:
-        run.problems.append("history.json has no finished epoch yet")
-    calibration, problem = read_json_checked(path / "calibration.json", dict)
-    if problem and "missing" not in problem:
-        run.problems.append(problem)
-    run.calibration = calibration or {}
-    for metrics_file in sorted(path.glob("metrics*.json")):
-        report, problem = read_json_checked(metrics_file, dict)
-        if problem:
-            run.problems.append(problem)
-        elif not isinstance(report.get("modes"), dict):
-            run.problems.append(f"{metrics_file.name} has no per-mode results")
-        else:
-            run.metrics[metrics_file.stem] = report
-    state = run_state(run.status)
-    if state == "crashed":
-        run.problems.append(f"status.json says running, but process {run.status.get('pid')} is gone — the run "
-                            "crashed or was killed")
-    elif state in ("failed", "cancelled"):
-        run.problems.append(f"the run {state}" + (f": {run.status['error']}" if run.status.get("error") else ""))
-    return run
 
 
 def looks_like_run(path: Path) -> bool:

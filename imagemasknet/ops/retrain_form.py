@@ -81,25 +81,9 @@ def _coerce(field: FormField, value: Any) -> Any:
             raise ValueError(f"limit: {value} is below the minimum 1 (leave it empty to use every scan)")
         return value
     if field.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{name}: expected a whole number, got {value!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{name}: expected a whole number, got {value!r}") from None
-        if not math.isfinite(number) or number != int(number):
-            raise ValueError(f"{name}: expected a whole number, got {value!r}")
-        return int(number)
+        return int(_number(name, value, whole=True))
     if field.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{name}: expected a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise ValueError(f"{name}: {value!r} is not a finite number")
-        return number
+        return _number(name, value, whole=False)
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected one of {', '.join(map(str, field.choices))}, got {value!r}")
     return value
@@ -115,3 +99,19 @@ def config_from_form(values: dict[str, Any], preset: str | None = None) -> Train
     merged = form_defaults(preset)
     merged.update({name: _coerce(by_name[name], value) for name, value in values.items()})
     return TrainConfig(**merged).validated()
+
+
+def _number(name: str, value: Any, whole: bool) -> float:
+    """``value`` as a finite number (``whole``: with no fractional part); ValueError naming the field otherwise."""
+    expected = "a whole number" if whole else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}") from None
+    if whole and (not math.isfinite(number) or number != int(number)):
+        raise ValueError(f"{name}: expected a whole number, got {value!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: {value!r} is not a finite number")
+    return number
