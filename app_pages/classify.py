@@ -20,7 +20,7 @@ from imagemasknet.app.charts import probability_chart
 from imagemasknet.app.scan_view import (USER_MASK_CSS, USER_MASK_RGB, Outlined, canvas_size, digest_of, display_size,
                                         drawn_mask, mask_digest, outlined_scan, pair_masks, resize_heat, resize_rgb)
 from imagemasknet.data import scans
-from imagemasknet.data.busi import CLASSES
+from imagemasknet.data.dataset import CLASSES
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_mismatch, site_threshold_path
 from imagemasknet.inference import predictor as predict_module

@@ -16,8 +16,9 @@ from imagemasknet.app import gallery as g
 from imagemasknet.app.charts import probability_chart
 from imagemasknet.core.files import file_sha256
 from imagemasknet.core.paths import WEIGHTS_DIR
-from imagemasknet.data.busi import (CLASSES, DatasetNotFoundError, find_data_root, listing_fingerprint, load_arrays,
-                                    load_busi, read_case_mask)
+from imagemasknet.data.busi import find_data_root, load_busi
+from imagemasknet.data.dataset import CLASSES, DatasetNotFoundError, listing_fingerprint, load_arrays
+from imagemasknet.data.decode import read_case_mask
 from imagemasknet.data.scans import ScanError, read_scan
 from imagemasknet.data.splits import SplitError, load_folds
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW

@@ -20,8 +20,9 @@ import torch
 
 from imagemasknet.core.files import file_sha256
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import CLASSES, Arrays, load_arrays, load_dataset
-from imagemasknet.data.owndata import load_training_data
+from imagemasknet.data.dataset import CLASSES, Arrays, load_arrays
+from imagemasknet.data.owndata import load_dataset
+from imagemasknet.data.sources import training_set_of
 from imagemasknet.data.transforms import augment_pair, build_augmentation
 from imagemasknet.evaluation.decision import TARGET_SENSITIVITY, flag_figures, sensitivity_threshold
 from imagemasknet.evaluation.evaluate import predict_arrays
@@ -38,7 +39,7 @@ def _augmentation_of(run: Path) -> str:
 
 def _arrays_for(run: Path):
     config = RunFolder(run).config
-    return load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), config["image_size"])
+    return load_arrays(training_set_of(config), config["image_size"])
 
 
 AUGMENTED_COPIES = 2  # of each training scan, under the run's own training augmentation, for the refusal reference
@@ -87,7 +88,7 @@ def out_of_fold(results: Path, preset: str, folds: list[int]) -> list[dict]:
         scores = fold.unfamiliar.score(predictions["image"].texture)
         far = fold.refusal.score(predictions["image"].texture)
         probabilities = {m: softmax(p.logits, predictor.temperatures.get(m, 1.0)) for m, p in predictions.items()}
-        files = {c.id: c.image_path for c in load_training_data(predictor.card.config.get("data")).cases}
+        files = {c.id: c.image_path for c in training_set_of(predictor.card.config).cases}
         for n, image_id in enumerate(test.ids):
             rows.append({"id": image_id, "sha256": file_sha256(files[image_id])[:16], "label": CLASSES[int(test.labels[n])], "fold": k,
                          "probabilities": {m: {c: round(float(v), 4) for c, v in zip(CLASSES, probabilities[m][n])}

@@ -20,7 +20,9 @@ import torch
 
 from imagemasknet.core.files import write_json
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import load_arrays, load_busi, load_dataset
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.dataset import load_arrays
+from imagemasknet.data.owndata import load_dataset
 from imagemasknet.evaluation.evaluate import lesion_summary, predict_arrays
 from imagemasknet.evaluation.metrics import expected_calibration_error, fit_temperature, point_metrics, softmax
 from imagemasknet.inference.predictor import Predictor

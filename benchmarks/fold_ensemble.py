@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from imagemasknet.core.files import write_json
-from imagemasknet.data.busi import load_arrays, load_dataset
+from imagemasknet.data.dataset import load_arrays
+from imagemasknet.data.owndata import load_dataset
 from imagemasknet.evaluation.evaluate import Predictions, lesion_summary, predict_arrays
 from imagemasknet.inference.predictor import Predictor
 

@@ -162,7 +162,8 @@ def main() -> int:
         if not refused(record):
             missed.append({"file": os.path.relpath(record["file"], args.out), "outcome": record.get("error", {}).get("type")
                            or record.get("predicted_class")})
-    from imagemasknet.data.busi import find_data_root, load_busi, load_dataset
+    from imagemasknet.data.busi import find_data_root, load_busi
+    from imagemasknet.data.owndata import load_dataset
 
     busi = load_busi(find_data_root())
     scans = {"busi": [str(c.image_path) for c in busi.cases]}

@@ -21,7 +21,8 @@ import torch
 from latency import median_ms
 
 from imagemasknet.core.files import write_json
-from imagemasknet.data.busi import load_arrays, load_busi
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.dataset import load_arrays
 from imagemasknet.data.scans import read_scan
 from imagemasknet.data.splits import load_folds
 from imagemasknet.inference.predictor import Predictor

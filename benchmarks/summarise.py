@@ -18,7 +18,8 @@ from decisions import decision_material
 from imagemasknet.core.files import read_json, write_json
 from imagemasknet.core.paths import WEIGHTS_DIR
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import content_fingerprint, load_busi
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.dataset import content_fingerprint
 from imagemasknet.data.splits import DEFAULT_SPLIT, load_folds
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW, is_low_confidence
 from imagemasknet.inference.predictor import Predictor, familiarity_path
@@ -69,14 +70,14 @@ def checkpoint_rules(run: Path, mode: str) -> dict[str, float]:
 
 def validation_halves(run: Path, checkpoint: str, mode: str) -> list[float]:
     """A checkpoint's loss on each half of the run's validation scans (the halves history.json records)."""
-    from imagemasknet.data.busi import load_arrays
-    from imagemasknet.data.owndata import load_training_data
+    from imagemasknet.data.dataset import load_arrays
+    from imagemasknet.data.sources import training_set_of
     from imagemasknet.evaluation.evaluate import predict_arrays
     from imagemasknet.training.step import heldout_metrics
 
     predictor = Predictor.from_run(run, checkpoint, device="cpu")
     config = predictor.card.config
-    arrays = load_arrays(load_training_data(config.get("data"), config.get("data_mode", "replace")), predictor.image_size)
+    arrays = load_arrays(training_set_of(config), predictor.image_size)
     ids = RunFolder(run).split["validation"]
     predictions = predict_arrays(predictor.model, predictor.spec, arrays.take(ids), mode, predictor.device)
     return heldout_metrics(predictions, halves=True)["loss_halves"]

@@ -11,7 +11,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from imagemasknet.data.sources import SOURCES
 from imagemasknet.training.config import PRESETS, TrainConfig, preset
+
+SOURCE_NAMES = tuple(SOURCES)
 
 
 def _optional_int(text: str) -> int | None:
@@ -81,8 +84,8 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
     from imagemasknet.core.device import pick_device
     from imagemasknet.core.files import write_json
     from imagemasknet.core.run_folder import RunFolder
-    from imagemasknet.data.busi import load_arrays
-    from imagemasknet.data.owndata import load_training_data
+    from imagemasknet.data.dataset import load_arrays
+    from imagemasknet.data.sources import training_set_of
     from imagemasknet.evaluation.evaluate import cross_validation_report, format_cv_report, predict_arrays
     from imagemasknet.models import get_spec
     from imagemasknet.models.weights import load_model
@@ -99,9 +102,9 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
         ids = run_folder.split.get("test") or []
         if not ids:
             raise SystemExit(f"{run_dir} has no test split (trained on all data?), so it is no cross-validation fold")
-        key = (config.get("data"), config.get("data_mode", "replace"), config["image_size"])
+        key = (config.get("sources", "busi"), config.get("data"), config.get("data_mode", "replace"), config["image_size"])
         if key not in decoded:
-            decoded[key] = load_arrays(load_training_data(key[0], key[1]), key[2], progress=True)
+            decoded[key] = load_arrays(training_set_of(config), config["image_size"], progress=True)
         spec = get_spec(config["arch"])
         archs.add(spec.name)
         model = load_model(spec.name, run_dir / f"{args.checkpoint}.safetensors", config["image_size"], device)
@@ -132,7 +135,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from imagemasknet.core.device import pick_device
     from imagemasknet.core.files import write_json
     from imagemasknet.core.run_folder import RunFolder
-    from imagemasknet.data.busi import load_arrays, load_dataset
+    from imagemasknet.data.dataset import load_arrays
+    from imagemasknet.data.owndata import load_dataset
     from imagemasknet.data.splits import resolve_split
     from imagemasknet.evaluation.evaluate import evaluate_model, format_report
     from imagemasknet.models import get_spec
@@ -164,9 +168,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(f"{arch} has no '{unsupported[0]}' mode; it supports: {', '.join(spec.modes)}")
 
     if args.run and not args.data:
-        from imagemasknet.data.owndata import load_training_data
+        from imagemasknet.data.sources import training_set_of
 
-        data = load_training_data(config.get("data"), config.get("data_mode", "replace"))
+        data = training_set_of(config)
     else:
         data = load_dataset(args.data)
     for problem in data.report.problems:
@@ -237,17 +241,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sources_to_check(args: argparse.Namespace) -> dict[str, object]:
+    """``--data DIR``: that folder alone; else each bundled source named by ``--source`` (default: all)."""
+    if args.data:
+        return {"data": args.data}
+    return {name: SOURCES[name] for name in (args.source or SOURCES)}
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.core.files import write_json
-    from imagemasknet.data.busi import load_busi
+    from imagemasknet.data.owndata import load_dataset
     from imagemasknet.data.duplicates import audit, format_table
 
-    data = load_busi(args.data)
-    result = audit(data, progress=True)
+    results = {}
+    for name, source in _sources_to_check(args).items():
+        data = load_dataset(source) if name == "data" else source.load()
+        results[name] = audit(data, progress=True)
+        if args.format == "table":
+            print(f"== {name}: {data.root}")
+            print(format_table(results[name]))
+    report = {name: result.to_json() for name, result in results.items()}
     if args.json:
-        write_json(Path(args.json), result.to_json())
-    print(json.dumps(result.to_json(), indent=2) if args.format == "json" else format_table(result))
+        write_json(Path(args.json), report)
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
     return 0
 
 
@@ -257,16 +275,16 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     from imagemasknet.data.busi import load_busi
     from imagemasknet.data.duplicates import audit, duplicate_groups
-    from imagemasknet.data.splits import DEFAULT_SPLIT, make_folds, manifest_groups, merge_groups, write_split_file
+    from imagemasknet.data.splits import FOLDS, case_groups, make_folds, merge_groups, split_file_for, write_split_file
 
-    data = load_busi(args.data)
+    data = load_busi(args.data) if args.data else SOURCES[args.source].load()
     found = duplicate_groups(audit(data, progress=True))
     labels = {c.id: c.label for c in data.cases}
-    groups = merge_groups(data.ids, manifest_groups(data), found)
-    folds = make_folds(labels, groups, k=5, seed=args.seed)
-    out = Path(args.out or DEFAULT_SPLIT)
-    write_split_file(out, folds, groups, labels,
-                     "stratified group 5-fold; groups = audit near-duplicates ∪ manifest near_dup_group")
+    groups = merge_groups(data.ids, case_groups(data), found)
+    folds = make_folds(labels, groups, k=FOLDS, seed=args.seed)
+    out = Path(args.out or split_file_for(args.source))
+    write_split_file(out, folds, groups, labels, "stratified group 5-fold; groups = audit near-duplicates ∪ the "
+                     "data set's near-duplicate groups ∪ patients", source=args.source)
     for k, fold in enumerate(folds):
         shares = Counter(labels[i] for i in fold)
         print(f"fold {k}: {len(fold)} scans, " + ", ".join(f"{c} {shares[c] / len(fold):.1%}" for c in sorted(shares)))
@@ -280,11 +298,13 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     from imagemasknet.data.busi import find_data_root
     from imagemasknet.data.verify import verify
 
-    report = verify(find_data_root(args.data))
-    print(report.format())
+    reports = {}
+    for name, source in _sources_to_check(args).items():
+        reports[name] = verify(find_data_root(source) if name == "data" else source.locate())
+        print(reports[name].format())
     if args.json:
-        write_json(Path(args.json), report.to_json())
-    return 0 if report.ok else 1
+        write_json(Path(args.json), {name: report.to_json() for name, report in reports.items()})
+    return 0 if all(report.ok for report in reports.values()) else 1
 
 
 def _describe(record: dict) -> str:
@@ -438,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     audit = commands.add_parser("audit", help="dataset audit: counts, sizes, near-duplicates, label conflicts")
-    audit.add_argument("--data", help="BUSI folder (default: found automatically)")
+    audit.add_argument("--data", help="a folder of your own (default: every bundled source)")
+    audit.add_argument("--source", action="append", choices=SOURCE_NAMES, help="a bundled source (repeat for more)")
     audit.add_argument("--format", choices=("table", "json"), default="table")
     audit.add_argument("--json", help="also write the JSON report to this file")
     audit.add_argument("--no-verify", action="store_true", help="load a data copy even if it fails its checksums")
@@ -446,18 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    split = data_commands.add_parser("split", help="rebuild the duplicate-aware 5-fold split file")
-    split.add_argument("--data")
+    split = data_commands.add_parser("split", help="rebuild a source's grouped 5-fold split file")
+    split.add_argument("--source", default="busi", choices=SOURCE_NAMES)
+    split.add_argument("--data", help="another copy of BUSI to split instead of the bundled one")
     split.add_argument("--seed", type=int, default=0)
-    split.add_argument("--out", help="default: splits/busi-5fold.json")
+    split.add_argument("--out", help="default: splits/SOURCE-5fold.json")
     split.add_argument("--no-verify", action="store_true", help="load a data copy even if it fails its checksums")
     split.set_defaults(func=cmd_split)
     verify = data_commands.add_parser(
         "verify", help="check a data copy against its checksums.sha256 (missing, changed, extra files)",
         description="Hash every file checksums.sha256 lists and look for files it does not list; "
                     "exit 0 when the copy matches, 1 when it does not.")
-    verify.add_argument("--data", help="the busi/ folder or the Dataset_BUSI_with_GT inside it "
-                                       "(default: the copy the loader would use)")
+    verify.add_argument("--data", help="a folder with a checksums.sha256 (default: every bundled source, as the "
+                                       "loader finds it)")
+    verify.add_argument("--source", action="append", choices=SOURCE_NAMES, help="a bundled source (repeat for more)")
     verify.add_argument("--json", help="also write the report to this file")
     verify.set_defaults(func=cmd_data_verify)
 

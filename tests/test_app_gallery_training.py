@@ -282,7 +282,8 @@ def test_gallery_missing_dataset_message(monkeypatch, tmp_path):
 
 
 def test_gallery_predictions_are_cached_on_disk(gallery_env, gallery_cache, monkeypatch):
-    from imagemasknet.data.busi import load_arrays, load_busi
+    from imagemasknet.data.busi import load_busi
+    from imagemasknet.data.dataset import load_arrays
     from imagemasknet.inference.predictor import Predictor
 
     busi = load_busi(gallery_env)

@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 
 import imagemasknet.data.busi as data_module
-from imagemasknet.data.busi import (CLASSES, DatasetNotFoundError, find_data_root, load_arrays, load_busi, load_dataset,
-                                    load_labelled_csv, read_case_mask, read_grey, resize_pair)
+from imagemasknet.data.busi import find_data_root, load_busi
+from imagemasknet.data.dataset import CLASSES, DatasetNotFoundError, load_arrays
+from imagemasknet.data.decode import read_case_mask, read_grey, resize_pair
+from imagemasknet.data.owndata import load_dataset, load_labelled_csv
 
 SIZE = 64
 

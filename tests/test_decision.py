@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imagemasknet.data.busi import read_grey, resize_pair
+from imagemasknet.data.decode import read_grey, resize_pair
 from imagemasknet.data.transforms import model_input
 from imagemasknet.evaluation.decision import (LOW_CONFIDENCE_BELOW, flag_figures, is_low_confidence, is_suspicious,
                                               sensitivity_threshold)

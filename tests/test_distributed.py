@@ -18,7 +18,8 @@ import imagemasknet.training.trainer as train_module
 from imagemasknet import cli
 from imagemasknet.core.files import read_json
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import CLASSES, load_arrays, load_busi
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.dataset import CLASSES, load_arrays
 from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.models import build_model, get_spec
 from imagemasknet.models.weights import load_model, load_state

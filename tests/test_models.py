@@ -132,7 +132,7 @@ def test_half_storage_halves_the_file_and_predicts_like_float32(tmp_path, busi_r
     real scans stay within 0.01 and the lesion map within 1 % of its pixels of the float32 weights."""
     from safetensors import safe_open
 
-    from imagemasknet.data.busi import read_grey, resize_pair
+    from imagemasknet.data.decode import read_grey, resize_pair
     from imagemasknet.models.weights import load_weights, save_weights
 
     spec = get_spec("lesion-effnet-lite0")

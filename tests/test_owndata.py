@@ -22,7 +22,8 @@ from imagemasknet import cli
 from imagemasknet.core.files import file_sha256, read_json
 from imagemasknet.core.paths import runs_root
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import CLASSES, load_arrays, load_dataset
+from imagemasknet.data.dataset import CLASSES, load_arrays
+from imagemasknet.data.owndata import load_dataset
 from imagemasknet.data.owndata import OWN_PREFIX, load_training_data
 from imagemasknet.data.splits import inner_validation, load_folds, resolve_split
 from imagemasknet.evaluation.evaluate import predict_arrays

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imagemasknet.data.busi import read_grey, resize_pair
+from imagemasknet.data.decode import read_grey, resize_pair
 from imagemasknet.data.transforms import normalise
 from imagemasknet.models import build_model, get_spec
 from imagemasknet.models.efficientnet_lite import PRETRAINED, EfficientNetLite, PretrainedWeightsError, adapt_stem

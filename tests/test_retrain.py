@@ -23,7 +23,7 @@ from imagemasknet import cli
 from imagemasknet.core.files import file_sha256, read_json, write_json
 from imagemasknet.core.paths import runs_root
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import DatasetNotFoundError
+from imagemasknet.data.dataset import DatasetNotFoundError
 from imagemasknet.data.scans import read_scan
 from imagemasknet.inference.predictor import Predictor, active_model_key
 from imagemasknet.models import DEFAULT_MODEL

@@ -8,7 +8,8 @@ import torch
 
 from imagemasknet.core.files import read_json
 from imagemasknet.core.paths import WEIGHTS_DIR
-from imagemasknet.data.busi import CLASSES, load_busi
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.dataset import CLASSES
 from imagemasknet.data.scans import read_scan
 from imagemasknet.data.splits import load_folds
 from imagemasknet.inference.predictor import Predictor, available_models
@@ -115,7 +116,8 @@ def test_predicted_lesion_overlaps_the_drawn_lesion(predictor, busi_root):
 def test_flip_average_is_mirror_invariant_and_maps_the_lesion_back(predictor, busi_root):
     """Averaging over a scan and its mirror must give the mirrored scan the same class logits and the
     same Dice against its mirrored mask; a lesion map left unflipped would score differently."""
-    from imagemasknet.data.busi import Arrays, read_case_mask, read_grey, resize_pair
+    from imagemasknet.data.dataset import Arrays
+    from imagemasknet.data.decode import read_case_mask, read_grey, resize_pair
     from imagemasknet.evaluation.evaluate import predict_arrays
 
     images, masks = [], []

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagemasknet.data.busi import CLASSES, load_busi
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.dataset import CLASSES
 from imagemasknet.data.splits import (DEFAULT_SPLIT, SplitError, committed_groups, inner_validation, load_folds,
                                       make_folds, manifest_groups, merge_groups, resolve_split)
 

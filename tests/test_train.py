@@ -16,7 +16,8 @@ import imagemasknet.training.step as step_module
 from imagemasknet import cli
 from imagemasknet.core.files import read_json
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import CLASSES, load_arrays, load_busi
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.dataset import CLASSES, load_arrays
 from imagemasknet.data.splits import load_folds
 from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.evaluation.metrics import point_metrics, softmax

@@ -17,7 +17,8 @@ import pytest
 import imagemasknet.data.busi as data_module
 import imagemasknet.data.verify as verify_module
 from imagemasknet import cli
-from imagemasknet.data.busi import load_busi, load_dataset
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.owndata import load_dataset
 from imagemasknet.data.verify import CHECKSUMS, DataIntegrityError, checksum_root, read_checksums, verify
 
 BUNDLED = data_module.BUNDLED_COPY.parent  # data/busi

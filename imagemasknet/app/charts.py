@@ -8,7 +8,7 @@ from typing import Iterable
 import plotly.graph_objects as go
 
 from imagemasknet.app.tables import METRIC_NAMES, value_of
-from imagemasknet.data.busi import CLASSES
+from imagemasknet.data.dataset import CLASSES
 
 #: Per-epoch metrics, as history.json names them, with the label the charts give them.
 CURVE_METRICS = {

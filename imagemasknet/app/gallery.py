@@ -28,7 +28,7 @@ from PIL import Image
 
 from imagemasknet.core.files import file_sha256, write_json
 from imagemasknet.core.paths import cache_dir
-from imagemasknet.data.busi import CLASSES, Arrays, Busi, listing_fingerprint
+from imagemasknet.data.dataset import CLASSES, Arrays, Dataset, listing_fingerprint
 from imagemasknet.data.duplicates import audit
 from imagemasknet.data.splits import SplitError, committed_groups
 from imagemasknet.evaluation.decision import is_low_confidence
@@ -86,7 +86,7 @@ def fold_of(folds: list[list[str]]) -> dict[str, int]:
     return {i: k for k, fold in enumerate(folds) for i in fold}
 
 
-def case_rows(busi: Busi, folds: dict[str, int] | None = None, duplicates: "DuplicateInfo | None" = None,
+def case_rows(busi: Dataset, folds: dict[str, int] | None = None, duplicates: "DuplicateInfo | None" = None,
               predictions: dict[str, dict[str, float]] | None = None) -> list[CaseRow]:
     folds, predictions = folds or {}, predictions or {}
     group_of = duplicates.group_of if duplicates else {}
@@ -204,7 +204,7 @@ def thumbnail_bytes(arrays: Arrays, image_id: str, style: str = "outline", size:
     return encode(thumbnail(arrays.images[row], arrays.masks[row], style, size, aspect))
 
 
-def aspects(busi: Busi) -> dict[str, float]:
+def aspects(busi: Dataset) -> dict[str, float]:
     """Each scan's width / height, from its file header (the cached arrays are square)."""
     out = {}
     for case in busi.cases:
@@ -225,7 +225,7 @@ def data_uri(image_bytes: bytes, mime: str = "image/jpeg") -> str:
 # --- what the marks come from -------------------------------------------------------------------------
 
 
-def out_of_fold(weights_dir: Path, name: str, busi: Busi) -> dict[str, dict[str, dict[str, float]]] | None:
+def out_of_fold(weights_dir: Path, name: str, busi: Dataset) -> dict[str, dict[str, dict[str, float]]] | None:
     """mode → id → calibrated probabilities from the model's cross-validation (``NAME.oof.json`` beside its
     weights: each scan as judged by the fold model that never trained on it), for the scans of ``busi``
     whose files are byte for byte the ones judged; None when the model ships none or no scan matches."""
@@ -268,7 +268,7 @@ def cached_predictions(path: Path, ids: list[str]) -> dict[str, dict[str, float]
         return None  # missing or damaged: recomputed
 
 
-def predict_all(busi: Busi, arrays: Arrays, predictor, mode: str = "image", batch_size: int = 32,
+def predict_all(busi: Dataset, arrays: Arrays, predictor, mode: str = "image", batch_size: int = 32,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
     """Calibrated probabilities of ``predictor`` for every scan of ``arrays`` in ``mode``.
 
@@ -340,7 +340,7 @@ SOURCE_TEXT = {
 }
 
 
-def _grouped(pairs: Iterable[tuple[str, str]], busi: Busi) -> dict[str, list[str]]:
+def _grouped(pairs: Iterable[tuple[str, str]], busi: Dataset) -> dict[str, list[str]]:
     """name → ids for groups (name, id) with two or more loaded members, in dataset order."""
     order = {i: n for n, i in enumerate(busi.ids)}
     groups: dict[str, list[str]] = {}
@@ -351,11 +351,11 @@ def _grouped(pairs: Iterable[tuple[str, str]], busi: Busi) -> dict[str, list[str
     return dict(sorted(kept.items(), key=lambda item: order[item[1][0]]))
 
 
-def audit_path(busi: Busi) -> Path:
+def audit_path(busi: Dataset) -> Path:
     return cache_dir() / f"audit-{listing_fingerprint(busi)[:20]}-{_AUDIT_VERSION}.json"
 
 
-def cached_audit(busi: Busi) -> dict | None:
+def cached_audit(busi: Dataset) -> dict | None:
     try:
         stored = json.loads(audit_path(busi).read_text(encoding="utf-8"))
         stored["groups"], stored["counts"]
@@ -364,14 +364,14 @@ def cached_audit(busi: Busi) -> dict | None:
         return None
 
 
-def run_audit(busi: Busi, arrays: Arrays | None = None) -> dict:
+def run_audit(busi: Dataset, arrays: Arrays | None = None) -> dict:
     """Run the near-duplicate audit and store its JSON next to the other caches (minutes on all of BUSI)."""
     result = audit(busi, arrays).to_json()
     write_json(audit_path(busi), result)
     return result
 
 
-def manifest_pairs(busi: Busi) -> list[tuple[str, str]] | None:
+def manifest_pairs(busi: Dataset) -> list[tuple[str, str]] | None:
     """(group, id) from the bundled copy's manifest.csv, None when there is no manifest."""
     manifest = busi.root.parent / "manifest.csv"
     if not manifest.is_file():
@@ -384,7 +384,7 @@ def manifest_pairs(busi: Busi) -> list[tuple[str, str]] | None:
         return None
 
 
-def duplicate_info(busi: Busi, audit_json: dict | None = None) -> DuplicateInfo:
+def duplicate_info(busi: Dataset, audit_json: dict | None = None) -> DuplicateInfo:
     """Groups from the audit (given, or cached on disk), else the manifest, else the committed split."""
     labels = {c.id: c.label for c in busi.cases}
     audit_json = audit_json or cached_audit(busi)
@@ -402,7 +402,7 @@ def duplicate_info(busi: Busi, audit_json: dict | None = None) -> DuplicateInfo:
     return DuplicateInfo(_grouped(((g, i) for i, g in committed.items()), busi), labels, "split")
 
 
-def class_counts(busi: Busi, arrays: Arrays | None = None) -> list[dict]:
+def class_counts(busi: Dataset, arrays: Arrays | None = None) -> list[dict]:
     """Images, mask files, multi-mask images and empty masks per class (and in all)."""
     empty = set()
     if arrays is not None:
@@ -416,7 +416,7 @@ def class_counts(busi: Busi, arrays: Arrays | None = None) -> list[dict]:
     return rows
 
 
-def audit_summary(busi: Busi, duplicates: DuplicateInfo, arrays: Arrays | None = None) -> list[dict]:
+def audit_summary(busi: Dataset, duplicates: DuplicateInfo, arrays: Arrays | None = None) -> list[dict]:
     """The small table of the page's audit summary: per class, with duplicates and conflicts."""
     rows = class_counts(busi, arrays)
     group_of, conflict_ids = duplicates.group_of, duplicates.conflict_ids

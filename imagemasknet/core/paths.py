@@ -4,7 +4,8 @@ them. Nothing here imports PyTorch.
 * run folders: ``$IMAGEMASKNET_RUNS``, default ``./runs``; the promoted model is its ``active`` link;
 * decoded-scan and index caches: ``$IMAGEMASKNET_CACHE``, default ``~/.cache/imagemasknet``;
 * BUSI: ``$IMAGEMASKNET_DATA``, else the copy bundled in the repository, else ``./data/…``, else the shared copy
-  (:func:`imagemasknet.data.busi.find_data_root` tries them in that order);
+  (:func:`imagemasknet.data.busi.find_data_root` tries them in that order); the other training sources: the
+  bundled copy, else the shared one (:mod:`imagemasknet.data.sources`);
 * the shipped weights: inside the installed package, else the checkout's ``weights/``;
 * the administrator's password hash: ``$IMAGEMASKNET_SECRETS``, default ``./.streamlit/secrets.toml``.
 """
@@ -18,9 +19,11 @@ SECRETS_ENV = "IMAGEMASKNET_SECRETS"
 PACKAGE = Path(__file__).resolve().parent.parent  # this file is imagemasknet/core/paths.py
 REPOSITORY = PACKAGE.parent
 # The copy that ships with the project (data/busi/ in the repository, with its checksums.sha256).
-BUNDLED_COPY = REPOSITORY / "data" / "busi" / "Dataset_BUSI_with_GT"
+DATA_DIR = REPOSITORY / "data"  # the bundled training sources (data/busi/, data/busbra-train/)
+SHARED_DATASETS = REPOSITORY.parent / "shared" / "datasets"  # a read-only copy beside the checkout, when there is one
+BUNDLED_COPY = DATA_DIR / "busi" / "Dataset_BUSI_with_GT"
 LOCAL_COPY = Path("data") / "Dataset_BUSI_with_GT"
-SHARED_COPY = REPOSITORY.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
+SHARED_COPY = SHARED_DATASETS / "busi" / "Dataset_BUSI_with_GT"
 SPLITS_DIR = REPOSITORY / "splits"  # the committed duplicate-aware folds
 ACTIVE_NAME = "active"  # the runs folder's link to the promoted model
 

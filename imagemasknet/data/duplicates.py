@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from imagemasknet.core.files import atomic_write
 from imagemasknet.core.paths import cache_dir
-from imagemasknet.data.busi import CLASSES, Arrays, Busi, listing_fingerprint, load_arrays, read_grey
+from imagemasknet.data.dataset import CLASSES, Arrays, Dataset, listing_fingerprint, load_arrays
+from imagemasknet.data.decode import read_grey
 from imagemasknet.data.splits import merge_groups
 
 # Coarse search. Heights are in pixels after shrinking every image to CANONICAL_HEIGHT rows.
@@ -114,7 +115,7 @@ class AuditResult:
         return {**dataclasses.asdict(self), "method": method}
 
 
-def audit(busi: Busi, arrays: Arrays | None = None, progress: bool = False) -> AuditResult:
+def audit(busi: Dataset, arrays: Arrays | None = None, progress: bool = False) -> AuditResult:
     """Count, measure and look for near-duplicates in ``busi``.
 
     ``arrays`` supplies the merged masks for the empty-mask and lesion-size counts; without it they
@@ -134,7 +135,7 @@ def duplicate_groups(result: AuditResult) -> dict[str, str]:
     return {i: g.name for g in result.groups for i in g.ids}
 
 
-def _class_counts(busi: Busi, arrays: Arrays) -> dict[str, ClassCounts]:
+def _class_counts(busi: Dataset, arrays: Arrays) -> dict[str, ClassCounts]:
     area = arrays.masks.reshape(len(arrays.ids), -1).mean(axis=1)
     labels = np.array([c.label for c in busi.cases])
     n_masks = np.array([len(c.mask_paths) for c in busi.cases])
@@ -152,7 +153,7 @@ def _class_counts(busi: Busi, arrays: Arrays) -> dict[str, ClassCounts]:
     return counts
 
 
-def _size_stats(busi: Busi) -> dict[str, SizeStats]:
+def _size_stats(busi: Dataset) -> dict[str, SizeStats]:
     sizes = {}
     for case in busi.cases:
         with Image.open(case.image_path) as image:  # opening reads the header only
@@ -171,7 +172,7 @@ def _size_stats(busi: Busi) -> dict[str, SizeStats]:
     return stats
 
 
-def _group(busi: Busi, pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
+def _group(busi: Dataset, pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
     labels = {c.id: c.label for c in busi.cases}
     # Connected components of the pairs, in data-set order (each pair a grouping of its own).
     components = [m for m in merge_groups(list(busi.ids), *({p.a: "", p.b: ""} for p in pairs)) if len(m) > 1]
@@ -342,7 +343,7 @@ def _speckle_ncc(magnified: Image.Image, magnified_at: tuple[float, float], base
     return float(ncc.flat[best]), steps[best // (offsets * offsets)]
 
 
-def find_duplicate_pairs(busi: Busi, progress: bool = False) -> list[DuplicatePair]:
+def find_duplicate_pairs(busi: Dataset, progress: bool = False) -> list[DuplicatePair]:
     """Every pair of scans that are copies of one frame, with their scores (see the module notes)."""
     cases = busi.cases
     if len(cases) < 2:
@@ -433,7 +434,7 @@ class DuplicateIndex:
     when it shows the middle of the original: re-saved, re-scaled, lightly cropped or annotated. The
     index keeps one small template per scan, about 1 KB, and is cached under the cache folder."""
 
-    def __init__(self, busi: Busi, progress: bool = False):
+    def __init__(self, busi: Dataset, progress: bool = False):
         self.cases = busi.cases
         path = cache_dir() / f"duplicate-index-{listing_fingerprint(busi)[:20]}-v1.npz"
         try:

@@ -1,8 +1,10 @@
-"""Duplicate-aware, class-stratified folds, and user split files.
+"""Grouped folds stratified by source and class, and user split files.
 
-Near-duplicate groups (the audit's, plus the dataset manifest's ``near_dup_group`` column when the
-data carries one) are never split across folds: a copy of a test scan in the training set would
-inflate every held-out number.
+Near-duplicate groups (the audit's, plus a data set's manifest groups) and a patient's scans are never split
+across folds: a copy or a second view of a test scan in the training set would inflate every held-out number.
+Each training source has its committed folds (``splits/<source>-5fold.json``); fold K of a pooled training
+set is the union of its sources' folds K, so each source is stratified by class within itself and BUSI's
+part of a pooled fold is exactly BUSI's fold.
 """
 from __future__ import annotations
 
@@ -14,31 +16,29 @@ from pathlib import Path
 
 from imagemasknet.core.files import write_json
 from imagemasknet.core.paths import SPLITS_DIR
-from imagemasknet.data.busi import CLASSES, Busi
+from imagemasknet.data.dataset import CLASSES, Dataset
 
 DEFAULT_SPLIT = SPLITS_DIR / "busi-5fold.json"
+FOLDS = 5
+
+
+def split_file_for(source: str) -> Path:
+    return SPLITS_DIR / f"{source}-{FOLDS}fold.json"
 
 
 class SplitError(ValueError):
     pass
 
 
-def manifest_groups(data: Busi) -> dict[str, str]:
-    """image id → near-duplicate group from the bundled copy's manifest, when there is one."""
-    manifest = data.root.parent / "manifest.csv"
-    if not manifest.exists():
-        return {}
+def case_groups(data: Dataset) -> dict[str, str]:
+    """image id → its group: the patient where the data names one, else the manifest's near-duplicate group."""
     groups = {}
-    with open(manifest, newline="", encoding="utf-8") as rows:
-        for row in csv.DictReader(rows):
-            if row.get("near_dup_group"):
-                groups[Path(row["image"]).stem] = row["near_dup_group"]
+    for c in data.cases:
+        if c.patient:
+            groups[c.id] = f"patient:{c.source}:{c.patient}"
+        elif c.group:
+            groups[c.id] = f"group:{c.source}:{c.group}"
     return groups
-
-
-def patient_groups(data: Busi) -> dict[str, str]:
-    """image id → patient, for data that names patients (a CSV manifest's ``patient`` column)."""
-    return {c.id: f"patient:{c.patient}" for c in data.cases if c.patient}
 
 
 def merge_groups(ids: list[str], *groupings: dict[str, str]) -> list[list[str]]:
@@ -90,9 +90,9 @@ def make_folds(labels: dict[str, str], groups: list[list[str]], k: int = 5, seed
 
 
 def write_split_file(path: Path, folds: list[list[str]], groups: list[list[str]], labels: dict[str, str],
-                     method: str) -> None:
+                     method: str, source: str = "busi") -> None:
     write_json(path, {
-        "description": "BUSI 5-fold split; near-duplicate groups never cross folds",
+        "description": f"{source} {len(folds)}-fold split; near-duplicate groups and patients never cross folds",
         "method": method,
         "classes": {c: sum(1 for v in labels.values() if v == c) for c in CLASSES},
         "folds": folds,
@@ -113,12 +113,36 @@ def load_folds(path: Path = DEFAULT_SPLIT) -> list[list[str]]:
     return _read_split(path)["folds"]
 
 
-def committed_groups(path: Path = DEFAULT_SPLIT) -> dict[str, str]:
-    """image id → group, for the near-duplicate groups the committed split was built from."""
-    return {i: f"S{n:03d}" for n, group in enumerate(_read_split(path)["groups"]) for i in group}
+def committed_split_files() -> list[Path]:
+    return sorted(SPLITS_DIR.glob(f"*-{FOLDS}fold.json"))
 
 
-def resolve_split(data: Busi, fold: int | None, split_file: str | None) -> tuple[list[str], list[str]]:
+def committed_groups() -> dict[str, str]:
+    """image id → group, for the groups every committed split was built from."""
+    return {i: f"{path.stem}:S{n:03d}" for path in committed_split_files()
+            for n, group in enumerate(_read_split(path)["groups"]) for i in group}
+
+
+def source_folds(data: Dataset) -> list[list[str]]:
+    """Five folds of ``data``: per source, the committed split that names its scans, else folds built here
+    (grouped, stratified by class); fold K is the union of the sources' folds K."""
+    folds: list[list[str]] = [[] for _ in range(FOLDS)]
+    committed = {path: {i for f in load_folds(path) for i in f} for path in committed_split_files()}
+    for source in data.sources:
+        part = data.of_source(source)
+        ids = set(part.ids)
+        path = next((p for p, named in committed.items() if ids & named), None)
+        if path is not None:
+            part_folds = [[i for i in fold if i in ids] for fold in load_folds(path)]
+        else:
+            labels = {c.id: c.label for c in part.cases}
+            part_folds = make_folds(labels, merge_groups(part.ids, case_groups(part)), k=FOLDS, seed=0)
+        for k in range(FOLDS):
+            folds[k] += part_folds[k]
+    return folds
+
+
+def resolve_split(data: Dataset, fold: int | None, split_file: str | None) -> tuple[list[str], list[str]]:
     """(train ids, test ids) for a fold, a user split file, or all data (test empty)."""
     known = set(data.ids)
     if split_file:
@@ -136,23 +160,19 @@ def resolve_split(data: Busi, fold: int | None, split_file: str | None) -> tuple
         return train, test
     if fold is None:
         return list(data.ids), []
-    folds = load_folds()
-    if not known & {i for f in folds for i in f}:
-        # Not BUSI, so the committed folds do not apply: build 5 on the fly, each patient in one fold.
-        labels = {c.id: c.label for c in data.cases}
-        folds = make_folds(labels, merge_groups(data.ids, manifest_groups(data), patient_groups(data)), k=5, seed=0)
-    test = [i for i in folds[fold] if i in known]
-    test_set = set(test)
-    train = [i for i in data.ids if i not in test_set]
-    return train, test
+    test_set = set(source_folds(data)[fold])
+    return [i for i in data.ids if i not in test_set], [i for i in data.ids if i in test_set]
 
 
-def inner_validation(train: list[str], labels: dict[str, str], data: Busi, fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out whole duplicate groups of the training ids for checkpoint choice and calibration."""
+def inner_validation(train: list[str], data: Dataset, fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out whole groups of the training ids, stratified by source and class, for checkpoint choice and
+    calibration."""
     if fraction <= 0:
         return train, []
-    groups = merge_groups(train, manifest_groups(data), committed_groups(), patient_groups(data))
+    groups = merge_groups(train, case_groups(data), committed_groups())
+    by_id = data.by_id()
+    strata = {i: f"{by_id[i].source}/{by_id[i].label}" for i in train}
     k = max(2, round(1 / fraction))
-    folds = make_folds({i: labels[i] for i in train}, groups, k=k, seed=seed + 1)
+    folds = make_folds(strata, groups, k=k, seed=seed + 1)
     val = set(folds[0])
     return [i for i in train if i not in val], [i for i in train if i in val]

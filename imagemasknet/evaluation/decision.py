@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from imagemasknet.data.busi import CLASSES
+from imagemasknet.data.dataset import CLASSES
 
 TARGET_SENSITIVITY = 0.90  # of malignant scans flagged, out of fold (issue: "a stated sensitivity, default 90 %")
 LOW_CONFIDENCE_BELOW = 0.60  # top calibrated probability; the Gallery's former "low confidence" line, kept

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imagemasknet.data.busi import CLASSES, Arrays
+from imagemasknet.data.dataset import CLASSES, Arrays
 from imagemasknet.data.transforms import model_input
 from imagemasknet.evaluation.metrics import (bootstrap, confusion, dice, expected_calibration_error, point_metrics,
                                              reliability, roc_auc, roc_curve, softmax)
@@ -23,6 +23,11 @@ class Predictions:
     logits: np.ndarray  # (N, 3), before temperature
     dice: np.ndarray  # (N,), NaN where the model predicts no lesion map or the scan has no lesion
     texture: np.ndarray | None = None  # (N, D) the familiarity score's statistics, for models that give them
+
+    def subset(self, rows: np.ndarray) -> "Predictions":
+        """The predictions of the scans where ``rows`` (a boolean mask) is true."""
+        return Predictions([i for i, keep in zip(self.ids, rows) if keep], self.labels[rows], self.logits[rows],
+                           self.dice[rows], None if self.texture is None else self.texture[rows])
 
 
 @torch.no_grad()
@@ -121,18 +126,33 @@ def evaluate_model(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, mode
                    temperatures: dict[str, float], device: torch.device, clusters: np.ndarray | None = None,
                    resamples: int = 1000, sensitivity: float | None = 0.95) -> dict[str, dict]:
     """A full report per mode, with the lesion summary and (unless ``sensitivity`` is None) the
-    P(malignant) operating point that reaches that malignant sensitivity on these scans."""
+    P(malignant) operating point that reaches that malignant sensitivity on these scans. Scans of several
+    sources are also reported per source (``by_source``)."""
     reports = {}
     for mode in modes:
         predictions = predict_arrays(model, spec, arrays, mode, device)
         temperature = temperatures.get(mode, 1.0)
-        reports[mode] = report(predictions, temperature, resamples=resamples, clusters=clusters)
-        reports[mode]["lesions"] = lesion_summary(predictions, temperature)
-        reports[mode]["uncalibrated_ece"] = expected_calibration_error(softmax(predictions.logits), predictions.labels)
-        if sensitivity is not None:
-            reports[mode]["operating_point"] = operating_point(
-                predictions.labels, softmax(predictions.logits, temperature), sensitivity)
+        reports[mode] = _full_report(predictions, temperature, clusters, resamples, sensitivity)
+        sources = list(dict.fromkeys(arrays.sources.tolist()))
+        if len(sources) > 1:
+            reports[mode]["by_source"] = {}
+            for source in sources:
+                rows = arrays.sources == source
+                reports[mode]["by_source"][source] = _full_report(
+                    predictions.subset(rows), temperature, None if clusters is None else clusters[rows], resamples,
+                    sensitivity)
     return reports
+
+
+def _full_report(predictions: Predictions, temperature: float, clusters: np.ndarray | None, resamples: int,
+                 sensitivity: float | None) -> dict:
+    result = report(predictions, temperature, resamples=resamples, clusters=clusters)
+    result["lesions"] = lesion_summary(predictions, temperature)
+    result["uncalibrated_ece"] = expected_calibration_error(softmax(predictions.logits), predictions.labels)
+    if sensitivity is not None:
+        result["operating_point"] = operating_point(predictions.labels, softmax(predictions.logits, temperature),
+                                                    sensitivity)
+    return result
 
 
 def cross_validation_report(folds: list[dict], resamples: int = 1000) -> dict:

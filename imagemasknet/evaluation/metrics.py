@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imagemasknet.data.busi import CLASSES
+from imagemasknet.data.dataset import CLASSES
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(CLASSES)) -> np.ndarray:

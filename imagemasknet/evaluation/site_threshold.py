@@ -20,7 +20,7 @@ import numpy as np
 
 from imagemasknet.core.files import file_sha256, now, read_json, write_json
 from imagemasknet.core.paths import runs_root
-from imagemasknet.data.busi import CLASSES
+from imagemasknet.data.dataset import CLASSES
 from imagemasknet.evaluation.decision import sensitivity_threshold
 
 SITE_THRESHOLD_FILE = "site_threshold.json"

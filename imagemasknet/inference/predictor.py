@@ -20,7 +20,9 @@ from imagemasknet.core.device import pick_device
 from imagemasknet.core.files import file_sha256
 from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY, active_model_dir
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import CLASSES, load_busi, resize_pair
+from imagemasknet.data.busi import load_busi
+from imagemasknet.data.dataset import CLASSES
+from imagemasknet.data.decode import resize_pair
 from imagemasknet.data.duplicates import DuplicateIndex
 from imagemasknet.data.scans import MaskError, NotUltrasoundError, Scan
 from imagemasknet.data.transforms import model_input

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import numpy as np
 from PIL import Image
 
-from imagemasknet.data.busi import CLASSES
+from imagemasknet.data.dataset import CLASSES
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.inference.stream import CSV_FIELDS, csv_row
 

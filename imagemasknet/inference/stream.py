@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imagemasknet.data.busi import CLASSES, IMAGE_SUFFIXES
+from imagemasknet.data.dataset import CLASSES
+from imagemasknet.data.decode import IMAGE_SUFFIXES
 from imagemasknet.data.scans import ScanError, read_mask, read_scan
 from imagemasknet.inference.explain import heatmap_overlay
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imagemasknet.data.busi import CLASSES, Arrays
+from imagemasknet.data.dataset import CLASSES, Arrays
 from imagemasknet.data.transforms import augment_pair, build_augmentation, model_input
 from imagemasknet.evaluation.evaluate import Predictions
 from imagemasknet.evaluation.metrics import point_metrics, softmax

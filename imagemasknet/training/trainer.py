@@ -31,8 +31,8 @@ from tqdm import tqdm
 from imagemasknet.core.files import now, write_json
 from imagemasknet.core.paths import runs_root
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import CLASSES, Arrays, load_arrays
-from imagemasknet.data.owndata import load_training_data
+from imagemasknet.data.dataset import CLASSES, Arrays, load_arrays
+from imagemasknet.data.sources import load_training_set
 from imagemasknet.data.splits import inner_validation, resolve_split
 from imagemasknet.evaluation.evaluate import Predictions, predict_arrays
 from imagemasknet.evaluation.metrics import fit_temperature
@@ -160,7 +160,7 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    data = load_training_data(config.data, config.data_mode)  # BUSI, the user's data, or both
+    data = load_training_set(config.sources, config.data, config.data_mode)
     with distributed.main_first():  # rank 0 decodes and fills the cache; the other ranks then read it
         arrays = load_arrays(data, config.image_size, progress=progress and world.is_main)
     if resume is not None:
@@ -176,7 +176,7 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
     else:
         labels = {c.id: c.label for c in data.cases}
         train_ids, test_ids = resolve_split(data, config.fold, config.split_file)
-        train_ids, val_ids = inner_validation(train_ids, labels, data, config.val_fraction, config.seed)
+        train_ids, val_ids = inner_validation(train_ids, data, config.val_fraction, config.seed)
         train_ids = evenly_spaced(train_ids, labels, config.limit)
         val_ids = evenly_spaced(val_ids, labels, config.limit and max(3, config.limit // 4))
         test_ids = evenly_spaced(test_ids, labels, config.limit)
