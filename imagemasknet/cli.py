@@ -102,9 +102,11 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
         ids = run_folder.split.get("test") or []
         if not ids:
             raise SystemExit(f"{run_dir} has no test split (trained on all data?), so it is no cross-validation fold")
-        key = (config.get("sources", "busi"), config.get("data"), config.get("data_mode", "replace"), config["image_size"])
+        key = (config.get("sources", "busi"), config.get("data"), config.get("data_mode", "replace"), config["image_size"],
+               config.get("paint_out_annotations", False))
         if key not in decoded:
-            decoded[key] = load_arrays(training_set_of(config), config["image_size"], progress=True)
+            decoded[key] = load_arrays(training_set_of(config), config["image_size"], progress=True,
+                                       paint_out_annotations=config.get("paint_out_annotations", False))
         spec = get_spec(config["arch"])
         archs.add(spec.name)
         model = load_model(spec.name, run_dir / f"{args.checkpoint}.safetensors", config["image_size"], device)
@@ -186,7 +188,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif unmasked:
             print(f"warning: {len(unmasked)} lesion scans have no mask (e.g. {unmasked[0]}); their mask-mode "
                   "figures are not meaningful", file=sys.stderr)
-    arrays = load_arrays(data, image_size, progress=True)
+    arrays = load_arrays(data, image_size, progress=True,
+                         paint_out_annotations=bool(args.run and config.get("paint_out_annotations", False)))
     if args.data:
         ids, source = data.ids, f"data {args.data}"
     elif args.split_file or args.fold is not None:

@@ -217,7 +217,7 @@ def test_stray_folder_in_bundled_class_folder_is_a_stray_folder(make_busi_copy):
 def test_clean_copy_is_cached_and_reused(make_busi_copy, isolated_env):
     root = make_busi_copy(["normal (3)", "benign (11)"], "kaggle")
     first = load_arrays(load_busi(root), SIZE)
-    (cached,) = isolated_env.cache.glob(f"busi-{SIZE}-*.npz")
+    (cached,) = isolated_env.cache.glob(f"scans-{SIZE}-*.npz")
     again = load_arrays(load_busi(root), SIZE)
     assert again.ids == first.ids
     assert np.array_equal(again.images, first.images) and np.array_equal(again.masks, first.masks)

@@ -24,7 +24,8 @@ from imagemasknet.core.paths import runs_root
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.dataset import CLASSES, load_arrays
 from imagemasknet.data.owndata import load_dataset
-from imagemasknet.data.owndata import OWN_PREFIX, load_training_data
+from imagemasknet.data.owndata import OWN_SOURCE
+from imagemasknet.data.sources import load_training_set
 from imagemasknet.data.splits import inner_validation, load_folds, resolve_split
 from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.evaluation.metrics import softmax
@@ -276,7 +277,7 @@ def own_case_ids() -> list[str]:
 
 def test_replace_builds_patient_aware_folds_on_the_fly(busi_root, tmp_path):
     manifest = busi_csv(busi_root, tmp_path / "site", own_case_ids())
-    data = load_training_data(str(manifest), "replace")
+    data = load_training_set(data=str(manifest), mode="replace")
     patient = {c.id: c.patient for c in data.cases}
     labels = {c.id: c.label for c in data.cases}
     tests = []
@@ -284,7 +285,7 @@ def test_replace_builds_patient_aware_folds_on_the_fly(busi_root, tmp_path):
         train_ids, test_ids = resolve_split(data, fold, None)
         assert test_ids and sorted(train_ids + test_ids) == sorted(data.ids)
         assert not {patient[i] for i in train_ids} & {patient[i] for i in test_ids}
-        inner, val = inner_validation(train_ids, labels, data, 0.25, seed=0)
+        inner, val = inner_validation(train_ids, data, 0.25, seed=0)
         assert val and not {patient[i] for i in inner} & {patient[i] for i in val}
         tests += test_ids
     assert sorted(tests) == sorted(data.ids)  # the five test folds partition the data
@@ -302,11 +303,13 @@ def test_train_add_and_replace_from_the_command_line(busi_root, make_busi_copy, 
     assert cli.main(["train", *common, "--data", str(manifest), "--data-mode", "add", "--out-dir", str(added)]) == 0
     config, split = read_json(added / "config.json"), read_json(added / "split.json")
     assert config["data"] == str(manifest) and config["data_mode"] == "add"
-    own = {OWN_PREFIX + c.id: c.patient for c in load_dataset(manifest).cases}
-    assert set(own) <= set(split["train"]) | set(split["validation"])  # the site's scans are trained on
-    assert split["test"] and set(split["test"]) <= set(folds[0])  # BUSI's fold 0 stays the test
-    in_train = {own[i] for i in split["train"] if i in own}
-    assert not in_train & {own[i] for i in split["validation"] if i in own}  # patients kept whole
+    own = {f"{OWN_SOURCE}:{c.id}": c.patient for c in load_dataset(manifest).cases}
+    # The site's scans are a source of their own: folded by patient like the others, so fold 0 tests some.
+    assert set(own) <= set(split["train"]) | set(split["validation"]) | set(split["test"])
+    own_test = {i for i in split["test"] if i in own}
+    assert own_test and set(split["test"]) - own_test <= set(folds[0])  # BUSI's part is BUSI's fold 0
+    parts = [{own[i] for i in split[k] if i in own} for k in ("train", "validation", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])  # patients kept whole
     assert read_json(added / "status.json")["state"] == "finished"
     # evaluate --run rebuilds the same BUSI + own data.
     out = tmp_path / "added.json"

@@ -10,8 +10,9 @@ import pytest
 
 from imagemasknet.data.busi import load_busi
 from imagemasknet.data.dataset import CLASSES
-from imagemasknet.data.splits import (DEFAULT_SPLIT, SplitError, committed_groups, inner_validation, load_folds,
-                                      make_folds, manifest_groups, merge_groups, resolve_split)
+from imagemasknet.data.sources import load_training_set
+from imagemasknet.data.splits import (DEFAULT_SPLIT, SplitError, case_groups, committed_groups, inner_validation,
+                                      load_folds, make_folds, merge_groups, resolve_split, split_file_for)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_split_file_groups_never_cross_folds(split_spec, fold_of):
     for group in groups:
         assert len({fold_of[i] for i in group}) == 1, f"group {group} spans folds {[fold_of[i] for i in group]}"
     # committed_groups() maps every member to one label per group.
-    mapping = committed_groups()
+    mapping = {i: g for i, g in committed_groups().items() if g.startswith("busi-5fold:")}
     assert set(mapping) == {i for g in groups for i in g}
     assert len(set(mapping.values())) == len(groups)
 
@@ -76,7 +77,7 @@ def test_manifest_near_duplicate_groups_never_cross_folds(busi, busi_manifest, f
     spanning = {name: sorted({fold_of[i] for i in g}) for name, g in groups.items() if len({fold_of[i] for i in g}) > 1}
     assert not spanning, f"near-duplicate groups split across folds: {spanning}"
     # The package reads the same column.
-    assert manifest_groups(busi) == {i: name for name, g in groups.items() for i in g}
+    assert case_groups(busi) == {i: f"group:busi:{name}" for name, g in groups.items() for i in g}
 
 
 def test_every_fold_keeps_the_class_mix(busi, split_spec):
@@ -101,7 +102,7 @@ def test_resolve_split_by_fold_and_all_data(busi, split_spec):
 def test_inner_validation_holds_out_whole_groups(busi, busi_manifest):
     labels = {c.id: c.label for c in busi.cases}
     train, _ = resolve_split(busi, 0, None)
-    fit, val = inner_validation(train, labels, busi, 0.1, seed=0)
+    fit, val = inner_validation(train, busi, 0.1, seed=0)
     assert set(fit) | set(val) == set(train) and not set(fit) & set(val)
     assert 0.05 * len(train) <= len(val) <= 0.15 * len(train)
     assert {labels[i] for i in val} == set(CLASSES)
@@ -109,7 +110,49 @@ def test_inner_validation_holds_out_whole_groups(busi, busi_manifest):
     for name, group in manifest_groups_from_csv(busi_manifest).items():
         inside = [i for i in group if i in set(train)]
         assert len({i in val_set for i in inside}) <= 1, f"{name} split between fit and validation: {inside}"
-    assert inner_validation(train, labels, busi, 0.0, seed=0) == (train, [])
+    assert inner_validation(train, busi, 0.0, seed=0) == (train, [])
+
+
+# --------------------------------------------------------------------------- two sources
+
+@pytest.fixture(scope="module")
+def pooled():
+    return load_training_set("busi+busbra-train")
+
+
+def test_busbra_split_keeps_each_patient_in_one_fold_and_the_class_mix(pooled):
+    busbra = pooled.of_source("busbra-train")
+    folds = load_folds(split_file_for("busbra-train"))
+    assert sorted(i for f in folds for i in f) == sorted(busbra.ids)  # 931 scans, each once
+    fold_of = {i: k for k, f in enumerate(folds) for i in f}
+    patients = defaultdict(set)
+    for c in busbra.cases:
+        patients[c.patient].add(fold_of[c.id])
+    assert len(patients) == 532 and all(len(f) == 1 for f in patients.values())
+    labels = {c.id: c.label for c in busbra.cases}
+    for fold in folds:
+        assert abs(sum(labels[i] == "malignant" for i in fold) / len(fold) - 306 / 931) <= 0.03
+
+
+def test_pooled_fold_is_each_sources_fold(pooled, split_spec):
+    busbra_folds = load_folds(split_file_for("busbra-train"))
+    for k in range(5):
+        train, test = resolve_split(pooled, k, None)
+        assert sorted(test) == sorted(split_spec["folds"][k] + busbra_folds[k])
+        assert sorted(train + test) == sorted(pooled.ids)
+
+
+def test_inner_validation_is_stratified_by_source_and_class_and_keeps_patients(pooled):
+    train, _ = resolve_split(pooled, 1, None)
+    fit, val = inner_validation(train, pooled, 0.1, seed=0)
+    by_id = pooled.by_id()
+    strata = Counter(f"{by_id[i].source}/{by_id[i].label}" for i in train)
+    held = Counter(f"{by_id[i].source}/{by_id[i].label}" for i in val)
+    assert set(held) == set(strata)  # every source-class pair is validated
+    for stratum, n in strata.items():
+        assert abs(held[stratum] / n - 0.1) < 0.03, stratum
+    patients_fit = {by_id[i].patient for i in fit if by_id[i].patient}
+    assert not patients_fit & {by_id[i].patient for i in val if by_id[i].patient}
 
 
 # --------------------------------------------------------------------------- user split files

@@ -19,6 +19,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from imagemasknet.core.paths import cache_dir
+from imagemasknet.data.annotations import find_annotations, paint_out
 from imagemasknet.data.decode import read_case_mask, read_grey, resize_pair
 
 CLASSES = ("normal", "benign", "malignant")
@@ -150,9 +151,11 @@ class Arrays:
         return Arrays(list(ids), self.labels[rows], self.images[rows], self.masks[rows], self.sources[rows])
 
 
-def load_arrays(data: Dataset, size: int = 256, progress: bool = False) -> Arrays:
-    """Decode every case once at size×size and cache the result under :func:`cache_dir`."""
-    key = hashlib.sha256(f"{listing_fingerprint(data)}|{size}|v2".encode()).hexdigest()[:20]
+def load_arrays(data: Dataset, size: int = 256, progress: bool = False, paint_out_annotations: bool = False) -> Arrays:
+    """Decode every case once at size×size and cache the result under :func:`cache_dir`; with
+    ``paint_out_annotations``, burnt-in marks are painted out at the scan's own resolution first."""
+    painted = "|painted" if paint_out_annotations else ""
+    key = hashlib.sha256(f"{listing_fingerprint(data)}|{size}{painted}|v2".encode()).hexdigest()[:20]
     path = cache_dir() / f"scans-{size}-{key}.npz"
     sources = np.array([c.source for c in data.cases], dtype=str)
     if path.exists():
@@ -175,6 +178,8 @@ def load_arrays(data: Dataset, size: int = 256, progress: bool = False) -> Array
         except (OSError, UnidentifiedImageError, ValueError) as error:
             data.report.add(case.image_path, "unreadable", f"{case.image_path.name}: {error}")
             continue
+        if paint_out_annotations:
+            image = paint_out(image, find_annotations(image))
         images[n], masks[n] = resize_pair(image, mask, size)
     labels = np.array([CLASSES.index(c.label) for c in data.cases], dtype=np.int64)
     arrays = Arrays(data.ids, labels, images, masks, sources)

@@ -160,8 +160,9 @@ def resolve_split(data: Dataset, fold: int | None, split_file: str | None) -> tu
         return train, test
     if fold is None:
         return list(data.ids), []
-    test_set = set(source_folds(data)[fold])
-    return [i for i in data.ids if i not in test_set], [i for i in data.ids if i in test_set]
+    test = source_folds(data)[fold]
+    test_set = set(test)
+    return [i for i in data.ids if i not in test_set], test
 
 
 def inner_validation(train: list[str], data: Dataset, fraction: float, seed: int) -> tuple[list[str], list[str]]:

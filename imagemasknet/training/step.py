@@ -35,6 +35,39 @@ class ScanDataset(torch.utils.data.Dataset):
         return image, mask.bool(), int(self.arrays.labels[n])
 
 
+def concatenate(first: Arrays, second: Arrays) -> Arrays:
+    return Arrays(first.ids + second.ids, np.concatenate([first.labels, second.labels]),
+                  np.concatenate([first.images, second.images]), np.concatenate([first.masks, second.masks]),
+                  np.concatenate([first.sources, second.sources]))
+
+
+class EpochDraw(torch.utils.data.Sampler):
+    """The scans one epoch trains on, shuffled: the first ``scans`` dataset items once each (or, with
+    ``source_balanced``, as many draws with each source equally likely), then ``extra`` items drawn without
+    replacement from the items after them (the lesion-free crops)."""
+
+    def __init__(self, sources: np.ndarray, scans: int, extra: int, source_balanced: bool,
+                 generator: torch.Generator):
+        self.scans, self.extra, self.generator = scans, extra, generator
+        self.pool = len(sources) - scans
+        self.weights = None
+        if source_balanced:
+            names, inverse, counts = np.unique(sources[:scans], return_inverse=True, return_counts=True)
+            self.weights = torch.from_numpy(1.0 / counts[inverse])
+
+    def __len__(self) -> int:
+        return self.scans + self.extra
+
+    def __iter__(self):
+        if self.weights is not None:
+            chosen = torch.multinomial(self.weights, self.scans, replacement=True, generator=self.generator)
+        else:
+            chosen = torch.arange(self.scans)
+        if self.extra:
+            chosen = torch.cat([chosen, self.scans + torch.randperm(self.pool, generator=self.generator)[:self.extra]])
+        return iter(chosen[torch.randperm(len(chosen), generator=self.generator)].tolist())
+
+
 def segmentation_loss(lesion_logits: torch.Tensor, masks: torch.Tensor,
                       lesion_scans: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy on every scan plus soft Dice on the scans that have a lesion.

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from imagemasknet.core.files import now, write_json
 from imagemasknet.core.paths import runs_root
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.dataset import CLASSES, Arrays, load_arrays
+from imagemasknet.data.dataset import CLASSES, Arrays, Dataset, load_arrays
+from imagemasknet.data.lesion_free import lesion_free_crops
 from imagemasknet.data.sources import load_training_set
 from imagemasknet.data.splits import inner_validation, resolve_split
 from imagemasknet.evaluation.evaluate import Predictions, predict_arrays
@@ -41,7 +42,8 @@ from imagemasknet.models.weights import load_weights
 from imagemasknet.training import distributed
 from imagemasknet.training.checkpoint import STATE_FILE, Checkpointer, Trainables, check_resumable
 from imagemasknet.training.config import TrainConfig
-from imagemasknet.training.step import EpochAverage, ScanDataset, TrainingStep, heldout_metrics, uses_mask
+from imagemasknet.training.step import (EpochAverage, EpochDraw, ScanDataset, TrainingStep, concatenate,
+                                        heldout_metrics, uses_mask)
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
 
     data = load_training_set(config.sources, config.data, config.data_mode)
     with distributed.main_first():  # rank 0 decodes and fills the cache; the other ranks then read it
-        arrays = load_arrays(data, config.image_size, progress=progress and world.is_main)
+        arrays = load_arrays(data, config.image_size, progress=progress and world.is_main,
+                             paint_out_annotations=config.paint_out_annotations)
     if resume is not None:
         run_dir = Path(resume)
         previous = distributed.on_main(lambda: check_resumable(run_dir, config))
@@ -201,7 +204,7 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
         f"{where}, {len(train_ids)} train / {len(val_ids)} validation / {len(test_ids)} test scans")
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
-        _fit(config, spec, device, arrays, Split(train_ids, val_ids, test_ids), checkpointer,
+        _fit(config, spec, device, data, arrays, Split(train_ids, val_ids, test_ids), checkpointer,
              _Reporter(status, log, progress and main), world, state)
     except BaseException as error:
         try:
@@ -248,11 +251,11 @@ def _progress_fields(run_dir: Path) -> dict:
     return {"epoch": RunFolder(run_dir).epochs_done}
 
 
-def _fit(config: TrainConfig, spec: ModelSpec, device: torch.device, arrays: Arrays, split: Split,
+def _fit(config: TrainConfig, spec: ModelSpec, device: torch.device, data: Dataset, arrays: Arrays, split: Split,
          checkpointer: Checkpointer, report: _Reporter, world: distributed.World, state: dict | None) -> None:
     """Train, evaluate and checkpoint epoch by epoch (from the checkpoint in ``state``, when resuming), then
     calibrate."""
-    loop = _build(config, spec, device, arrays.take(split.train), world)
+    loop = _build(config, spec, device, arrays.take(split.train), data, world)
     resumed = (checkpointer.restore(state, loop.parts, restore_torch_rng=not world.enabled) if state is not None
                else None)
     history = resumed.history if resumed else []
@@ -299,19 +302,31 @@ class _Loop:
     step: torch.nn.Module  # the TrainingStep, wrapped in DistributedDataParallel under torchrun
 
 
-def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arrays: Arrays,
+def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arrays: Arrays, data: Dataset,
            world: distributed.World) -> _Loop:
     """The model from its ImageNet weights, the loader, the optimiser and schedule, the averages, and the
-    step (in this order: each draws from the seeded generators, so a run is reproducible)."""
+    step (in this order: each draws from the seeded generators, so a run is reproducible). ``data``: where the
+    lesion-free crops are cut from (``normal_crops``)."""
     model = build_model(spec.name, pretrained=True, image_size=config.image_size).to(device)
     if config.frozen_blocks:
         model.freeze_encoder(config.frozen_blocks)
     if config.precision == "bf16":
         model = model.to(memory_format=torch.channels_last)  # oneDNN's bfloat16 convolutions are fastest on it
-    dataset = ScanDataset(train_arrays, config.augment, config.image_size)
     generator = torch.Generator().manual_seed(config.seed)
     per_rank = config.batch_size // world.world_size
     sampler = None
+    if world.enabled and (config.source_balanced or config.normal_crops):
+        raise ValueError("source_balanced and normal_crops train in one process only; run without torchrun")
+    if config.source_balanced or config.normal_crops:
+        extra = round(config.normal_crops * len(train_arrays.ids))
+        crops = (lesion_free_crops(data.subset(train_arrays.ids), config.image_size, config.paint_out_annotations)
+                 if extra else None)
+        if crops is not None:
+            extra = min(extra, len(crops.ids))
+            train_arrays = concatenate(train_arrays, crops)
+        sampler = EpochDraw(train_arrays.sources, len(train_arrays.ids) - (len(crops.ids) if crops else 0), extra,
+                            config.source_balanced, generator)
+    dataset = ScanDataset(train_arrays, config.augment, config.image_size)
     if world.enabled:
         sampler = torch.utils.data.distributed.DistributedSampler(
             dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=config.seed,
@@ -343,7 +358,7 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
             step, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=not all_used)
     parts = Trainables(model, averaged, window, optimizer, scheduler, generator,
                        mask_generator=torch.Generator().manual_seed(config.seed), mask_rng=random.Random(config.seed))
-    return _Loop(parts, loader, sampler, step)
+    return _Loop(parts, loader, sampler if world.enabled else None, step)
 
 
 def _lr_factor(config: TrainConfig, batches: int):
