@@ -12,24 +12,30 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 from PIL import Image
 
 from app_pages import md
 from imagemasknet.app.charts import probability_chart
-from imagemasknet.app.scan_view import (USER_MASK_CSS, USER_MASK_RGB, Outlined, canvas_size, digest_of, display_size,
-                                        drawn_mask, mask_digest, outlined_scan, pair_masks, resize_heat, resize_rgb)
+from imagemasknet.app.scan_view import (MARKS_RGB, USER_MASK_CSS, USER_MASK_RGB, Outlined, canvas_size, digest_of,
+                                        display_size, drawn_mask, mask_digest, outlined_scan, pair_masks, resize_heat,
+                                        resize_mask, resize_rgb)
 from imagemasknet.data import scans
 from imagemasknet.data.dataset import CLASSES
-from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_mismatch, site_threshold_path
 from imagemasknet.inference import predictor as predict_module
-from imagemasknet.inference.explain import heatmap_overlay
-from imagemasknet.inference.report import flag_reason, flag_sentence, html_report, results_csv
+from imagemasknet.inference.explain import fill, heatmap_overlay, mark_share, without_marks
+from imagemasknet.inference.measure import lesion_axes_mm
+from imagemasknet.inference.report import html_report, results_csv
+from imagemasknet.inference.verdict import how_decided, verdict
 from imagemasknet.models import DEFAULT_MODEL, get_spec
 from imagemasknet.models.card import active_card
 
 MODE_LABEL = {"image": "image only", "mask": "with mask"}
+SUSPICIOUS_ROW = "background-color: #FDECEA"
+#: The batch table's columns: together under the 818 px its column has in a 1280-px window (measured in Chromium).
+COLUMN_PX = {"File": 190, "Verdict": 190, "Trust": 95, "Most likely": 110, "P(malignant)": 100, "Notes": 120}
 UPLOAD, DRAW = "Upload a mask file", "Draw on the scan"
 TOOLS = {"Freehand": "freedraw", "Polygon": "polygon", "Rectangle": "rect"}
 TOOL_HELP = {
@@ -144,18 +150,16 @@ def model_controls() -> tuple[str, bool]:
 
     def label(n: str) -> str:
         if n != DEFAULT_MODEL:
-            return n
-        return f"{promoted.version} (retrained {promoted.arch}, promoted)" if promoted else f"{n} (default)"
+            return f"Research model: {n}"
+        return f"Retrained model {promoted.version} (promoted)" if promoted else "Default model"
 
     name = st.selectbox("Model", models, key="model", format_func=label,
-                        help="Models with shipped weights; the default first (or the model promoted in its place).")
+                        help="The default model first (or the one an administrator promoted in its place); the "
+                             "others are the study's reproduction and earlier models, for research.")
     spec = get_spec(promoted.arch if promoted and name == DEFAULT_MODEL else name)
     if promoted and name == DEFAULT_MODEL:
-        st.caption(f"A retrained {md(promoted.arch)} from run {md(promoted.version)}, promoted "
-                   f"{md(promoted.promoted_at or '?')} in place of the shipped {DEFAULT_MODEL}. "
-                   f"{md(promoted.trained_on)}.")
-    else:
-        st.caption(spec.description)
+        st.caption(f"Retrained from run {md(promoted.version)}, promoted {md(promoted.promoted_at or '?')} in place "
+                   "of the shipped default model.")
     if spec.needs_mask:
         reason = f"The model '{name}' always needs a lesion mask: upload or draw one for each scan."
         st.toggle("Use a lesion mask", value=True, disabled=True, key="use_mask_required", help=reason)
@@ -282,41 +286,78 @@ def classify(items: list[Item], model: str) -> None:
 
 
 def results_table(items: list[Item], model: str) -> None:
+    """Every scan on one row, suspicious ones tinted; narrow columns, so the table needs no sideways scrolling
+    in a 1280-px window."""
     rows = []
     for item in items:
         p = item.prediction
-        flag = {True: "suspicious", False: "not flagged", None: "no threshold"}[p.suspicious_for_malignancy] if p else ""
         rows.append({
             "File": item.name,
-            "Malignancy flag": flag,
-            "Class": (p.predicted_class.capitalize() + (" (low confidence)" if p.low_confidence else "")) if p else "error",
-            **{c.capitalize(): (p.probabilities[c] if p else None) for c in CLASSES},
-            "Mode": MODE_LABEL.get(p.mode, p.mode) if p else "",
-            "Warnings": " | ".join(p.warnings + item.notes) if p else (item.error or ""),
+            "Verdict": verdict(p).title if p else "not classified",
+            "Trust": p.trust if p else "",
+            "Most likely": f"{p.predicted_class.capitalize()} {p.confidence:.0%}" if p else "",
+            "P(malignant)": p.probabilities["malignant"] if p else None,
+            "Notes": " | ".join(p.warnings + item.notes) if p else (item.error or ""),
         })
-    probability = {c.capitalize(): st.column_config.ProgressColumn(c.capitalize(), min_value=0.0, max_value=1.0,
-                                                                    format="percent", width="small")
-                   for c in CLASSES}
-    st.dataframe(rows, hide_index=True, width="stretch", key="results_table",
-                 column_config={"File": st.column_config.TextColumn("File", width="medium"),
-                                "Malignancy flag": st.column_config.TextColumn("Malignancy flag", width="small"),
-                                "Class": st.column_config.TextColumn("Class", width="small"),
-                                **probability,
-                                "Mode": st.column_config.TextColumn("Mode", width="small"),
-                                "Warnings": st.column_config.TextColumn("Warnings / error", width="large")})
+    suspicious = [bool(item.prediction and item.prediction.suspicious_for_malignancy) for item in items]
+    table = pd.DataFrame(rows).style.apply(
+        lambda row: [SUSPICIOUS_ROW if suspicious[row.name] else ""] * len(row), axis=1)
+    st.dataframe(table, hide_index=True, width="stretch", key="results_table",
+                 column_config={"File": st.column_config.TextColumn("File", width=COLUMN_PX["File"]),
+                                "Verdict": st.column_config.TextColumn("Verdict", width=COLUMN_PX["Verdict"]),
+                                "Trust": st.column_config.TextColumn("Trust", width=COLUMN_PX["Trust"]),
+                                "Most likely": st.column_config.TextColumn("Most likely", width=COLUMN_PX["Most likely"]),
+                                "P(malignant)": st.column_config.ProgressColumn(
+                                    "P(malignant)", min_value=0.0, max_value=1.0, format="percent",
+                                    width=COLUMN_PX["P(malignant)"]),
+                                "Notes": st.column_config.TextColumn("Notes / error", width=COLUMN_PX["Notes"])})
+    st.caption("Rows tinted red are suspicious for malignancy. The CSV has every figure of every scan.")
     st.download_button("Download results (CSV)", results_csv([item.record() for item in items]),
                        file_name=f"imagemasknet-{model}-results.csv", mime="text/csv", on_click="ignore",
                        icon=":material/download:", key="download_csv")
 
 
-def malignancy_flag(prediction: predict_module.Prediction) -> None:
-    """The decision first, in large type: suspicious or not at the sensitivity-set threshold."""
-    if prediction.suspicious_for_malignancy:
-        st.error(f"### Suspicious for malignancy\n{md(flag_reason(prediction))}", icon=":material/flag:")
-    elif prediction.suspicious_for_malignancy is False:
-        st.success(f"### Not flagged for malignancy\n{md(flag_reason(prediction))}", icon=":material/check_circle:")
-    else:
-        st.info(md(flag_sentence(prediction)), icon=":material/info:")
+TONE = {"alarm": (st.error, ":material/flag:"), "reassuring": (st.success, ":material/check_circle:"),
+        "neutral": (st.info, ":material/help:")}
+
+
+def verdict_box(prediction: predict_module.Prediction) -> None:
+    """The decision first, in plain words: the verdict, why, and how far to trust it, in one box."""
+    said = verdict(prediction)
+    box, icon = TONE[said.tone]
+    lines = [f"### {said.title}", md(said.reason), f"**{md(said.trust_line)}**"]
+    if said.disagreement:
+        lines.append(md(said.disagreement))
+    box("\n\n".join(lines), icon=icon)
+
+
+def typed_scale(item: Item) -> None:
+    """Without a pixel spacing in the file, the reader may type the scale; the lesion's axes follow."""
+    prediction = item.prediction
+    outline = item.mask if prediction.mode == "mask" else (
+        prediction.lesion_mask if prediction.predicted_class != "normal" else None)
+    if prediction.lesion_axes_mm is not None or outline is None or not outline.any():
+        return
+    with st.expander("Lesion size"):
+        scale = st.number_input("Pixel size in mm (the file does not say)", min_value=0.0, max_value=10.0,
+                                value=0.0, step=0.01, format="%.3f", key=f"scale-{item.digest[:16]}",
+                                help="Read it off the scanner's depth ruler: millimetres per image pixel.")
+        if scale > 0:
+            prediction.lesion_axes_mm = lesion_axes_mm(outline, (scale, scale))
+            st.caption("Measured with the pixel size you typed.")
+        else:
+            st.caption("Type the pixel size to measure the " + ("marked lesion." if prediction.mode == "mask"
+                                                                 else "lesion the model outlines."))
+
+
+def answer_line(prediction: predict_module.Prediction) -> None:
+    """The most likely answer and its probability, on a line of its own (never cut short)."""
+    given = " if the marked lesion is real" if prediction.mode == "mask" else ""
+    st.markdown(f"Most likely: **{prediction.predicted_class.capitalize()}**, {prediction.confidence:.0%}{given}",
+                help="The calibrated probability of the most likely answer.")
+    if prediction.lesion_axes_mm:
+        long_axis, short_axis = prediction.lesion_axes_mm
+        st.markdown(f"Lesion size: **{long_axis:.1f} × {short_axis:.1f} mm** (long × short axis)")
 
 
 def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> None:
@@ -368,44 +409,49 @@ def details(item: Item, model: str, draw: bool, rendered_before: str | None) -> 
             overlays[cam[0]] = cam[1]
         scan, version = item.scan, load_predictor(model).version
         with report_box:  # the report is built only when the button is clicked
-            st.download_button("Download report (HTML)", lambda: html_report(scan, prediction, overlays, model, version),
+            case_col, reader_col = st.columns(2)
+            case_id = case_col.text_input("Case ID for the report", key=f"case-{item.digest[:16]}", max_chars=64,
+                                          help="Optional. Goes into the downloaded report only; never stored.")
+            reader = reader_col.text_input("Reader", key="reader", max_chars=64,
+                                           help="Optional: your name for the sign-off line; never stored.")
+            st.download_button("Download report (HTML, prints on A4 or Letter)",
+                               lambda: html_report(scan, prediction, overlays, model, version, case_id=case_id,
+                                                   reader=reader),
                                file_name=f"{PurePath(item.name).stem}-report.html", mime="text/html",
                                on_click="ignore", icon=":material/description:", key=f"report-{item.index}")
 
 
 def result_panel(item: Item, model: str) -> st.delta_generator.DeltaGenerator | None:
-    """The flag, class, probability, mode, model and every note or warning; returns where the report button goes
-    (None without a prediction)."""
+    """The verdict, the answer, every note or warning, and the details behind an expander; returns where the
+    report button goes (None without a prediction)."""
     prediction = item.prediction
     report_box = None
     if prediction is None:
         st.error(md(item.error), icon=":material/error:")
     else:
-        malignancy_flag(prediction)
-        left, right = st.columns(2)
-        left.metric("Predicted class", prediction.predicted_class.capitalize(),
-                    delta="low confidence" if prediction.low_confidence else None, delta_color="off",
-                    delta_arrow="off")
-        right.metric("Calibrated probability", f"{prediction.confidence:.1%}")
-        if prediction.low_confidence:
-            st.warning(f"Low confidence: no class reaches {LOW_CONFIDENCE_BELOW:.0%}; read the probabilities, "
-                       "not the class.", icon=":material/help:")
-        source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
-        st.markdown(f"Mode: **{MODE_LABEL.get(prediction.mode, prediction.mode)}**{source}")
-        predictor = load_predictor(model)
-        st.caption(f"Model {model}, version {predictor.version or 'unversioned'}")
-        if prediction.familiarity is None:
-            st.caption("This model carries no familiarity reference, so nothing checks whether the scan is an "
-                       "ultrasound like its training scans; the shipped default model does.")
-        site = load_site_threshold()
-        if site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
-            st.caption(f"The saved site threshold is not applied: {md(reason)}. Choose one for this model "
-                       "with `imagemasknet evaluate --data SITE_SCANS --save-threshold`.")
+        verdict_box(prediction)
+        typed_scale(item)
+        answer_line(prediction)
         report_box = st.container()
     for note in item.notes:
         st.info(md(note), icon=":material/info:")
     for warning in prediction.warnings if prediction else []:
         st.warning(md(warning), icon=":material/warning:")
+    if prediction is not None:
+        with st.expander("How this was decided"):
+            predictor = load_predictor(model)
+            for line in how_decided(prediction):
+                st.markdown(f"- {md(line)}")
+            source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
+            st.markdown(f"- Mode: {MODE_LABEL.get(prediction.mode, prediction.mode)}{source}; model {md(model)}, "
+                        f"version {md(predictor.version or 'unversioned')}.")
+            if prediction.familiarity is None:
+                st.markdown("- This model carries no familiarity reference, so nothing checks whether the scan is an "
+                            "ultrasound like its training scans; the shipped default model does.")
+            site = load_site_threshold()
+            if site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
+                st.markdown(f"- The saved site threshold is not applied: {md(reason)}. Choose one for this model "
+                            "with `imagemasknet evaluate --data SITE_SCANS --save-threshold`.")
     return report_box
 
 
@@ -433,7 +479,8 @@ def outlines(item: Item, rgb: np.ndarray) -> Outlined:
 
 
 def grad_cam_panel(item: Item, model: str, rgb: np.ndarray, controls) -> tuple[str, np.ndarray] | None:
-    """Grad-CAM of the chosen class over the scan; returns (its report caption, the overlay), or None."""
+    """Grad-CAM of the chosen class over the scan, burnt-in marks left out; returns (its report caption, the
+    overlay), or None."""
     class_col, opacity_col = controls
     with class_col:
         choice = st.selectbox("Explain the score of", ["predicted", *CLASSES], key="cam_target",
@@ -447,10 +494,17 @@ def grad_cam_panel(item: Item, model: str, rgb: np.ndarray, controls) -> tuple[s
     except scans.ScanError as error:
         st.error(md(str(error)))
         return None
-    overlay = heatmap_overlay(rgb, heat, opacity)
+    marks = item.prediction.annotations
+    marks = resize_mask(marks, rgb.shape[:2]) if marks is not None else np.zeros(rgb.shape[:2], bool)
+    overlay = heatmap_overlay(rgb, without_marks(heat, marks), opacity)
+    if marks.any() and st.toggle("Show the marks left out", key="cam_show_marks",
+                                 help="Burnt-in text, calipers and rulers found on the scan (violet)."):
+        overlay = fill(overlay, marks, MARKS_RGB, 0.6)
     st.image(overlay, width="stretch")
-    st.caption(f"Regions that raised the score of **{target}** (red: most). Not a lesion segmentation.")
-    return f"Grad-CAM for {target} (opacity {opacity:.0%})", overlay
+    left_out = (f" Burnt-in marks (text, calipers, rulers; {marks.mean():.1%} of the scan) are left out: they held "
+                f"{mark_share(heat, marks):.0%} of the map." if marks.any() else "")
+    st.caption(f"Regions that raised the score of **{target}** (red: most). Not a lesion segmentation.{left_out}")
+    return f"Grad-CAM for {target} (opacity {opacity:.0%}), burnt-in marks left out", overlay
 
 
 def main() -> None:
@@ -464,7 +518,11 @@ def main() -> None:
         model, use_mask = model_controls()
         mask_source, mask_files = None, []
         if use_mask:
-            mask_source = st.radio("Lesion mask", [UPLOAD, DRAW], horizontal=True, key="mask_source")
+            # The radio's own state goes when mask mode is off (it is not drawn); the choice is kept beside it.
+            kept = st.session_state.get("mask_source_kept", UPLOAD)
+            mask_source = st.radio("Lesion mask", [UPLOAD, DRAW], index=[UPLOAD, DRAW].index(kept), horizontal=True,
+                                   key="mask_source")
+            st.session_state["mask_source_kept"] = mask_source
             if mask_source == UPLOAD:
                 mask_files = st.file_uploader(  # any type: a file we cannot use is refused below, with the reason
                     "Mask files", accept_multiple_files=True, key="masks",
@@ -477,6 +535,8 @@ def main() -> None:
     if not files:
         st.info("Drop one or several scans above to classify them.", icon=":material/upload_file:")
         return
+    with upload_col:  # the uploader shortens long names and pages through many files: every name, in full
+        st.caption(f"{len(files)} scan{'s' if len(files) > 1 else ''}: " + ", ".join(md(f.name) for f in files))
 
     try:
         load_predictor(model)

@@ -1,4 +1,5 @@
-"""Gallery: browse the BUSI copy with its masks, folds, audit flags and the shipped model's results.
+"""Gallery: browse the bundled training sources (BUSI, BUS-BRA's training half) with their masks, folds, audit
+flags and the shipped model's results.
 
 Draws only; everything it shows is computed in :mod:`imagemasknet.app.gallery`.
 """
@@ -16,14 +17,14 @@ from imagemasknet.app import gallery as g
 from imagemasknet.app.charts import probability_chart
 from imagemasknet.core.files import file_sha256
 from imagemasknet.core.paths import WEIGHTS_DIR
-from imagemasknet.data.busi import find_data_root, load_busi
 from imagemasknet.data.dataset import CLASSES, DatasetNotFoundError, listing_fingerprint, load_arrays
 from imagemasknet.data.decode import read_case_mask
 from imagemasknet.data.scans import ScanError, read_scan
-from imagemasknet.data.splits import SplitError, load_folds
+from imagemasknet.data.sources import SOURCES
+from imagemasknet.data.splits import SplitError, load_folds, split_file_for
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.inference.explain import heatmap_overlay
-from imagemasknet.inference.predictor import Prediction, Predictor, shipped_weights
+from imagemasknet.inference.predictor import Predictor, shipped_weights
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.models.weights import WeightsError
 
@@ -45,16 +46,16 @@ def _data_key(root: Path) -> str:
 
 
 @st.cache_resource(show_spinner="Indexing and decoding the scans (cached after the first time)…", max_entries=4)
-def dataset(root: str, key: str):
-    busi = load_busi(root)
+def dataset(source: str, key: str):
+    busi = SOURCES[source].load()
     arrays = load_arrays(busi, 256)  # drops unreadable scans from busi.cases too
     return busi, arrays, {i: n for n, i in enumerate(arrays.ids)}, listing_fingerprint(busi), g.aspects(busi)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def out_of_fold(root: str, key: str, card_mtime: int):
+def out_of_fold(source: str, key: str, card_mtime: int):
     """The shipped model's cross-validation predictions for the scans of this copy that it judged."""
-    return g.out_of_fold(WEIGHTS_DIR, DEFAULT_MODEL, dataset(root, key)[0])
+    return g.out_of_fold(WEIGHTS_DIR, DEFAULT_MODEL, dataset(source, key)[0])
 
 
 @st.cache_resource(show_spinner="Loading the shipped model…", max_entries=2)
@@ -63,64 +64,66 @@ def predictor(weights_sha: str) -> Predictor:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def stored_predictions(path: str, mtime_ns: int, root: str, key: str) -> dict | None:
-    return g.cached_predictions(Path(path), dataset(root, key)[1].ids)
+def stored_predictions(path: str, mtime_ns: int, source: str, key: str) -> dict | None:
+    return g.cached_predictions(Path(path), dataset(source, key)[1].ids)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def duplicates(root: str, key: str, audit_mtime: int) -> g.DuplicateInfo:
-    return g.duplicate_info(dataset(root, key)[0])
+def duplicates(source: str, key: str, audit_mtime: int) -> g.DuplicateInfo:
+    return g.duplicate_info(dataset(source, key)[0])
 
 
 @st.cache_data(show_spinner=False)
-def folds() -> dict[str, int]:
+def folds(source: str) -> dict[str, int]:
     try:
-        return g.fold_of(load_folds())
+        return g.fold_of(load_folds(split_file_for(source)))
     except SplitError:
         return {}
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)
-def thumb(root: str, key: str, image_id: str, style: str) -> str:
+def thumb(source: str, key: str, image_id: str, style: str) -> str:
     """A thumbnail as an inline data URI (no extra request per tile)."""
-    _, arrays, index, _, aspect = dataset(root, key)
+    _, arrays, index, _, aspect = dataset(source, key)
     return g.data_uri(g.thumbnail_bytes(arrays, image_id, style, index=index, aspect=aspect.get(image_id, 1.0)))
 
 
 @st.cache_data(show_spinner="Drawing the case…", max_entries=32)
-def case_view(image_path: str, mask_paths: tuple[str, ...], weights_sha: str | None, mode: str, target: str | None):
-    """The scan at its own size, its merged reference mask, and (with a model) Grad-CAM and the model's lesion."""
+def case_view(image_path: str, mask_paths: tuple[str, ...], weights_sha: str | None, mode: str):
+    """The scan at its own size, its merged reference mask, and (with a model) that one model's prediction,
+    Grad-CAM of its answer and lesion outline."""
     scan = read_scan(Path(image_path))
     mask = read_case_mask(tuple(Path(p) for p in mask_paths), scan.pixels.shape)
-    heat = lesion = None
-    if weights_sha is not None and target is not None:
+    prediction = heat = None
+    if weights_sha is not None:
         model = predictor(weights_sha)
         given = mask if mode == "mask" else None
-        heat = model.grad_cam(scan, target, given)
-        lesion = model.predict(scan, given).lesion_mask
-    return scan.rgb, mask, heat, lesion
+        prediction = model.predict(scan, given)
+        heat = model.grad_cam(scan, prediction.predicted_class, given)
+    return scan.rgb, mask, prediction, heat
 
 
 # --- page ------------------------------------------------------------------------------------------
 
 st.title("Gallery")
 
+source = st.selectbox("Data set", list(SOURCES), key="g_source", format_func=lambda n: SOURCES[n].title,
+                      help="The data sets the default model trains on, bundled with the project.")
 try:
-    root = find_data_root()
+    root = SOURCES[source].locate()
     key = _data_key(root)
-    busi, arrays, index, fingerprint, _ = dataset(str(root), key)
+    busi, arrays, index, fingerprint, _ = dataset(source, key)
 except DatasetNotFoundError as error:
-    st.error(f"**The BUSI data set was not found.**\n\n{error}", icon=":material/folder_off:")
+    st.error(f"**The data set was not found.**\n\n{error}", icon=":material/folder_off:")
     st.markdown(
-        "The gallery browses the *Breast Ultrasound Images* data set (BUSI, Al-Dhabyani et al. 2020, 780 scans "
-        "with lesion masks). Download `Dataset_BUSI_with_GT` from Kaggle, unpack it so that "
-        "`./data/Dataset_BUSI_with_GT/benign`, `…/malignant` and `…/normal` exist, or set the environment variable "
-        "`IMAGEMASKNET_DATA` to the folder, then reload this page."
+        "A clone of the project carries both data sets in `data/`. Restore them with `git checkout -- data`, or, for "
+        "BUSI, set the environment variable `IMAGEMASKNET_DATA` to a copy of `Dataset_BUSI_with_GT`; then reload "
+        "this page."
     )
     st.stop()
 
 cases = busi.by_id()
-st.caption(f"{len(busi.cases)} scans of BUSI from `{root}` ({busi.layout} layout). Reference masks in green; "
+st.caption(f"{len(busi.cases)} scans from `{root}` ({busi.layout} layout). Reference masks in green; "
            "folds are the committed 5-fold split.")
 if busi.report:
     with st.expander(f"{len(busi.report.problems)} problems while loading the data"):
@@ -139,7 +142,7 @@ except (OSError, WeightsError) as error:
     st.warning(f"No shipped model to show predictions with ({error}); the model filters are off.",
                icon=":material/warning:")
 oof_file = WEIGHTS_DIR / f"{DEFAULT_MODEL}.oof.json"
-cross_validated = out_of_fold(str(root), key, oof_file.stat().st_mtime_ns if oof_file.exists() else 0) if model else None
+cross_validated = out_of_fold(source, key, oof_file.stat().st_mtime_ns if oof_file.exists() else 0) if model else None
 
 modes = list(model.spec.modes) if model else []
 top = st.columns([1, 1, 1, 1.2])
@@ -154,26 +157,26 @@ if cross_validated:
     predictions = cross_validated.get(mode, {})
     st.caption(f"✓/✗ marks: **out-of-fold** predictions of {DEFAULT_MODEL}'s 5-fold cross-validation; each scan was "
                f"judged by the fold model that never trained on it ({len(predictions)} of {len(busi.cases)} scans). "
-               "The case view's Grad-CAM and lesion come from the shipped model, which trained on these scans.")
+               "The case view's chart, Grad-CAM and lesion come from the shipped model, which trained on these scans.")
 elif model is not None:
     temperature = float(model.temperatures.get(mode, 1.0))
     path = g.predictions_path(weights_sha, fingerprint, mode, temperature)
-    stored = stored_predictions(str(path), path.stat().st_mtime_ns, str(root), key) if path.exists() else None
+    stored = stored_predictions(str(path), path.stat().st_mtime_ns, source, key) if path.exists() else None
     if stored is None:
         bar = progress_slot.progress(0.0, text=f"Running the shipped model over all {len(arrays.ids)} scans "
                                                "(once; the results are cached on disk)…")
         g.predict_all(busi, arrays, model, mode,
                       progress=lambda done, total: bar.progress(done / total, text=f"Classified {done} of {total} scans…"))
         progress_slot.empty()
-        stored = stored_predictions(str(path), path.stat().st_mtime_ns, str(root), key)
+        stored = stored_predictions(str(path), path.stat().st_mtime_ns, source, key)
     predictions = stored or {}
     st.warning(f"✓/✗ marks: the shipped {DEFAULT_MODEL}, which **trained on most of these scans**, so they are not a "
                "test (no out-of-fold predictions ship with this model or match this copy of the data).",
                icon=":material/school:")
 
 audit_file = g.audit_path(busi)
-dups = duplicates(str(root), key, audit_file.stat().st_mtime_ns if audit_file.exists() else 0)
-fold_index = folds()
+dups = duplicates(source, key, audit_file.stat().st_mtime_ns if audit_file.exists() else 0)
+fold_index = folds(source)
 rows = g.case_rows(busi, fold_index, dups, predictions)
 by_id = {r.id: r for r in rows}
 
@@ -234,33 +237,35 @@ def show_case(image_id: str) -> None:
     if head[1].button("Close", icon=":material/close:", key="close_case", width="stretch"):
         close_case()
         st.rerun()
-    target = row.predicted if model is not None else None
     try:
-        rgb, mask, heat, lesion = case_view(str(case.image_path), tuple(map(str, case.mask_paths)),
-                                            weights_sha if model is not None else None, mode, target)
+        rgb, mask, prediction, heat = case_view(str(case.image_path), tuple(map(str, case.mask_paths)),
+                                                weights_sha if model is not None else None, mode)
     except ScanError as error:
         st.error(f"Cannot read {case.image_path.name}: {error}")
         return
     left, middle, right = st.columns([1, 1, 1])
     left.image(g.overlay(rgb, mask, style), width="stretch",
                caption=f"Reference mask ({style}); {rgb.shape[1]}×{rgb.shape[0]} px")
-    if heat is not None:
+    if prediction is not None:
         cam = heatmap_overlay(rgb, heat)
-        if lesion is not None:
-            cam = g.overlay(cam, lesion, "outline", g.MODEL_COLOUR)
+        if prediction.lesion_mask is not None and prediction.predicted_class != "normal":
+            cam = g.overlay(cam, prediction.lesion_mask, "outline", g.MODEL_COLOUR)
         middle.image(cam, width="stretch",
-                     caption=f"Grad-CAM for '{target}'" + ("; the model's lesion in orange" if lesion is not None else "")
-                             + ". From the shipped model, which trained on this scan: not a test.")
+                     caption=f"The shipped model's Grad-CAM for its answer '{prediction.predicted_class}' and its "
+                             "lesion outline (orange).")
     else:
         middle.info("No model, so no Grad-CAM.")
     with right:
+        if prediction is not None:
+            st.markdown(f"**The shipped model:** {prediction.predicted_class} ({prediction.confidence:.0%}). It "
+                        "trained on this scan, so this is not a test; the chart, Grad-CAM and outline are all its.")
+            st.plotly_chart(probability_chart(prediction), config={"displayModeBar": False}, key="case_probabilities")
         if row.probabilities:
-            source = "out of fold" if cross_validated else "the shipped model, trained on it"
-            st.markdown(f"**Model ({source}):** {row.predicted} ({row.confidence:.0%}) — "
+            source_text = ("out of fold: the fold model that never trained on it" if cross_validated
+                           else "the shipped model, trained on it")
+            st.markdown(f"**Tile mark ({source_text}):** {row.predicted} ({row.confidence:.0%}) — "
                         + (":green[correct]" if row.correct else ":red[wrong]")
                         + (" · :orange[low confidence]" if row.low_confidence else ""))
-            st.plotly_chart(probability_chart(Prediction(row.predicted, row.probabilities, mode, model.name)),
-                            config={"displayModeBar": False}, key="case_probabilities")
         facts = {
             "file": case.image_path.name,
             "label": row.label,
@@ -277,7 +282,7 @@ def show_case(image_id: str) -> None:
         strip = st.columns(max(len(members), 4))
         for column, member in zip(strip, members):
             with column:
-                st.image(thumb(str(root), key, member, style), width="stretch")
+                st.image(thumb(source, key, member, style), width="stretch")
                 st.markdown(tile_text(by_id[member]))
                 if st.button("Open", key=f"open_dup_{member}"):
                     open_case(member)
@@ -299,7 +304,7 @@ if (opened := st.session_state.get("g_case")) in cases:
 
 # --- filters, grid and pages ---
 @st.fragment
-def browse(rows: list[g.CaseRow], order: str, style: str, with_predictions: bool, root: str, key: str) -> None:
+def browse(rows: list[g.CaseRow], order: str, style: str, with_predictions: bool, source: str, key: str) -> None:
     """Filters, the grid and its pager. A fragment: paging and filtering rerun only this part."""
     fold_values = sorted({r.fold for r in rows if r.fold is not None})
     row1 = st.columns([1.2, 1, 1.2, 1.2, 1.2])
@@ -329,11 +334,12 @@ def browse(rows: list[g.CaseRow], order: str, style: str, with_predictions: bool
         grid = st.grid(6, gap="small")
         for row in g.page_of(shown, page):
             with grid.container(border=True, height=GRID_TILE_HEIGHT):
-                st.image(thumb(root, key, row.id, style), width="stretch")
-                st.markdown(tile_text(row))
+                st.image(thumb(source, key, row.id, style), width="stretch")
+                # Above the text: however many badges a tile carries, the button is never cut off.
                 if st.button("Open", key=f"open_{row.id}", icon=":material/zoom_in:", type="tertiary"):
                     open_case(row.id)
                     st.rerun(scope="app")  # the case view sits outside this fragment
+                st.markdown(tile_text(row))
 
 
-browse(rows, order, style, bool(predictions), str(root), key)
+browse(rows, order, style, bool(predictions), source, key)

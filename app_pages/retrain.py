@@ -254,7 +254,8 @@ def watch() -> None:
     if running is not None and running.name not in names:
         names.insert(0, running.name)
     if not names:
-        st.caption("No training runs yet. Start one above.")
+        st.caption("No training runs yet. Start one above." if admin() is not None else
+                   "No training runs yet; only an administrator can start one.")
         return
     chosen = st.session_state.get("retrain_watch")
     if running is not None and st.session_state.get("retrain_seen_running") != running.name:

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the browser plumbing is shared with the end-to-end tests
 
 from e2e_helpers import (  # noqa: E402
-    CHROMIUM_ARGS, METRIC, UPLOADER, VIEWPORT, classify_concurrently, find_chromium, open_app, process_rss_mib,
+    CHROMIUM_ARGS, ANSWER, UPLOADER, VIEWPORT, classify_concurrently, find_chromium, open_app, process_rss_mib,
     running_server, wait_idle,
 )
 
@@ -85,7 +85,7 @@ def soak(browser, url: str, scans: list[Path], uploads: int, sample_every: int, 
             begin = time.monotonic()
             page.locator(UPLOADER).first.set_input_files(str(path))
             page.locator("h4", has_text=path.name).wait_for()
-            page.locator(METRIC).first.wait_for()
+            page.locator(ANSWER).first.wait_for()
             seconds.append(time.monotonic() - begin)
             wait_idle(page, quiet=0.3)
             page.get_by_label(f"Remove {path.name}", exact=True).click()

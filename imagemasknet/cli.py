@@ -319,10 +319,12 @@ def _describe(record: dict) -> str:
     flag = {True: "SUSPICIOUS FOR MALIGNANCY", False: "not flagged", None: "no malignancy threshold"}[
         record.get("suspicious_for_malignancy")]
     threshold = f" at P(malignant) >= {record['malignancy_threshold']:.3f}" if record.get("malignancy_threshold") is not None else ""
-    low = ", low confidence" if record.get("low_confidence") else ""
-    return (f"{record['file']}: {flag}{threshold}; predicted {record['predicted_class']} "
-            f"({p[record['predicted_class']]:.1%}{low}; normal {p['normal']:.2f}, benign {p['benign']:.2f}, "
-            f"malignant {p['malignant']:.2f}; {record['mode']} mode){warn}")
+    excluded = "; a lesion cannot be excluded" if record.get("lesion_not_excluded") else ""
+    size = (f"; lesion {record['lesion_axes_mm'][0]:.1f} x {record['lesion_axes_mm'][1]:.1f} mm"
+            if record.get("lesion_axes_mm") else "")
+    return (f"{record['file']}: {flag}{threshold}{excluded}; trust: {record.get('trust', '?')}; predicted "
+            f"{record['predicted_class']} ({p[record['predicted_class']]:.1%}; normal {p['normal']:.2f}, benign "
+            f"{p['benign']:.2f}, malignant {p['malignant']:.2f}; {record['mode']} mode){size}{warn}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -202,7 +203,15 @@ def screenshot(page, name: str, whole_page: bool = True, max_height: int = 3000)
 
 
 UPLOADER = '[data-testid="stFileUploader"] input[type=file]'
-METRIC = '[data-testid="stMetricValue"]'
+#: The Classify page's answer line, "Most likely: Benign, 71%".
+ANSWER = '[data-testid="stMarkdownContainer"]:has-text("Most likely:")'
+
+
+def shown_answer(page) -> tuple[str, str] | None:
+    """(class, probability) of the answer line on the page, or None while there is none."""
+    texts = page.locator(ANSWER).all_inner_texts()
+    found = re.search(r"Most likely: (\w+), (\d+%)", texts[0]) if texts else None
+    return (found[1], found[2]) if found else None
 
 
 def classify_concurrently(browser, base_url: str, files: list[Path], timeout: float = 600) -> list[tuple[str, float]]:
@@ -227,9 +236,9 @@ def classify_concurrently(browser, base_url: str, files: list[Path], timeout: fl
             for index, page in enumerate(pages):
                 if index in results:
                     continue
-                values = page.locator(METRIC).all_inner_texts()
-                if values and values[0]:
-                    results[index] = (values[0], time.monotonic() - started[index])
+                answer = shown_answer(page)
+                if answer:
+                    results[index] = (answer[0], time.monotonic() - started[index])
             time.sleep(0.05)
         return [results[i] for i in range(len(pages))]
     finally:

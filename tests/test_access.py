@@ -248,6 +248,9 @@ def test_page_is_read_only_without_an_administrator(busi_root, monkeypatch, retr
     assert not at.exception
     assert any("Read-only" in i.value and "imagemasknet admin set-password" in i.value for i in at.info)
     assert not at.text_input and not {"Start training", "Sign in"} & set(labels(at))
+    # a visitor is told who can start a run, not asked to start one
+    assert any("only an administrator can start one" in c.value for c in at.caption)
+    assert not any("Start one above" in c.value for c in at.caption)
 
 
 def test_page_sign_in_wrong_password_rate_limit_and_success(monkeypatch, admin_hash, busi_root, retrain_page):

@@ -26,6 +26,7 @@ from imagemasknet.inference import predictor as predict_module
 from imagemasknet.inference.predictor import Prediction, Predictor
 from imagemasknet.inference.report import html_report, results_csv
 from imagemasknet.inference.stream import CSV_FIELDS
+from imagemasknet.inference.verdict import verdict
 from imagemasknet.models import DEFAULT_MODEL, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,8 +69,15 @@ def shown(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
 
 
-def metrics(at) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+def answer(at) -> tuple[str, str]:
+    """(class, probability) as the page's "Most likely" line gives them."""
+    line = next(m.value for m in at.markdown if m.value.startswith("Most likely:"))
+    found = re.match(r"Most likely: \*\*(\w+)\*\*, (\d+%)", line)
+    return found[1], found[2]
+
+
+def expected_answer(prediction) -> tuple[str, str]:
+    return prediction.predicted_class.capitalize(), f"{prediction.confidence:.0%}"
 
 
 def markdown(at) -> list[str]:
@@ -82,7 +90,8 @@ def refusals(at) -> list[str]:
 
 
 def mode_line(at) -> str:
-    return next(text for text in markdown(at) if text.startswith("Mode:"))
+    """The mode, in the "How this was decided" expander, up to the model's name."""
+    return next(shown(text) for text in markdown(at) if text.startswith("- Mode:")).split(";")[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,7 +140,9 @@ def test_site_threshold_is_flagged(predictor, isolated_env):
     at.run()
     upload(at, SCAN)
     flag = next(shown(e.value) for e in at.error if "Suspicious for malignancy" in e.value)
-    assert f"{threshold:.1%}" in flag and "the saved site threshold" in flag and "site-scans" in flag
+    assert "95% of cancers" in flag  # the site threshold's own sensitivity, in plain words
+    decided = " ".join(shown(m) for m in markdown(at) if m.startswith("- Malignancy flag"))
+    assert f"{threshold:.1%}" in decided and "the saved site threshold" in decided and "site-scans" in decided
 
 
 def test_site_threshold_chosen_for_other_weights_is_not_applied(predictor, isolated_env):
@@ -146,27 +157,25 @@ def test_site_threshold_chosen_for_other_weights_is_not_applied(predictor, isola
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     at.run()
     upload(at, SCAN)
-    assert metrics(at)["Predicted class"]
-    assert not any("the saved site threshold" in n.value for kind in ("error", "success", "info") for n in getattr(at, kind))
-    assert any("site threshold is not applied" in c.value and "other weights" in c.value for c in at.caption)
+    assert answer(at)
+    assert not any("the saved site threshold" in shown(m) for m in markdown(at))
+    assert any("site threshold is not applied" in m and "other weights" in shown(m) for m in markdown(at))
 
 
 def test_one_scan_image_only(app, predictor):
     upload(app, SCAN)
     expected = predictor.predict(read_scan(SCAN))
-    shown = metrics(app)
-    assert shown["Predicted class"] == expected.predicted_class.capitalize()
-    assert shown["Calibrated probability"] == f"{expected.confidence:.1%}"
-    assert mode_line(app) == "Mode: **image only**"
+    assert answer(app) == expected_answer(expected)
+    assert mode_line(app) == "- Mode: image only"
     assert len(app.get("plotly_chart")) == 1
     assert any("Regions that raised the score" in c.value for c in app.caption)
-    assert any(f"version {predictor.version}" in c.value for c in app.caption)
-    assert [b.label for b in app.get("download_button")] == ["Download report (HTML)"]
+    assert any(f"version {predictor.version}" in shown(m) for m in markdown(app))
+    assert [b.label for b in app.get("download_button")] == ["Download report (HTML, prints on A4 or Letter)"]
     assert not refusals(app)
     # moving the opacity slider reruns without recomputing anything or failing
     app.slider(key="cam_opacity").set_value(0.8).run()
     assert not app.exception
-    assert metrics(app)["Predicted class"] == expected.predicted_class.capitalize()
+    assert answer(app) == expected_answer(expected)
 
 
 def test_mask_mode_with_uploaded_mask(app, predictor):
@@ -174,21 +183,21 @@ def test_mask_mode_with_uploaded_mask(app, predictor):
     app.toggle(key="use_mask").set_value(True).run()
     assert not app.exception
     # mask mode on, no mask yet: image only, and the page says why
-    assert mode_line(app) == "Mode: **image only**"
+    assert mode_line(app) == "- Mode: image only"
     assert any("No mask file matched" in i.value for i in app.info)
 
     app.get("file_uploader")[1].upload(MASK.name, MASK.read_bytes(), "image/png").run()
     assert not app.exception
     scan = read_scan(SCAN)
     expected = predictor.predict(scan, read_mask(MASK, scan.pixels.shape))
-    assert mode_line(app) == "Mode: **with mask** (uploaded mask)"
-    assert metrics(app)["Calibrated probability"] == f"{expected.confidence:.1%}"
-    assert metrics(app)["Predicted class"] == expected.predicted_class.capitalize()
+    assert mode_line(app) == "- Mode: with mask (uploaded mask)"
+    assert answer(app) == expected_answer(expected)
+    assert expected.predicted_class != "normal"  # a marked lesion is a lesion
     assert any("your mask" in text for text in markdown(app))
 
     # toggling mask mode off again goes back to the image-only result
     app.toggle(key="use_mask").set_value(False).run()
-    assert mode_line(app) == "Mode: **image only**"
+    assert mode_line(app) == "- Mode: image only"
 
 
 class FakeCanvas:
@@ -236,9 +245,8 @@ def test_drawn_mask(app, predictor, monkeypatch):
     assert abs(call["height"] / call["width"] - height / width) < 0.01  # the scan's aspect ratio
 
     expected = predictor.predict(scan, mask_from_drawing(fake.last, scan.pixels.shape))
-    assert mode_line(app) == "Mode: **with mask** (drawn mask)"
-    assert metrics(app)["Calibrated probability"] == f"{expected.confidence:.1%}"
-    assert metrics(app)["Predicted class"] == expected.predicted_class.capitalize()
+    assert mode_line(app) == "- Mode: with mask (drawn mask)"
+    assert answer(app) == expected_answer(expected)
     assert call["width"] <= 564  # the page's content width at a 1024-px window: the whole canvas is reachable
     assert any(c.value.startswith("Drawn lesion: columns") for c in app.caption)
 
@@ -253,13 +261,13 @@ def test_freehand_outline_encloses_the_lesion(app, predictor, monkeypatch):
     scan = read_scan(SCAN)
     # the traced border counts with everything inside it: the same result as the filled rectangle
     expected = predictor.predict(scan, mask_from_drawing(fake.filled, scan.pixels.shape))
-    assert mode_line(app) == "Mode: **with mask** (drawn mask)"
-    assert metrics(app)["Calibrated probability"] == f"{expected.confidence:.1%}"
+    assert mode_line(app) == "- Mode: with mask (drawn mask)"
+    assert answer(app) == expected_answer(expected)
 
 
 def test_model_selector_lists_shipped_models(app):
     selector = app.selectbox(key="model")
-    assert selector.options[0] == f"{DEFAULT_MODEL} (default)"
+    assert selector.options[0] == "Default model"  # no architecture names on the first screen
     assert len(selector.options) == len(predict_module.available_models())
     assert not app.toggle(key="use_mask").disabled  # the shipped default accepts a mask
 
@@ -300,7 +308,8 @@ def test_mask_toggle_disabled_for_models_without_masks(monkeypatch):
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     at.run()
-    assert at.selectbox(key="model").options == [f"{DEFAULT_MODEL} (default)", image_only.name, "imagemasknet"]
+    assert at.selectbox(key="model").options == ["Default model", f"Research model: {image_only.name}",
+                                                 "Research model: imagemasknet"]
     at.toggle(key="use_mask").set_value(True).run()
 
     at.selectbox(key="model").set_value(image_only.name).run()
@@ -311,8 +320,8 @@ def test_mask_toggle_disabled_for_models_without_masks(monkeypatch):
     assert any("cannot use a mask" in c.value for c in at.caption)
     assert not at.get("radio")  # no mask source to choose
     upload(at, SCAN)
-    assert metrics(at)["Predicted class"] == "Benign"
-    assert mode_line(at) == "Mode: **image only**"
+    assert answer(at)[0] == "Benign"
+    assert mode_line(at) == "- Mode: image only"
 
     # a model that needs a mask: the toggle is on, locked, and says why
     at.selectbox(key="model").set_value("imagemasknet").run()
@@ -328,27 +337,31 @@ def test_batch_with_corrupt_file(app, predictor):
     assert len(errors) == 1 and "broken" in errors[0] and "scan" in errors[0]
 
     table = app.dataframe[0].value
+    table = getattr(table, "data", table)  # a styled table: its data frame
     assert list(table["File"]) == [SCAN.name, broken[0], SECOND.name]
     first, second = predictor.predict(read_scan(SCAN)), predictor.predict(read_scan(SECOND))
-    assert list(table["Class"]) == [first.predicted_class.capitalize(), "error", second.predicted_class.capitalize()]
-    assert table["Malignant"][0] == pytest.approx(first.probabilities["malignant"])
-    assert "damaged" in table["Warnings"][1] or "not" in table["Warnings"][1]
+    assert list(table["Most likely"]) == [f"{first.predicted_class.capitalize()} {first.confidence:.0%}", "",
+                                          f"{second.predicted_class.capitalize()} {second.confidence:.0%}"]
+    assert list(table["Verdict"])[1] == "not classified"
+    assert list(table["Trust"]) == [first.trust, "", second.trust]
+    assert table["P(malignant)"][0] == pytest.approx(first.probabilities["malignant"])
+    assert "damaged" in table["Notes"][1] or "not" in table["Notes"][1]
     assert "Download results (CSV)" in [b.label for b in app.get("download_button")]
+    assert any(SCAN.name in shown(c.value) and SECOND.name in shown(c.value) for c in app.caption)  # every name
 
     detail = app.selectbox(key="detail")
     assert detail.options == [SCAN.name, SECOND.name]
-    assert metrics(app)["Predicted class"] == first.predicted_class.capitalize()
+    assert answer(app) == expected_answer(first)
     detail.set_value(2).run()
     assert not app.exception
-    assert metrics(app)["Predicted class"] == second.predicted_class.capitalize()
-    assert metrics(app)["Calibrated probability"] == f"{second.confidence:.1%}"
+    assert answer(app) == expected_answer(second)
 
 
 def test_only_bad_files(app):
     upload(app, ("empty.png", b""), ("notes.png", b"just some text, not an image"))
     assert len(app.error) == 2
     assert any("empty" in e.value for e in app.error)
-    assert not app.metric and not app.dataframe
+    assert not any(m.value.startswith("Most likely") for m in app.markdown) and not app.dataframe
 
 
 # ------------------------------------------------------------------------------------------------
@@ -403,28 +416,31 @@ def test_results_csv():
 # ------------------------------------------------------------------------------------------------
 # Issue 16: decisions a clinician can trust
 # ------------------------------------------------------------------------------------------------
-def _flag_box(at) -> str:
-    """The malignancy flag: the first error (suspicious), success (not flagged) or info (no threshold) box."""
+BOX = {"alarm": "error", "reassuring": "success", "neutral": "info"}
+
+
+def verdict_box(at) -> tuple[str, str]:
+    """(kind, text) of the verdict: the first box whose text starts with a title."""
     for kind in ("error", "success", "info"):
         for node in getattr(at, kind):
-            if "malignancy" in node.value:
-                return f"{kind}: {shown(node.value)}"
-    raise AssertionError("no malignancy flag on the page")
+            if node.value.startswith("### "):
+                return kind, shown(node.value)
+    raise AssertionError("no verdict on the page")
 
 
-def test_the_malignancy_flag_comes_first_and_follows_the_threshold(app, predictor):
+def test_the_verdict_comes_first_in_its_tone_with_its_trust_line(app, predictor):
     prediction = predictor.predict(read_scan(SCAN))
+    said = verdict(prediction)
     upload(app, SCAN)
-    flag = _flag_box(app)
-    if prediction.malignancy_threshold is None:
-        assert flag.startswith("info: ") and "no sensitivity-set threshold" in flag
-    elif prediction.suspicious_for_malignancy:
-        assert flag.startswith("error: ") and "Suspicious for malignancy" in flag
-    else:
-        assert flag.startswith("success: ") and "Not flagged for malignancy" in flag
-    if prediction.malignancy_threshold is not None:
-        assert flag.count("for malignancy") == 1  # the verdict is the box's title, said once
-        assert f"{prediction.malignancy_threshold:.1%}" in flag and f"{prediction.probabilities['malignant']:.1%}" in flag
+    kind, text = verdict_box(app)
+    assert kind == BOX[said.tone] and text.startswith(f"### {said.title}")
+    assert text.count(said.title) == 1 and said.trust_line in text
+    # plain words first: no thresholds, scores or model names in the box or the answer line
+    answer_text = next(m.value for m in app.markdown if m.value.startswith("Most likely"))
+    for word in ("threshold", "texture", "out of fold", "out-of-fold", DEFAULT_MODEL, "familiarity"):
+        assert word not in text and word not in answer_text
+    if prediction.malignancy_threshold is not None:  # the threshold is stated in the expander
+        assert any(f"{prediction.malignancy_threshold:.1%}" in shown(m) for m in markdown(app) if m.startswith("- "))
 
 
 def _find_scan(predictor, condition, classes=("benign", "malignant", "normal"), limit=120):
@@ -436,11 +452,12 @@ def _find_scan(predictor, condition, classes=("benign", "malignant", "normal"), 
     pytest.skip("no BUSI scan meets the condition for the shipped model")
 
 
-def test_a_low_confidence_result_is_marked(app, predictor):
-    path, prediction = _find_scan(predictor, lambda p: p.low_confidence)
+def test_a_low_confidence_result_says_so_in_its_verdict_and_is_never_green(app, predictor):
+    path, prediction = _find_scan(predictor, lambda p: p.low_confidence and not p.unfamiliar)
     upload(app, path)
-    assert any("Low confidence" in w.value and "60%" in shown(w.value) for w in app.warning)
-    assert any(m.delta == "low confidence" for m in app.metric)
+    kind, text = verdict_box(app)
+    assert "Low confidence: no answer reaches 60%" in text
+    assert kind != "success"
 
 
 def test_no_model_outline_on_a_scan_it_calls_normal_unless_asked(app, predictor):
@@ -470,7 +487,7 @@ def test_a_mask_of_another_size_is_refused_naming_both_sizes(app):
     upload(app, SCAN)
     height, width = read_scan(SCAN).pixels.shape
     assert any(f"100 × 80 pixels but the scan is {width} × {height}" in shown(i.value) for i in app.info)
-    assert mode_line(app).startswith("Mode: **image only**")
+    assert mode_line(app) == "- Mode: image only"
 
 
 def test_a_mask_off_the_model_lesion_gets_a_note(predictor):
@@ -484,3 +501,89 @@ def test_a_mask_off_the_model_lesion_gets_a_note(predictor):
     notes = predictor.predict(scan, elsewhere).warnings
     assert any("does not overlap the lesion the model finds" in n for n in notes)
     assert not any("does not overlap" in n for n in predictor.predict(scan, lesion).warnings)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 25: what the page says is safe to act on
+# ------------------------------------------------------------------------------------------------
+NORMAL_SCAN = BUSI / "normal" / "images" / "normal (1).png"
+MARKED_SCAN = REPO / "data" / "busbra-train" / "images" / "bus_0001-l.png"  # text and calipers burnt in
+
+
+def test_a_lesion_drawn_on_a_normal_scan_is_benign_or_malignant_and_a_disagreement_is_said(app, predictor, monkeypatch):
+    fake = fake_canvas(monkeypatch)
+    upload(app, NORMAL_SCAN)
+    app.toggle(key="use_mask").set_value(True).run()
+    app.radio(key="mask_source").set_value(DRAW).run()
+    scan = read_scan(NORMAL_SCAN)
+    expected = predictor.predict(scan, mask_from_drawing(fake.last, scan.pixels.shape))
+    assert expected.predicted_class in ("benign", "malignant")
+    assert answer(app) == expected_answer(expected)
+    assert any(m.value.startswith("Most likely") and "if the marked lesion is real" in m.value for m in app.markdown)
+    kind, text = verdict_box(app)
+    assert ("The model itself sees no lesion here" in text) == expected.model_sees_no_lesion
+
+
+def test_mask_mode_off_and_on_keeps_the_chosen_mask_source(app):
+    app.toggle(key="use_mask").set_value(True).run()
+    app.radio(key="mask_source").set_value(DRAW).run()
+    app.toggle(key="use_mask").set_value(False).run()
+    app.toggle(key="use_mask").set_value(True).run()
+    assert app.radio(key="mask_source").value == DRAW
+
+
+def test_an_unfamiliar_result_is_never_green_and_says_the_other_hospitals_figure(app, predictor, monkeypatch):
+    import streamlit as st
+
+    real = Predictor.predict
+
+    def unfamiliar(self, scan, mask=None):
+        result = real(self, scan, mask)
+        result.unfamiliar = True
+        return result
+
+    st.cache_data.clear()
+    monkeypatch.setattr(Predictor, "predict", unfamiliar)
+    upload(app, SECOND)
+    kind, text = verdict_box(app)
+    assert kind != "success"
+    figure = predictor.card.unseen_hospital("image")
+    assert (f"at a hospital the model never trained on, this flag caught {figure:.0%} of cancers" in text
+            if figure is not None else "Unfamiliar scanner or view" in text)
+    st.cache_data.clear()
+
+
+def test_burnt_in_marks_are_left_out_of_grad_cam_and_shown_on_request(app):
+    upload(app, MARKED_SCAN)
+    caption = next(c.value for c in app.caption if "Regions that raised" in c.value)
+    assert "Burnt-in marks" in caption and "left out" in caption
+    share = float(re.search(r"; ([\d.]+)% of the scan", shown(caption))[1])
+    assert 0.5 < share < 5  # the text and calipers, not the tissue
+    app.toggle(key="cam_show_marks").set_value(True).run()
+    assert not app.exception and app.toggle(key="cam_show_marks").value is True
+
+
+def test_a_typed_pixel_size_measures_the_lesion(app, predictor):
+    upload(app, SCAN)
+    expected = predictor.predict(read_scan(SCAN))
+    assert expected.predicted_class != "normal" and expected.lesion_axes_mm is None
+    assert not any(m.value.startswith("Lesion size") for m in app.markdown)
+    scale = next(n for n in app.number_input if n.key.startswith("scale-"))
+    scale.set_value(0.1).run()
+    line = next(m.value for m in app.markdown if m.value.startswith("Lesion size"))
+    from imagemasknet.inference.measure import lesion_axes_mm
+
+    long_axis, short_axis = lesion_axes_mm(expected.lesion_mask, (0.1, 0.1))
+    assert f"{long_axis:.1f} × {short_axis:.1f} mm" in line
+
+
+def test_the_report_carries_case_reader_and_a_sign_off_and_prints_on_a4_or_letter(predictor, isolated_env):
+    scan = read_scan(SCAN)
+    prediction = predictor.predict(scan)
+    page = html_report(scan, prediction, {"Scan": scan.rgb}, "m", "v", case_id="ACC-0042 <x>", reader="Dr. Ana Souza")
+    assert "ACC-0042 &lt;x&gt;" in page and "Dr. Ana Souza" in page
+    assert "Read by" in page and "Signature" in page and verdict(prediction).title in page
+    assert "@page" in page and "@media print" in page
+    blank = html_report(scan, prediction, {"Scan": scan.rgb}, "m", "v")
+    assert blank.count('class="blank"') >= 4  # case, reader, date and signature lines to write on
+    assert not any(isolated_env.runs.rglob("*"))  # nothing the reader typed is stored

@@ -442,6 +442,10 @@ def test_run_reader_reports_what_is_wrong(runs_folder):
     assert started.state == "running" and "history.json has no finished epoch yet" in started.problems
     figure = charts.curves_figure({"just-started": started.history}, "loss")
     assert not figure.data and figure.layout.annotations
+    # one run's curves differ by colour, not only by dash; several runs keep a colour each
+    one = charts.curves_figure({"tiny": run_folder.RunFolder(runs_folder / "tiny-fold1").history}, "loss",
+                               splits=("train", "heldout"))
+    assert len(one.data) >= 2 and len({trace.line.color for trace in one.data}) == len(one.data)
     tiny = run_folder.RunFolder(runs_folder / "tiny-fold1")
     assert tiny.complete and "metrics" in tiny.metrics
     assert tables.metrics_wide(tiny.metrics["metrics"])[0]["metric"] == "accuracy"

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-from e2e_helpers import (browser, browser_page, chromium_executable, open_app, screenshot,  # noqa: F401  (fixtures)
-                         streamlit_server, wait_idle)
+from e2e_helpers import (ANSWER, browser, browser_page, chromium_executable, open_app,  # noqa: F401  (fixtures)
+                         screenshot, shown_answer, streamlit_server, wait_idle)
 
 from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY
 
@@ -40,12 +40,17 @@ def expected():
     }
 
 
-def metric_values(page) -> list[str]:
-    return page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+def expected_answer(prediction) -> tuple[str, str]:
+    return prediction.predicted_class.capitalize(), f"{prediction.confidence:.0%}"
 
 
 def wait_for_mode(page, mode_text: str) -> None:
-    page.locator('[data-testid="stMarkdownContainer"]', has_text=re.compile(rf"Mode:\s*{mode_text}")).first.wait_for()
+    """Until the answer line is the one of ``mode_text`` ("image only", or "with mask": it then says the answer
+    takes the marked lesion as real)."""
+    page.wait_for_function(
+        """([given, wanted]) => [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+            .some(e => e.innerText.startsWith('Most likely:') && e.innerText.includes(given) === wanted)""",
+        arg=["if the marked lesion is real", mode_text == "with mask"])
     wait_idle(page)
 
 
@@ -70,8 +75,7 @@ def test_classify_scan_then_mask_then_drawing(streamlit_server, browser_page, ex
     page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(SCAN))
     wait_for_mode(page, "image only")
     prediction = expected["image"]
-    assert metric_values(page)[0] == prediction.predicted_class.capitalize()
-    assert metric_values(page)[1] == f"{prediction.confidence:.1%}"
+    assert shown_answer(page) == expected_answer(prediction)
     chart = page.locator('[data-testid="stPlotlyChart"]').first
     chart.locator("svg").first.wait_for()
     chart_text = chart.inner_text()
@@ -87,8 +91,7 @@ def test_classify_scan_then_mask_then_drawing(streamlit_server, browser_page, ex
     page.locator('[data-testid="stFileUploader"] input[type=file]').nth(1).set_input_files(str(MASK))
     wait_for_mode(page, "with mask")
     with_mask = expected["mask"]
-    assert page.get_by_text("(uploaded mask)").is_visible()
-    assert metric_values(page) == [with_mask.predicted_class.capitalize(), f"{with_mask.confidence:.1%}"]
+    assert shown_answer(page) == expected_answer(with_mask)
     assert page.get_by_text("your mask").first.is_visible()
     screenshot(page, "classify-mask.png")
 
@@ -106,11 +109,11 @@ def test_classify_scan_then_mask_then_drawing(streamlit_server, browser_page, ex
     page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.45 * box["height"], steps=8)
     page.mouse.move(box["x"] + 0.85 * box["width"], box["y"] + 0.6 * box["height"], steps=8)
     page.mouse.up()
-    page.get_by_text("(drawn mask)").wait_for()
-    wait_idle(page)
-    values = metric_values(page)
-    assert values[0] in ("Normal", "Benign", "Malignant")
-    assert re.fullmatch(r"\d{1,3}\.\d%", values[1])
+    page.get_by_text("Drawn lesion: columns").wait_for()
+    wait_for_mode(page, "with mask")
+    values = shown_answer(page)
+    assert values[0] in ("Benign", "Malignant")  # a marked lesion is a lesion
+    assert re.fullmatch(r"\d{1,3}%", values[1])
     screenshot(page, "classify-draw.png")
 
 
@@ -129,15 +132,42 @@ def test_batch_with_a_corrupt_file(streamlit_server, browser_page, expected, tmp
     table = page.locator('[data-testid="stDataFrame"]').first
     table.wait_for()
     assert page.get_by_text("Download results (CSV)").is_visible()
-    assert metric_values(page)[0] == expected["image"].predicted_class.capitalize()  # the first good file's details
+    assert shown_answer(page) == expected_answer(expected["image"])  # the first good file's details
 
     # open the other good file's details
     page.locator('[data-testid="stSelectbox"]', has_text="Show details for").click()
     page.get_by_role("option", name=SECOND.name).click()
     page.locator("h4", has_text=SECOND.name).wait_for()
     wait_idle(page)
-    assert metric_values(page)[0] == expected["second"].predicted_class.capitalize()
+    assert shown_answer(page) == expected_answer(expected["second"])
     screenshot(page, "classify-batch.png")
+
+
+def test_the_batch_table_and_every_file_name_fit_a_1280_pixel_window(streamlit_server, browser, tmp_path):
+    """Issue 25: at 1280 px the batch table shows every column without a sideways scroll bar, marks the
+    suspicious rows, and every uploaded file's name can be read in full."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    try:
+        names = []
+        for n, source in enumerate([SCAN, SECOND, SCAN, SECOND]):
+            names.append(f"a-rather-long-file-name-of-the-clinic-archive-{n:02d}.png")
+            (tmp_path / names[-1]).write_bytes(source.read_bytes())
+        open_app(page, streamlit_server)
+        page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(
+            [str(tmp_path / name) for name in names])
+        page.get_by_text("Show details for").wait_for()
+        table = page.locator('[data-testid="stDataFrame"]').first
+        table.wait_for()
+        wait_idle(page)
+        width = table.evaluate("""frame => { const s = frame.querySelector('.dvn-scroller');
+            return {scroll: s.scrollWidth, client: s.clientWidth}; }""")
+        assert width["scroll"] <= width["client"] + 2, width
+        assert page.get_by_text("Rows tinted red are suspicious for malignancy").is_visible()
+        listed = page.locator('[data-testid="stCaptionContainer"]', has_text="4 scans:").first
+        assert listed.is_visible() and all(name in listed.inner_text() for name in names)
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("window_width", [1024, 2560])

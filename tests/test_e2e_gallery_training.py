@@ -178,6 +178,29 @@ def test_gallery_filter_open_case_and_overlay(server, browser_page):
     screenshot(page, "gallery-filled-audit.png", whole_page=True)
 
 
+def test_a_tagged_tile_opens_at_1280_pixels(server, browser):
+    """Issue 25: a tile carrying badges (near-duplicate, low confidence, label conflict) keeps its Open button in
+    view at a 1280-px window, and it opens the case."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    try:
+        open_page(page, server, "Gallery")
+        page.get_by_text(re.compile(r"\d+ of \d+ scans match")).first.wait_for()
+        wait_images(page)
+        tagged = page.locator('[data-testid="stVerticalBlock"]').filter(
+            has=page.locator('[data-testid="stMarkdownContainer"] span', has_text=re.compile(r"^dup |low confidence"))
+        ).filter(has=page.locator("button", has_text="Open")).last
+        button = tagged.locator("button", has_text="Open").first
+        button.scroll_into_view_if_needed()
+        tile, box = tagged.bounding_box(), button.bounding_box()
+        assert box["y"] + box["height"] <= tile["y"] + tile["height"] + 1, (box, tile)  # not cut off
+        button.click()
+        page.get_by_role("dialog").wait_for()
+        page.get_by_role("dialog").get_by_text("The shipped model").first.wait_for(timeout=120_000)
+    finally:
+        context.close()
+
+
 def test_training_page_charts(server, browser_page):
     page = browser_page
     open_page(page, server, "Training")

@@ -21,12 +21,15 @@ CURVE_METRICS = {
     "lesion_dice": "Lesion Dice",
 }
 SPLITS = {"train": "train", "heldout": "held-out", "validation": "validation"}
-#: Line style per (split, mode): the colour says which run, the style which split and mode.
+#: Line style per (split, mode): with several runs the colour says which run, the style which split and mode.
 LINE_STYLE = {("train", ""): "solid", ("heldout", "image"): "dash", ("heldout", "mask"): "dot",
               ("validation", "image"): "dashdot", ("validation", "mask"): "longdashdot"}
 PALETTE = ("#3A6EA5", "#E07B39", "#3C9D5D", "#B03A48", "#7E57C2", "#8C6D31", "#00838F", "#C2185B", "#5D6D7E",
            "#AFB42B")
 CLASS_COLOURS = {"normal": "#3C9D5D", "benign": "#3A6EA5", "malignant": "#B03A48"}
+#: One run's curves: a colour per (split, mode) as well as a style, so they tell apart without the dashes.
+SERIES_COLOURS = {("train", ""): "#3A6EA5", ("heldout", "image"): "#E07B39", ("heldout", "mask"): "#B03A48",
+                  ("validation", "image"): "#3C9D5D", ("validation", "mask"): "#7E57C2"}
 LAYOUT = dict(template="plotly_white", font={"size": 13}, margin={"l": 10, "r": 10, "t": 50, "b": 10},
               paper_bgcolor="rgba(0,0,0,0)", legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0})
 #: A legend inside the plot's bottom-right corner (ROC curves and reliability bars leave it empty).
@@ -93,7 +96,8 @@ def curve_points(history: list[dict], metric: str) -> dict[tuple[str, str], tupl
 def curves_figure(histories: dict[str, list[dict]], metric: str = "loss",
                   splits: Iterable[str] = ("train", "heldout"), modes: Iterable[str] | None = None,
                   height: int = 380) -> go.Figure:
-    """Per-epoch ``metric`` of several runs on one chart: a colour per run, a line style per split and mode."""
+    """Per-epoch ``metric`` of several runs on one chart: a colour per run (one run: per split and mode), a line
+    style per split and mode."""
     splits, modes = list(splits), (None if modes is None else set(modes))
     figure = go.Figure()
     for number, (run_name, history) in enumerate(histories.items()):
@@ -104,7 +108,8 @@ def curves_figure(histories: dict[str, list[dict]], metric: str = "loss",
             label = " · ".join(part for part in (run_name, SPLITS[split], mode) if part)
             figure.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers" if len(xs) < 2 else "lines", name=label, legendgroup=run_name,
-                line={"color": colour, "dash": LINE_STYLE.get((split, mode), "dash"), "width": 2}, marker={"size": 6},
+                line={"color": colour if len(histories) > 1 else SERIES_COLOURS.get((split, mode), colour),
+                      "dash": LINE_STYLE.get((split, mode), "dash"), "width": 2}, marker={"size": 6},
                 hovertemplate=f"{label}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
             ))
     title = CURVE_METRICS.get(metric, metric)

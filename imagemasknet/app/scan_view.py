@@ -21,6 +21,7 @@ CANVAS_WIDTH = 560
 CANVAS_MAX_HEIGHT = 560
 USER_MASK_RGB, USER_MASK_CSS = (0, 213, 255), "#00D5FF"  # cyan: the user's mask
 LESION_RGB, LESION_CSS = (255, 179, 0), "#FFB300"  # amber: the lesion the model outlines
+MARKS_RGB = (170, 80, 255)  # violet: burnt-in marks left out of Grad-CAM and the model's outline
 
 
 @dataclass(frozen=True)

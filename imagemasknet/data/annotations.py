@@ -11,13 +11,13 @@ learns or shows the wrong thing. Found by shape, on the scan at its own resoluti
 
 Calibrated by eye on BUSI and BUS-BRA training scans (their text, calipers and rulers; see
 ``tests/test_annotations.py``): it finds most text and calipers and marks little tissue, but misses faint or
-very small marks. What it marks is shown wherever it is used.
+very small marks. What it marks is shown wherever it is used. NumPy only (no PyTorch), so the data layer stays
+light to import.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
 
 THIN = 5  # px: an opening this wide (or tall) removes what is thinner
 STROKE = 4  # px: a stroke runs at least this far along the beam
@@ -28,15 +28,23 @@ COLOUR_SPREAD = 30  # grey levels between the brightest and darkest channel of a
 FILL = 15  # px: the window whose unmarked pixels fill a painted-out mark
 
 
-def _pool(x: torch.Tensor, height: int, width: int, largest: bool) -> torch.Tensor:
-    """Sliding max (or min) over a height×width window, the output the size of the input."""
-    rows, cols = x.shape[-2:]
-    if largest:
-        return F.max_pool2d(x, (height, width), 1, (height // 2, width // 2))[..., :rows, :cols]
-    return -F.max_pool2d(-x, (height, width), 1, (height // 2, width // 2))[..., :rows, :cols]
+def _slide(x: np.ndarray, size: int, axis: int, largest: bool) -> np.ndarray:
+    """Sliding max (or min) over ``size`` pixels along ``axis``, the output the size of the input (a window
+    reaches ``size // 2`` before a pixel and the rest after it; the edge repeats)."""
+    if size <= 1:
+        return x
+    before = size // 2
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (before, size - 1 - before)
+    windows = sliding_window_view(np.pad(x, pad, mode="edge"), size, axis=axis)
+    return windows.max(-1) if largest else windows.min(-1)
 
 
-def _opening(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _pool(x: np.ndarray, height: int, width: int, largest: bool) -> np.ndarray:
+    return _slide(_slide(x, height, 0, largest), width, 1, largest)
+
+
+def _opening(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return _pool(_pool(x, height, width, False), height, width, True)
 
 
@@ -47,26 +55,34 @@ def find_annotations(image: np.ndarray) -> np.ndarray:
         channels = image[..., :3].astype(np.int16)
         colour = channels.max(-1) - channels.min(-1) > COLOUR_SPREAD
         image = channels.mean(-1)
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    x = np.asarray(image, dtype=np.float32)
     narrow = (x - _opening(x, 1, THIN)) > CONTRAST  # thinner than THIN across
     flat = (x - _opening(x, THIN, 1)) > CONTRAST  # thinner than THIN up and down
-    strokes = _opening(narrow.float(), STROKE, 1) > 0
-    near = _pool(strokes.float(), *GLYPH_REACH, largest=True) > 0
+    strokes = _opening(narrow, STROKE, 1)
+    near = _pool(strokes, *GLYPH_REACH, largest=True)
     marks = strokes | ((narrow | flat) & near)
-    found = _pool(marks.float(), MARGIN, MARGIN, largest=True)[0, 0].numpy() > 0
+    found = _pool(marks, MARGIN, MARGIN, largest=True)
     return found | colour if colour is not None else found
+
+
+def _box_sum(x: np.ndarray, size: int) -> np.ndarray:
+    """Sum over a size×size window centred on each pixel (zeros beyond the edge)."""
+    half = size // 2
+    padded = np.pad(x, half)
+    total = padded.cumsum(0).cumsum(1)
+    total = np.pad(total, ((1, 0), (1, 0)))
+    rows, cols = x.shape
+    return (total[size:size + rows, size:size + cols] - total[:rows, size:size + cols]
+            - total[size:size + rows, :cols] + total[:rows, :cols])
 
 
 def paint_out(image: np.ndarray, marks: np.ndarray) -> np.ndarray:
     """The greyscale scan with each marked pixel replaced by the mean of the unmarked pixels around it."""
     if not marks.any():
         return image
-    keep = torch.from_numpy((~marks).astype(np.float32))[None, None]
-    values = torch.from_numpy(image.astype(np.float32))[None, None] * keep
-    window = torch.ones(1, 1, FILL, FILL)
-    total = F.conv2d(values, window, padding=FILL // 2)[0, 0]
-    count = F.conv2d(keep, window, padding=FILL // 2)[0, 0]
-    fill = (total / count.clamp(min=1e-3)).numpy()
-    out = image.astype(np.float32)
-    out[marks] = fill[marks]
+    keep = (~marks).astype(np.float64)
+    total = _box_sum(image.astype(np.float64) * keep, FILL)
+    count = _box_sum(keep, FILL)
+    out = image.astype(np.float64)
+    out[marks] = total[marks] / np.maximum(count[marks], 1e-3)
     return out.clip(0, 255).astype(np.uint8)

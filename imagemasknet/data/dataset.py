@@ -143,7 +143,11 @@ class Arrays:
     labels: np.ndarray  # int64 class indices
     images: np.ndarray  # uint8 (N, S, S)
     masks: np.ndarray  # bool (N, S, S)
-    sources: np.ndarray  # str (N,)
+    sources: np.ndarray | None = None  # str (N,); None: unnamed ("")
+
+    def __post_init__(self) -> None:
+        if self.sources is None:
+            self.sources = np.full(len(self.ids), "", dtype=str)
 
     def take(self, ids: list[str]) -> "Arrays":
         index = {i: n for n, i in enumerate(self.ids)}

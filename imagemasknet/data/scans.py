@@ -124,7 +124,8 @@ class Scan:
     """A decoded scan.
 
     ``pixels`` is what the model sees (uint8 greyscale H×W); ``rgb`` is for display
-    (uint8 H×W×3, alpha composited on black); ``warnings`` are sentences to show the user.
+    (uint8 H×W×3, alpha composited on black); ``warnings`` are sentences to show the user;
+    ``pixel_spacing_mm`` is (row, column) spacing when the file states it (DICOM), else None.
     """
 
     pixels: np.ndarray
@@ -132,6 +133,12 @@ class Scan:
     name: str
     source_format: str
     warnings: list[str] = field(default_factory=list)
+    pixel_spacing_mm: tuple[float, float] | None = None
+
+    @property
+    def is_colour(self) -> bool:
+        """Whether the display copy has colour (overlays, Doppler) rather than grey in all three channels."""
+        return bool(np.any(self.rgb[..., 0] != self.rgb[..., 1]) or np.any(self.rgb[..., 1] != self.rgb[..., 2]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,9 +156,10 @@ def read_scan(data: Any, name: str | None = None) -> Scan:
     if not raw:
         raise EmptyFileError(f"{subject} is empty (0 bytes).")
     notes: list[str] = []
+    spacing = None
     with _guard(subject):
         if _is_dicom(raw):
-            rgb, pixels, fmt = _decode_dicom(raw, subject)
+            rgb, pixels, fmt, spacing = _decode_dicom(raw, subject)
         else:
             image, fmt = _open_pil(raw, subject, check_geometry=True, what="scan")
             image = _load_oriented(image, subject, notes)
@@ -164,6 +172,7 @@ def read_scan(data: Any, name: str | None = None) -> Scan:
         name=name or "",
         source_format=fmt,
         warnings=notes,
+        pixel_spacing_mm=spacing,
     )
 
 
@@ -394,7 +403,26 @@ def _is_dicom(raw: bytes) -> bool:
     return len(raw) >= 132 and raw[128:132] == b"DICM"
 
 
-def _decode_dicom(raw: bytes, subject: str) -> tuple[np.ndarray, np.ndarray, str]:
+def _dicom_spacing(ds: Any) -> tuple[float, float] | None:
+    """(row, column) pixel spacing in mm: Pixel Spacing (0028,0030), else the first ultrasound region
+    (0018,6011) whose physical units are centimetres in both directions (code 3); None when neither says."""
+    candidates = []
+    try:
+        if "PixelSpacing" in ds:
+            row, col = (float(v) for v in ds.PixelSpacing)
+            candidates.append((row, col))
+        for region in ds.get("SequenceOfUltrasoundRegions", []) or []:
+            if int(region.get("PhysicalUnitsXDirection", 0)) == 3 and int(region.get("PhysicalUnitsYDirection", 0)) == 3:
+                candidates.append((10 * abs(float(region.PhysicalDeltaY)), 10 * abs(float(region.PhysicalDeltaX))))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    for row, col in candidates:
+        if 1e-3 <= row <= 10 and 1e-3 <= col <= 10:  # mm per pixel a scanner could mean
+            return row, col
+    return None
+
+
+def _decode_dicom(raw: bytes, subject: str) -> tuple[np.ndarray, np.ndarray, str, tuple[float, float] | None]:
     # imported here, so that only DICOM uploads pay for loading pydicom and its decoders
     import pydicom
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
@@ -447,7 +475,7 @@ def _decode_dicom(raw: bytes, subject: str) -> tuple[np.ndarray, np.ndarray, str
         grey = _dicom_grey(arr, ds, apply_modality_lut, apply_voi_lut)
         if photometric == "MONOCHROME1":  # stored with 0 = white
             grey = 255 - grey
-        return np.repeat(grey[..., None], 3, axis=2), grey, "DICOM"
+        return np.repeat(grey[..., None], 3, axis=2), grey, "DICOM", _dicom_spacing(ds)
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
@@ -458,7 +486,7 @@ def _decode_dicom(raw: bytes, subject: str) -> tuple[np.ndarray, np.ndarray, str
         top = float(max(arr.max(), 1)) if arr.dtype.kind == "f" else float(2 ** (16 if photometric == "PALETTE COLOR" else bits) - 1)
         arr = _stretch(arr, 0.0, top)
     rgb = np.ascontiguousarray(arr, dtype=np.uint8)
-    return rgb, _rgb_to_grey(rgb), "DICOM"
+    return rgb, _rgb_to_grey(rgb), "DICOM", _dicom_spacing(ds)
 
 
 def _dicom_grey(arr: np.ndarray, ds: Any, apply_modality_lut: Any, apply_voi_lut: Any) -> np.ndarray:

@@ -92,6 +92,10 @@ SOURCES: dict[str, Source] = {
 }
 
 
+#: The training sets the Retrain form offers: both hospitals (the default model's), or one of them.
+TRAINING_SETS = ("busi+busbra-train", "busi", "busbra-train")
+
+
 def parse_sources(text: str) -> list[str]:
     """``busi+busbra-train`` → the names, each checked against :data:`SOURCES`."""
     names = [n.strip() for n in text.split(SEPARATOR) if n.strip()]

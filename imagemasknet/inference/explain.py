@@ -39,6 +39,20 @@ def grad_cam(model: nn.Module, image: torch.Tensor, mask: torch.Tensor | None, t
     return (heat / peak).astype(np.float32) if peak > 0 else np.zeros(size_hw, np.float32)
 
 
+def without_marks(heat: np.ndarray, marks: np.ndarray) -> np.ndarray:
+    """A [0, 1] heat map with burnt-in marks (bool, the heat map's size) left out, scaled to peak at 1 again, so
+    what is shown points at tissue."""
+    kept = np.where(marks, 0.0, heat).astype(np.float32)
+    peak = kept.max() if kept.size else 0.0
+    return kept / peak if peak > 0 else kept
+
+
+def mark_share(heat: np.ndarray, marks: np.ndarray) -> float:
+    """The share of a heat map's mass that lies on burnt-in marks."""
+    total = float(heat.sum())
+    return float(heat[marks].sum()) / total if total > 0 else 0.0
+
+
 def colorize(values: np.ndarray, colormap: str = "turbo") -> np.ndarray:
     """Values in [0, 1] (H, W) → RGB uint8 (H, W, 3)."""
     anchors = _COLORMAPS[colormap]

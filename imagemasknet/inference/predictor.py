@@ -20,17 +20,19 @@ from imagemasknet.core.device import pick_device
 from imagemasknet.core.files import file_sha256
 from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY, active_model_dir
 from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.data.annotations import find_annotations
 from imagemasknet.data.busi import load_busi
 from imagemasknet.data.dataset import CLASSES
 from imagemasknet.data.decode import resize_pair
 from imagemasknet.data.duplicates import DuplicateIndex
 from imagemasknet.data.scans import MaskError, NotUltrasoundError, Scan
 from imagemasknet.data.transforms import model_input
-from imagemasknet.evaluation.decision import is_low_confidence, is_suspicious
+from imagemasknet.evaluation.decision import GIVEN_LESION, given_lesion, is_low_confidence, is_reassured, is_suspicious
 from imagemasknet.evaluation.metrics import softmax
 from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_for
 from imagemasknet.inference.explain import grad_cam
 from imagemasknet.inference.familiarity import Familiarity
+from imagemasknet.inference.measure import lesion_axes_mm
 from imagemasknet.models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
 from imagemasknet.models.card import ModelCard, ModelCardError, promoted_card, shipped_card, shipped_weights
 from imagemasknet.models.weights import WeightsError, load_model
@@ -39,16 +41,22 @@ from imagemasknet.models.weights import WeightsError, load_model
 @dataclass
 class Prediction:
     predicted_class: str  # the class with the largest calibrated probability (not ground truth)
-    probabilities: dict[str, float]
+    probabilities: dict[str, float]  # calibrated; in mask mode P(class | a lesion), so normal is 0
     mode: str  # "image" or "mask"
     model: str
     warnings: list[str] = field(default_factory=list)
     lesion_mask: np.ndarray | None = None  # bool, the scan's size; None when the model draws none
-    malignancy_threshold: float | None = None  # the flag's P(malignant) threshold; None: the model has none
+    malignancy_threshold: float | None = None  # the flag's threshold; None: the model has none
     threshold_source: str = ""  # where the threshold comes from, as a phrase
+    flag_target: float | None = None  # the share of cancers the threshold was set to flag
     familiarity: float | None = None  # 1 = as familiar as a typical training scan; None: not measured
     unfamiliar: bool = False
-    training_match: str | None = None  # the BUSI scan this one copies, when it does
+    training_match: str | None = None  # the training scan this one copies, when it does
+    exclusion_threshold: float | None = None  # P(normal) must exceed it to reassure; None: never reassured
+    model_probabilities: dict[str, float] | None = None  # mask mode: the model's own answer, before the lesion is given
+    trust_figures: dict[str, float] = field(default_factory=dict)  # the flag's sensitivity per trust level's setting
+    lesion_axes_mm: tuple[float, float] | None = None  # long and short axis of the outline, when the scale is known
+    annotations: np.ndarray | None = None  # burnt-in marks found on the scan (bool, the scan's size)
 
     @property
     def confidence(self) -> float:
@@ -62,13 +70,37 @@ class Prediction:
     def suspicious_for_malignancy(self) -> bool | None:
         return is_suspicious(self.probabilities["malignant"], self.malignancy_threshold)
 
+    @property
+    def lesion_not_excluded(self) -> bool:
+        """Normal is the top class but the scan is not reassured: P(normal) does not exceed the exclusion threshold
+        (there is none), or the result is not a tested one (unfamiliar scan, low confidence)."""
+        return self.predicted_class == "normal" and not (
+            self.trust == "tested" and is_reassured(self.probabilities, self.exclusion_threshold))
+
+    @property
+    def model_sees_no_lesion(self) -> bool:
+        """Mask mode: the model's own answer is normal where the user marked a lesion."""
+        own = self.model_probabilities
+        return own is not None and max(own, key=own.get) == "normal"
+
+    @property
+    def trust(self) -> str:
+        """How far the result can be trusted, one of :data:`TRUST_LEVELS`."""
+        return "unfamiliar" if self.unfamiliar else "low confidence" if self.low_confidence else "tested"
+
     def record(self, file: str) -> dict:
-        """The ``predict --json`` record for this prediction (the contract in ../shared/DESIGN.md)."""
+        """The ``predict --json`` record for this prediction (docs/architecture.md, "The prediction record")."""
         return {"file": file, "predicted_class": self.predicted_class, "probabilities": self.probabilities,
                 "suspicious_for_malignancy": self.suspicious_for_malignancy,
-                "malignancy_threshold": self.malignancy_threshold, "mode": self.mode, "model": self.model,
-                "warnings": list(self.warnings), "low_confidence": self.low_confidence, "unfamiliar": self.unfamiliar,
-                "familiarity_score": self.familiarity, "in_training_data": self.training_match}
+                "malignancy_threshold": self.malignancy_threshold, "lesion_not_excluded": self.lesion_not_excluded,
+                "trust": self.trust, "mode": self.mode, "model": self.model, "warnings": list(self.warnings),
+                "low_confidence": self.low_confidence, "unfamiliar": self.unfamiliar,
+                "familiarity_score": self.familiarity, "in_training_data": self.training_match,
+                "model_sees_no_lesion": self.model_sees_no_lesion,
+                "lesion_axes_mm": list(self.lesion_axes_mm) if self.lesion_axes_mm else None}
+
+
+TRUST_LEVELS = ("tested", "unfamiliar", "low confidence")
 
 
 def available_models() -> list[str]:
@@ -168,18 +200,36 @@ class Predictor:
         """Names these exact weights (a saved site threshold applies only to them)."""
         return file_sha256(self.weights)
 
-    def malignancy_threshold(self, mode: str) -> tuple[float | None, str]:
-        """The flag's threshold in ``mode`` and where it comes from: a site threshold saved for these exact
-        weights, else the model card's (set on the cross-validation's out-of-fold predictions)."""
+    def malignancy_threshold(self, mode: str) -> tuple[float | None, str, float | None]:
+        """The flag's threshold in ``mode``, where it comes from, and the share of cancers it was set to flag: a
+        site threshold saved for these exact weights, else the model card's (set on the cross-validation's
+        out-of-fold predictions)."""
         site = load_site_threshold()
         value = site_threshold_for(mode, self.name, site, self.weights_sha256) if site else None
         if value is not None:
-            return value, (f"{site.get('sensitivity', 0):.0%} sensitivity on the site's own scans "
-                           f"({Path(str(site.get('data', 'site data'))).name}; the saved site threshold)")
+            target = float(site.get("sensitivity", 0))
+            return value, (f"{target:.0%} sensitivity on the site's own scans "
+                           f"({Path(str(site.get('data', 'site data'))).name}; the saved site threshold)"), target
         if mode in self.card.flag_thresholds:
-            return self.card.flag_thresholds[mode], (f"{self.card.flag_target:.0%} sensitivity on BUSI scans the "
-                                                     "model's cross-validation never trained on")
-        return None, "this model has no sensitivity-set threshold"
+            source = f"{self.card.flag_target:.0%} sensitivity on training scans the model's cross-validation never trained on"
+            if mode == "mask" and self.card.flag_footing(mode) != GIVEN_LESION:
+                source += (f"; set on P(malignant) and applied to {GIVEN_LESION}, which is never lower, so it flags "
+                           "at least as often")
+            return self.card.flag_thresholds[mode], source, self.card.flag_target
+        return None, "this model has no sensitivity-set threshold", None
+
+    def trust_figures(self, mode: str) -> dict[str, float]:
+        """The flag's measured sensitivity each trust level quotes: ``tested`` (out of fold, or the site's own),
+        ``unfamiliar`` (at a hospital the model never trained on)."""
+        figures = {}
+        site = load_site_threshold()
+        if site and site_threshold_for(mode, self.name, site, self.weights_sha256) is not None:
+            figures["tested"] = float(site.get("sensitivity", 0))
+        elif (tested := self.card.flag_sensitivity(mode)) is not None:
+            figures["tested"] = tested
+        if (unseen := self.card.unseen_hospital(mode)) is not None:
+            figures["unfamiliar"] = unseen
+        return figures
 
     def resolve_mode(self, mask: np.ndarray | None) -> str:
         if mask is None:
@@ -218,15 +268,16 @@ class Predictor:
             check = self.familiarity.unfamiliar
             score = float(check.score(texture)[0])
             unfamiliar = score > check.threshold
-            if unfamiliar:
-                warnings.append(unfamiliar_notice(score, check.threshold))
         logits = output.logits.float().cpu().numpy()
-        probabilities = softmax(logits, self.temperatures.get(mode, 1.0))[0]
+        calibrated = dict(zip(CLASSES, (float(p) for p in softmax(logits, self.temperatures.get(mode, 1.0))[0])))
+        own = calibrated if mode == "mask" else None
+        probabilities = given_lesion(calibrated) if mode == "mask" else calibrated
+        marks = find_annotations(scan.rgb if scan.is_colour else scan.pixels)
         lesion = None
         if output.lesion_logits is not None:
             upsampled = F.interpolate(output.lesion_logits.float(), size=scan.pixels.shape, mode="bilinear",
                                       align_corners=False)
-            lesion = (upsampled[0, 0] > 0).cpu().numpy()
+            lesion = (upsampled[0, 0] > 0).cpu().numpy() & ~marks
             if mask is not None and mask.any() and lesion.any() and not (mask & lesion).any():
                 warnings.append("The mask does not overlap the lesion the model finds on this scan; check that it was "
                                 "drawn on (or made for) this scan.")
@@ -236,10 +287,14 @@ class Predictor:
             if found is not None:
                 match = found.b
                 warnings.append(training_data_notice(match, exact=found.speckle_ncc == 1.0))
-        threshold, source = self.malignancy_threshold(mode)
-        predicted = CLASSES[int(probabilities.argmax())]
-        return Prediction(predicted, {c: float(p) for c, p in zip(CLASSES, probabilities)}, mode, self.name, warnings,
-                          lesion, threshold, source, score, bool(unfamiliar), match)
+        threshold, source, target = self.malignancy_threshold(mode)
+        predicted = max(probabilities, key=probabilities.get)
+        outline = mask if mask is not None else (lesion if predicted != "normal" else None)
+        axes = (lesion_axes_mm(outline, scan.pixel_spacing_mm)
+                if outline is not None and scan.pixel_spacing_mm is not None else None)
+        return Prediction(predicted, probabilities, mode, self.name, warnings, lesion, threshold, source, target, score,
+                          bool(unfamiliar), match, self.card.exclusion_threshold, own, self.trust_figures(mode), axes,
+                          marks)
 
     def grad_cam(self, scan: Scan, target_class: str | int, mask: np.ndarray | None = None) -> np.ndarray:
         """Grad-CAM of ``target_class`` on the last convolutional block of the image path, at the
@@ -261,11 +316,6 @@ def not_ultrasound_message(name: str, score: float, limit: float) -> str:
     return (f"{subject} does not look like a breast ultrasound scan (its image texture scores {score:.1f}, where BUSI's "
             f"scans, augmented as in training, stay far below {limit:.1f}), so it was not classified; upload a B-mode "
             "breast ultrasound image.")
-
-
-def unfamiliar_notice(score: float, limit: float) -> str:
-    return (f"Unfamiliar scanner or view: accuracy not validated here. This scan's texture scores {score:.2f} "
-            f"against the training data, above the {limit:.2f} that 95 % of new BUSI scans stay under.")
 
 
 def training_data_notice(case_id: str, exact: bool) -> str:

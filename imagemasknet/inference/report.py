@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from imagemasknet.data.dataset import CLASSES
-from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.inference.stream import CSV_FIELDS, csv_row
+from imagemasknet.inference.verdict import how_decided, verdict
 
 NOTICE = "Research use only — not a diagnosis. This result must not be used to make clinical decisions."
 MODE_TEXT = {
@@ -45,36 +45,23 @@ def _bar(value: float, highlight: bool) -> str:
     return (f'<div class="bar"><div class="fill" style="width:{width:.1f}%;background:{colour}"></div></div>')
 
 
-def flag_sentence(prediction) -> str:
-    """The malignancy flag as one sentence (the report and the CSV say it so)."""
-    if prediction.malignancy_threshold is None:
-        return f"No malignancy flag: {flag_reason(prediction)}"
-    verdict = "Suspicious for malignancy" if prediction.suspicious_for_malignancy else "Not flagged for malignancy"
-    return f"{verdict}: {flag_reason(prediction)}"
-
-
-def flag_reason(prediction) -> str:
-    """Why the flag says what it says (the Classify page puts the verdict above it as its title)."""
-    p = prediction.probabilities["malignant"]
-    if prediction.malignancy_threshold is None:
-        return f"{prediction.threshold_source} (P(malignant) {p:.1%})."
-    relation = "reaches" if prediction.suspicious_for_malignancy else "is below"
-    return (f"P(malignant) {p:.1%} {relation} the threshold {prediction.malignancy_threshold:.1%}, "
-            f"set for {prediction.threshold_source}.")
-
-
-def _flag_class(prediction) -> str:
-    flagged = prediction.suspicious_for_malignancy
-    return "none" if flagged is None else "suspicious" if flagged else "clear"
+def _verdict_block(prediction) -> str:
+    said = verdict(prediction)
+    lines = [f'<p class="verdict-title">{html.escape(said.title)}</p>', f"<p>{html.escape(said.reason)}</p>",
+             f'<p class="trust">{html.escape(said.trust_line)}</p>']
+    if said.disagreement:
+        lines.append(f"<p>{html.escape(said.disagreement)}</p>")
+    return f'<section class="verdict {said.tone}">{"".join(lines)}</section>'
 
 
 def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: str, model_version: str,
-                generated: datetime | None = None) -> str:
-    """A self-contained HTML report of one prediction.
+                generated: datetime | None = None, case_id: str = "", reader: str = "") -> str:
+    """A self-contained HTML report of one prediction, for filing: it prints on one A4 or Letter page width.
 
     ``scan`` is a :class:`imagemasknet.data.scans.Scan`, ``prediction`` a :class:`imagemasknet.inference.predictor.Prediction`;
     ``overlays`` maps a caption to an image (e.g. the scan, the outlines, the Grad-CAM overlay), shown in
-    order. ``generated`` defaults to now (UTC).
+    order. ``generated`` defaults to now (UTC). ``case_id`` and ``reader`` are what the reader typed (kept in
+    the report only); blank ones leave a line to write on.
     """
     esc = html.escape
     when = (generated or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
@@ -91,9 +78,14 @@ def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: s
                 else "this model has no familiarity reference, so how far the scan is from the training data was not measured")
     warnings_block = (f'<section class="warn"><h2>Warnings</h2><ul>{warnings}</ul></section>' if warnings
                       else f'<p class="muted">No warnings: {esc(familiar)}.</p>')
-    flag_block = f'<p class="flag {_flag_class(prediction)}">{esc(flag_sentence(prediction))}</p>'
-    confidence_note = (f' <span class="low">low confidence (top probability under {LOW_CONFIDENCE_BELOW:.0%})</span>'
-                       if prediction.low_confidence else "")
+    decided = "".join(f"<li>{esc(line)}</li>" for line in how_decided(prediction))
+    given = " if the marked lesion is real" if prediction.mode == "mask" else ""
+    size = ("" if not prediction.lesion_axes_mm else
+            f"<dt>Lesion size</dt><dd>{prediction.lesion_axes_mm[0]:.1f} × {prediction.lesion_axes_mm[1]:.1f} mm "
+            "(long × short axis)</dd>")
+    blank = '<span class="blank"></span>'
+    case_line = esc(case_id) if case_id.strip() else blank
+    reader_line = esc(reader) if reader.strip() else blank
     figures = "\n".join(
         f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{png_base64(image)}">'
         f'<figcaption>{esc(caption)}</figcaption></figure>'
@@ -126,11 +118,22 @@ def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: s
   dl {{ display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }}
   dt {{ color: #5B6B7C; }} dd {{ margin: 0; }}
   .warn {{ background: #FFF4F2; border-left: 4px solid #D9534F; padding: .2rem 1rem; }}
-  .flag {{ font-size: 1.2rem; font-weight: 600; padding: .5rem .9rem; border-radius: 6px; }}
-  .flag.suspicious {{ background: #FDECEA; border: 2px solid #C62828; color: #8E1B1B; }}
-  .flag.clear {{ background: #EEF6EE; border: 1px solid #6BA26B; }}
-  .flag.none {{ background: #F3F4F6; border: 1px solid #B8C4D0; }}
-  .low {{ font-size: .95rem; color: #8A5A00; background: #FFF3D6; border-radius: 4px; padding: 0 .4rem; }}
+  .verdict {{ padding: .2rem 1rem; border-radius: 6px; }}
+  .verdict p {{ margin: .4rem 0; }}
+  .verdict-title {{ font-size: 1.3rem; font-weight: 700; }}
+  .verdict .trust {{ font-weight: 600; }}
+  .verdict.alarm {{ background: #FDECEA; border: 2px solid #C62828; color: #8E1B1B; }}
+  .verdict.reassuring {{ background: #EEF6EE; border: 1px solid #6BA26B; }}
+  .verdict.neutral {{ background: #F3F4F6; border: 1px solid #8A99A8; }}
+  .blank {{ display: inline-block; min-width: 16rem; border-bottom: 1px solid #1F2A37; }}
+  .signoff {{ margin-top: 1.5rem; display: grid; grid-template-columns: max-content auto; gap: 1.2rem 1rem; }}
+  @page {{ margin: 15mm; }}
+  @media print {{
+    body {{ margin: 0; max-width: none; padding: 0; font-size: 10.5pt; }}
+    .figures {{ gap: .5rem; }}
+    figure {{ flex: 1 1 30%; max-width: 32%; break-inside: avoid; }}
+    section, table, dl, .signoff {{ break-inside: avoid; }}
+  }}
   .figures {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
   figure {{ margin: 0; flex: 1 1 300px; max-width: 520px; }}
   figure img {{ width: 100%; height: auto; border-radius: 4px; border: 1px solid #D5DCE3; }}
@@ -141,25 +144,36 @@ def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: s
 <body>
 <h1>ImageMaskNet — breast ultrasound classification report</h1>
 <p class="notice"><strong>{esc(NOTICE)}</strong></p>
-{flag_block}
-<p class="result">Predicted class: <strong>{esc(prediction.predicted_class.capitalize())}</strong>
- (calibrated probability {prediction.confidence:.1%}){confidence_note}</p>
+<dl>
+  <dt>Case ID</dt><dd>{case_line}</dd>
+  <dt>File</dt><dd>{esc(name)}</dd>
+</dl>
+{_verdict_block(prediction)}
+<p class="result">Most likely: <strong>{esc(prediction.predicted_class.capitalize())}</strong>,
+ {prediction.confidence:.0%}{esc(given)}</p>
 <h2>Probabilities</h2>
 <table>{rows}</table>
 <h2>Details</h2>
 <dl>
-  <dt>File</dt><dd>{esc(name)}</dd>
+  {size}
   <dt>Scan</dt><dd>{width} × {height} pixels, {esc(str(scan.source_format))}</dd>
   <dt>Mode</dt><dd>{esc(mode)}</dd>
   <dt>Model</dt><dd>{esc(model_name)}</dd>
   <dt>Model version</dt><dd>{esc(str(version))}</dd>
   <dt>Date</dt><dd>{esc(when)}</dd>
 </dl>
+<h2>How this was decided</h2>
+<ul>{decided}</ul>
 {warnings_block}
 <h2>Images</h2>
 <div class="figures">
 {figures}
 </div>
+<section class="signoff">
+  <span>Read by</span><span>{reader_line}</span>
+  <span>Date</span><span class="blank"></span>
+  <span>Signature</span><span class="blank"></span>
+</section>
 <footer>Generated by ImageMaskNet. {esc(NOTICE)} Grad-CAM shows which regions raised the score of a class;
 it is not a lesion segmentation.</footer>
 </body>

@@ -34,8 +34,9 @@ from imagemasknet.inference.explain import heatmap_overlay
 
 SCAN_SUFFIXES = IMAGE_SUFFIXES | {".dcm", ".dicom"}
 CSV_FIELDS = ["file", "predicted_class", "p_normal", "p_benign", "p_malignant", "suspicious_for_malignancy",
-              "malignancy_threshold", "low_confidence", "unfamiliar", "familiarity_score", "in_training_data", "mode",
-              "model", "warnings", "error_type", "error_message"]
+              "malignancy_threshold", "lesion_not_excluded", "trust", "low_confidence", "unfamiliar", "familiarity_score",
+              "in_training_data", "lesion_long_mm", "lesion_short_mm", "mode", "model", "warnings", "error_type",
+              "error_message"]
 FORMATS = ("jsonl", "csv")
 
 
@@ -151,10 +152,13 @@ def csv_row(record: dict) -> list[str]:
     def flag(value) -> str:
         return "" if value is None else str(bool(value)).lower()
 
+    axes = record.get("lesion_axes_mm") or (None, None)
     return [text(record["file"]), record.get("predicted_class", ""), *(number(p.get(c)) for c in CLASSES),
             flag(record.get("suspicious_for_malignancy")), number(record.get("malignancy_threshold")),
+            flag(record.get("lesion_not_excluded")), record.get("trust", ""),
             flag(record.get("low_confidence")), flag(record.get("unfamiliar")), number(record.get("familiarity_score"), 3),
-            text(record.get("in_training_data")), record.get("mode", ""), record.get("model", ""),
+            text(record.get("in_training_data")), number(axes[0], 1), number(axes[1], 1),
+            record.get("mode", ""), record.get("model", ""),
             text(" | ".join(record.get("warnings", []))), error.get("type", ""), text(error.get("message", ""))]
 
 

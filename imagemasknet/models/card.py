@@ -37,7 +37,8 @@ class ModelCard:
     storage: str = ""
     date: str = ""
     note: str = ""  # a provisional card says so here
-    malignancy_flag: dict = field(default_factory=dict)  # target_sensitivity, modes: {mode: {threshold, …}}
+    malignancy_flag: dict = field(default_factory=dict)  # target_sensitivity, modes: {mode: {threshold, footing, …}}
+    lesion_exclusion: dict = field(default_factory=dict)  # target, threshold on P(normal), figures
     familiarity: dict = field(default_factory=dict)
     low_confidence: dict = field(default_factory=dict)
     cross_validation: dict = field(default_factory=dict)  # mode → metric → {mean, std, …}, plus folds
@@ -124,6 +125,32 @@ class ModelCard:
         modes = self.malignancy_flag.get("modes")
         return {m: float(v["threshold"]) for m, v in (modes if isinstance(modes, dict) else {}).items()
                 if isinstance(v, dict) and isinstance(v.get("threshold"), (int, float))}
+
+    def flag_footing(self, mode: str) -> str:
+        """What the mode's threshold applies to: P(malignant), or P(malignant | a lesion) for mask mode."""
+        entry = (self.malignancy_flag.get("modes") or {}).get(mode)
+        return entry.get("footing", "P(malignant)") if isinstance(entry, dict) else "P(malignant)"
+
+    def flag_sensitivity(self, mode: str, where: str = "cross_validated") -> float | None:
+        """The flag's measured sensitivity in ``mode``: ``cross_validated`` (the training data, out of fold) or a
+        data set's name (as the card stores it)."""
+        entry = (self.malignancy_flag.get("modes") or {}).get(mode)
+        figure = entry.get(where, {}).get("sensitivity", {}) if isinstance(entry, dict) else {}
+        value = figure.get("value") if isinstance(figure, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def unseen_hospital(self, mode: str) -> float | None:
+        """The flag's sensitivity in ``mode`` at a hospital the model never trained on (``malignancy_flag``'s
+        ``unseen_hospital``: {"measured_on", "sensitivity": {mode: value}}), or None when not measured."""
+        entry = self.malignancy_flag.get("unseen_hospital")
+        value = (entry.get("sensitivity") or {}).get(mode) if isinstance(entry, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def exclusion_threshold(self) -> float | None:
+        """The P(normal) a scan must exceed to be reassured as normal; None: the model never reassures."""
+        value = self.lesion_exclusion.get("threshold")
+        return float(value) if isinstance(value, (int, float)) else None
 
     @property
     def flag_target(self) -> float:

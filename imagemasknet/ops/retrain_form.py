@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from imagemasknet.data.sources import TRAINING_SETS
 from imagemasknet.models import list_models
 from imagemasknet.training.config import PRESETS, TrainConfig
 
@@ -40,6 +41,8 @@ def form_fields() -> list[FormField]:
         common = dict(name=f.name, default=f.default, help=meta.get("help", ""))
         if f.name == "arch":
             out.append(FormField(kind="choice", choices=tuple(list_models()), **common))
+        elif f.name == "sources":
+            out.append(FormField(kind="choice", choices=TRAINING_SETS, **common))
         elif f.name == "fold":
             out.append(FormField(kind="fold", choices=(None, 0, 1, 2, 3, 4), **common))
         elif f.name == "limit":
