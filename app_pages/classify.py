@@ -34,6 +34,8 @@ from imagemasknet.models.card import active_card
 
 MODE_LABEL = {"image": "image only", "mask": "with mask"}
 SUSPICIOUS_ROW = "background-color: #FDECEA"
+#: Decoded scans one session may hold (each at most 1024 px a side: 4 MB), so ten sessions stay well under a GB.
+SESSION_SCAN_BYTES = 192 * 2**20
 #: The batch table's columns: together under the 818 px its column has in a 1280-px window (measured in Chromium).
 COLUMN_PX = {"File": 190, "Verdict": 190, "Trust": 95, "Most likely": 110, "P(malignant)": 100, "Notes": 120}
 UPLOAD, DRAW = "Upload a mask file", "Draw on the scan"
@@ -90,9 +92,9 @@ def load_predictor(name: str) -> predict_module.Predictor:
     return _load_predictor(model_key(name), name)
 
 
-# Each entry holds the lesion outline at the scan's size (about 0.3 MB for a BUSI scan), so the count bounds
-# the server's memory; a miss costs one ~20 ms forward pass.
-@st.cache_data(max_entries=128, ttl=6 * 3600, show_spinner="Classifying…")
+# Each entry holds the lesion outline and the burnt-in marks at the scan's working size (at most 1 MB each,
+# 0.25 MB for a BUSI scan), so the count bounds the server's memory; a miss costs one forward pass.
+@st.cache_data(max_entries=64, ttl=6 * 3600, show_spinner="Classifying…")
 def cached_prediction(model: str, key: str, site: tuple, scan_digest: str, mask_digest: str | None, _scan, _mask):
     """``site`` names the saved site threshold's version, which the malignancy flag depends on."""
     return load_predictor(model).predict(_scan, _mask)
@@ -110,19 +112,16 @@ def site_threshold_version() -> tuple:
 def cached_grad_cam(model: str, key: str, scan_digest: str, mask_digest: str | None, target: str, size_hw: tuple[int, int],
                     _scan, _mask) -> np.ndarray:
     heat = load_predictor(model).grad_cam(_scan, target, _mask)
-    return resize_heat(heat, size_hw)
+    return resize_heat(heat, size_hw).astype(np.float16)  # half the memory; a display needs no more
 
 
-def session_memo(store: str, key, compute, limit: int = 64):
-    """A small per-session LRU (decoded scans stay with the session that uploaded them)."""
-    cache = st.session_state.setdefault(store, OrderedDict())
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    value = cache[key] = compute()
-    while len(cache) > limit:
-        cache.popitem(last=False)
-    return value
+def decoded_scans() -> OrderedDict:
+    """This session's decoded scans (content digest and name → (scan, error)), least recently used first."""
+    return st.session_state.setdefault("classify_scan_cache", OrderedDict())
+
+
+def held_bytes(cache: OrderedDict) -> int:
+    return sum(scan.nbytes for scan, _ in cache.values() if scan is not None)
 
 
 def canvas_component():
@@ -176,8 +175,12 @@ def model_controls() -> tuple[str, bool]:
 
 
 def read_uploads(files: list) -> list[Item]:
+    """Each upload decoded once per session (at the working size, :data:`scans.WORKING_LONG_SIDE`). The
+    session keeps at most :data:`SESSION_SCAN_BYTES` of decoded scans: older ones are dropped, and a file
+    that would not fit beside this batch's earlier files is refused with a sentence."""
     digests = st.session_state.setdefault("classify_digests", {})
-    items = []
+    cache = decoded_scans()
+    items, batch_bytes = [], 0
     for index, uploaded in enumerate(files):
         file_id = getattr(uploaded, "file_id", None)
         digest = digests.get(file_id) if file_id else None
@@ -186,19 +189,31 @@ def read_uploads(files: list) -> list[Item]:
             if file_id:
                 digests[file_id] = digest
         item = Item(index, uploaded.name, digest)
-
-        def decode(uploaded=uploaded):
+        items.append(item)
+        key = (digest, uploaded.name)
+        if key not in cache:
+            if batch_bytes >= SESSION_SCAN_BYTES:
+                item.error, item.error_type = session_full(uploaded.name, len(files)), "SessionMemoryError"
+                continue
             try:
-                return scans.read_scan(uploaded.getvalue(), name=uploaded.name), None
+                cache[key] = scans.read_scan(uploaded.getvalue(), name=uploaded.name), None
             except scans.ScanError as error:
-                return None, error
-
-        scan, error = session_memo("classify_scan_cache", (digest, uploaded.name), decode)
+                cache[key] = None, error
+        cache.move_to_end(key)
+        scan, error = cache[key]
+        while held_bytes(cache) > SESSION_SCAN_BYTES and len(cache) > 1:
+            cache.popitem(last=False)  # least recently used first: never this batch's newest
         if error is not None:
             item.error, item.error_type = str(error), type(error).__name__
         item.scan = scan
-        items.append(item)
+        batch_bytes += scan.nbytes if scan is not None else 0
     return items
+
+
+def session_full(name: str, count: int) -> str:
+    return (f"'{name}' was not read: the {count} files uploaded at once need more than this session's "
+            f"{SESSION_SCAN_BYTES // 2**20} MB for decoded scans. Remove some files, or classify them in smaller "
+            "batches.")
 
 
 def attach_uploaded_masks(items: list[Item], mask_files: list) -> None:
@@ -211,7 +226,8 @@ def attach_uploaded_masks(items: list[Item], mask_files: list) -> None:
             item.notes.append("No mask file matched this scan, so it was classified from the image alone.")
             continue
         try:
-            masks = [scans.read_mask(f.getvalue(), item.scan.pixels.shape, name=f.name) for f in files]
+            masks = [scans.read_mask(f.getvalue(), item.scan.pixels.shape, name=f.name, original_hw=item.scan.original_hw)
+                     for f in files]
         except scans.ScanError as error:
             item.notes.append(f"{error} The scan was classified from the image alone.")
             continue
@@ -226,7 +242,10 @@ def attach_drawn_masks(items: list[Item]) -> None:
             continue
         drawn = drawings.get(item.digest)
         if drawn is not None and drawn["mask"].shape == item.scan.pixels.shape and drawn["mask"].any():
-            item.mask, item.mask_source = drawn["mask"], "drawn"
+            try:
+                item.mask, item.mask_source = scans.check_lesion(drawn["mask"], "The drawing"), "drawn"
+            except scans.ScanError as error:
+                item.notes.append(f"{error} The scan was classified from the image alone.")
         else:
             item.notes.append("Nothing is drawn on this scan yet, so it was classified from the image alone.")
 

@@ -5,12 +5,14 @@ and the job runs as its own process, so it carries on when the browser closes.
 from __future__ import annotations
 
 import math
+import secrets
 
 import pandas as pd
 import streamlit as st
 
 from app_pages import md
 from imagemasknet.app import charts, tables
+from imagemasknet.core.paths import runs_root
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.models.card import active_card, previous_card
 from imagemasknet.ops import access, jobs, promotion, retrain_form, train_lock
@@ -106,8 +108,9 @@ def admin_panel() -> None:
         password = st.text_input("Administrator password", type="password", max_chars=access.MAX_PASSWORD_LENGTH)
         submitted = st.form_submit_button("Sign in", icon=":material/login:")
     if submitted:
+        client = access.Client(st.session_state.setdefault("client_id", secrets.token_hex(8)), st.context.ip_address)
         try:
-            st.session_state["admin_session"] = access.login(password)
+            st.session_state["admin_session"] = access.login(password, client=client)
         except (access.AccessError, access.ConfigError) as error:
             st.error(str(error), icon=":material/block:")
         else:
@@ -247,7 +250,11 @@ def confirm_promotion(name: str) -> None:
 @st.fragment(run_every=2)
 def watch() -> None:
     st.subheader("Runs")
-    jobs.log_endings()
+    try:
+        jobs.log_endings()
+    except OSError as error:  # a read-only or full runs folder: watching still works, changing does not
+        st.warning(f"The runs folder {md(runs_root())} cannot be written ({md(error.strerror or error)}): no run "
+                   "can be launched, cancelled or promoted here until it can.", icon=":material/warning:")
     running = jobs.current_job()
     recent = jobs.recent_jobs()
     names = [j.name for j in recent]

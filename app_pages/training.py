@@ -105,12 +105,19 @@ if shipped_history:
                    "show; its test figures are the cross-validation's above.")
 
 # --- audit log ---------------------------------------------------------------------------------------
-jobs.log_endings()
+try:
+    jobs.log_endings()
+except OSError as error:  # a read-only or full runs folder: the page still shows what it can read
+    st.warning(f"The runs folder cannot be written ({error.strerror or error}), so runs that ended are not yet in "
+               "the audit log; the Retrain page cannot launch or promote until it can.", icon=":material/warning:")
 log_entries = audit_log.read()
 with st.expander(f"Audit log: launches, cancels, finishes, failures, promotions, roll backs, sign-ins "
                  f"({len(log_entries.entries)})"):
     if log_entries.entries:
-        st.dataframe(pd.DataFrame(audit_log.display_rows(log_entries.entries)), hide_index=True, width="stretch")
+        actions = st.multiselect("Actions", audit_log.ACTIONS, key="t_audit_actions", placeholder="every action",
+                                 help="Show only these actions: a flood of refused sign-ins never hides a promotion.")
+        shown_entries = [e for e in log_entries.entries if not actions or e.get("action") in actions]
+        st.dataframe(pd.DataFrame(audit_log.display_rows(shown_entries)), hide_index=True, width="stretch")
         st.caption(f"Newest first, from `{audit_log.log_path()}` (append-only). Model hashes are the first 12 hex "
                    "digits of the active weights' SHA-256 before and after each action.")
     else:
@@ -194,9 +201,11 @@ def show_runs(runs: list[run_folder.RunFolder]) -> None:
     # --- one run's evaluation ----------------------------------------------------------------------------
     st.subheader("Evaluation of a run")
     names = [r.name for r in runs]
-    # Default: the first run evaluated on its own test fold, else the first with any evaluation.
-    first = next((n for n in names if {"metrics-test", "metrics"} & set(by_name[n].metrics) and by_name[n].fold is not None),
-                 next((n for n in names if by_name[n].metrics), names[0]))
+    # Default: the first sound run evaluated on its own test fold, else the first with any evaluation; a damaged
+    # run (its problems named above) is never picked for the visitor.
+    sound = [n for n in names if not by_name[n].problems] or names
+    first = next((n for n in sound if {"metrics-test", "metrics"} & set(by_name[n].metrics) and by_name[n].fold is not None),
+                 next((n for n in sound if by_name[n].metrics), sound[0]))
     name = st.selectbox("Run", names, index=names.index(first), key="t_run")
     run = by_name[name]
     status = run.status
@@ -234,11 +243,7 @@ def show_runs(runs: list[run_folder.RunFolder]) -> None:
                 ece = tables.value_of(result.get("metrics", {}).get("ece"))
                 right.plotly_chart(charts.reliability_figure(result["reliability"], f"Reliability ({mode})", ece),
                                    config=PLOT_CONFIG, key=f"rel_{mode}")
-    log = ""
-    try:
-        log = "\n".join((run.path / "log.txt").read_text(errors="replace").splitlines()[-30:])
-    except OSError:
-        pass
+    log = run.log_tail(30)
     if log:
         with st.expander("Log (last 30 lines)"):
             st.code(log, language=None)

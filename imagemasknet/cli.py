@@ -312,8 +312,9 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 def _describe(record: dict) -> str:
     """A record as one line of text (``predict`` without --json/--csv/--out)."""
+    from imagemasknet.inference.stream import printable  # imports PyTorch: only once predicting
     if "error" in record:
-        return f"{record['file']}: ERROR {record['error']['message']}"
+        return f"{printable(record['file'])}: ERROR {record['error']['message']}"
     p = record["probabilities"]
     warn = f"  [{'; '.join(record['warnings'])}]" if record["warnings"] else ""
     flag = {True: "SUSPICIOUS FOR MALIGNANCY", False: "not flagged", None: "no malignancy threshold"}[
@@ -322,7 +323,7 @@ def _describe(record: dict) -> str:
     excluded = "; a lesion cannot be excluded" if record.get("lesion_not_excluded") else ""
     size = (f"; lesion {record['lesion_axes_mm'][0]:.1f} x {record['lesion_axes_mm'][1]:.1f} mm"
             if record.get("lesion_axes_mm") else "")
-    return (f"{record['file']}: {flag}{threshold}{excluded}; trust: {record.get('trust', '?')}; predicted "
+    return (f"{printable(record['file'])}: {flag}{threshold}{excluded}; trust: {record.get('trust', '?')}; predicted "
             f"{record['predicted_class']} ({p[record['predicted_class']]:.1%}; normal {p['normal']:.2f}, benign "
             f"{p['benign']:.2f}, malignant {p['malignant']:.2f}; {record['mode']} mode){size}{warn}")
 

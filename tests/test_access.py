@@ -94,27 +94,60 @@ class Clock:
         return self.now
 
 
-def test_wrong_password_then_rate_limit_then_recovery(monkeypatch, admin_hash):
+def test_a_guessing_client_is_paused_but_never_locks_the_administrator_out(monkeypatch, admin_hash):
+    """Issue 28: five wrong passwords used to refuse every sign-in for five minutes, the administrator's own
+    included; now only the guessing browser session (and, later, its address) is paused."""
     monkeypatch.setenv(access.HASH_ENV, admin_hash)
     clock = Clock()
+    guesser, administrator = access.Client("tab-guess", "203.0.113.9"), access.Client("tab-admin", "198.51.100.7")
     for attempt in range(access.MAX_FAILURES):
         with pytest.raises(access.AccessError, match="Wrong password"):
-            access.login("not the password", clock=clock)
+            access.login("not the password", clock=clock, client=guesser)
         clock.now += 1
-    # the limit holds for the right password too, and across "sessions" (it lives in the runs folder)
-    with pytest.raises(access.RateLimitedError) as limited:
-        access.login(ADMIN_PASSWORD, clock=clock)
+    with pytest.raises(access.RateLimitedError) as limited:  # the guessing session, even with the right password
+        access.login(ADMIN_PASSWORD, clock=clock, client=guesser)
     assert 290 <= limited.value.wait_s <= access.FAILURE_WINDOW_S
-    clock.now += access.FAILURE_WINDOW_S
-    session = access.login(ADMIN_PASSWORD, clock=clock)
+    session = access.login(ADMIN_PASSWORD, clock=clock, client=administrator)
     assert access.require_admin(session, clock=clock) is session
-    # a success clears the count: five more failures are needed to be locked out again
-    for attempt in range(access.MAX_FAILURES - 1):
+    # new sessions from the guesser's address get MAX_ADDRESS_FAILURES tries in all, then that address waits
+    for n in range(access.MAX_ADDRESS_FAILURES - access.MAX_FAILURES):
         with pytest.raises(access.AccessError, match="Wrong password"):
-            access.login("still not it", clock=clock)
-    assert access.login(ADMIN_PASSWORD, clock=clock)
-    outcomes = [e["outcome"] for e in audit_log.read().entries if e["action"] == "login"]
-    assert outcomes == ["wrong password"] * 5 + ["rate limited", "ok"] + ["wrong password"] * 4 + ["ok"]
+            access.login("guess", clock=clock, client=access.Client(f"tab-{n}", "203.0.113.9"))
+    with pytest.raises(access.RateLimitedError):
+        access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("tab-fresh", "203.0.113.9"))
+    assert access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("tab-other", "192.0.2.44"))
+    # behind a reverse proxy every client is the machine itself: counted by session alone
+    assert access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("tab-proxied", "127.0.0.1"))
+    clock.now += access.FAILURE_WINDOW_S
+    assert access.login(ADMIN_PASSWORD, clock=clock, client=guesser)  # the pause ends with the window
+
+
+def test_a_flood_of_refused_sign_ins_leaves_a_few_attributed_audit_lines(monkeypatch, admin_hash):
+    """Issue 28: fifty refused attempts were fifty audit lines with no session or client."""
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    monkeypatch.setattr(access, "verify_password", lambda password, stored: password == ADMIN_PASSWORD)  # fast
+    clock = Clock()
+    for n in range(50):
+        with pytest.raises(access.AccessError):
+            access.login("guess", clock=clock, client=access.Client("tab-flood", "203.0.113.9"))
+        clock.now += 0.02
+    clock.now += access.AUDIT_REFUSALS_EVERY_S
+    with pytest.raises(access.AccessError):
+        access.login("guess", clock=clock, client=access.Client("tab-flood", "203.0.113.9"))
+    lines = [e for e in audit_log.read().entries if e["action"] == "login"]
+    assert len(lines) == 2 and all(e["session"] == "tab-flood" and "203.0.113.9" in e["detail"] for e in lines)
+    assert "49 more refused attempts" in lines[-1]["detail"]  # the first of the fifty had its own line
+
+
+def test_sign_in_on_a_runs_folder_that_cannot_be_written_says_why(monkeypatch, admin_hash, tmp_path):
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(access, "write_json", full)
+    with pytest.raises(access.AccessError, match="cannot be written \\(No space left on device\\)"):
+        access.login("a wrong one", root=tmp_path)
 
 
 def test_sessions_expire_cannot_be_forged_and_end_when_the_password_changes(monkeypatch, admin_hash):

@@ -23,6 +23,7 @@ from imagemasknet.app import tables
 from imagemasknet.core import run_folder
 from imagemasknet.data.splits import load_folds
 from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.ops import jobs
 
 REPO = Path(__file__).resolve().parent.parent
 GALLERY = str(REPO / "app_pages" / "gallery.py")
@@ -374,6 +375,36 @@ def test_training_page_shows_runs_charts_and_survives_broken_folders(runs_folder
     at.multiselect(key="t_runs").set_value(["tiny-fold1"] + [n for n in at.multiselect(key="t_runs").options
                                                               if n != "tiny-fold1"][:2]).run(timeout=TIMEOUT)
     _no_errors(at)
+
+
+def test_a_damaged_run_or_a_read_only_runs_folder_never_breaks_the_training_page(runs_folder, monkeypatch, tmp_path):
+    """Issue 28: a metrics.json whose confusion matrix is a string broke the page (and that run was the
+    default selection); a planted link showed /etc/passwd as the log; a read-only runs folder crashed it."""
+    root = tmp_path / "results"
+    shutil.copytree(runs_folder / "tiny-fold1", root / "a-damaged-fold0")
+    shutil.copytree(runs_folder / "tiny-fold1", root / "tiny-fold1")
+    report = json.loads((root / "a-damaged-fold0" / "metrics.json").read_text())
+    for mode in report["modes"].values():
+        mode["confusion"] = "not a table"
+    (root / "a-damaged-fold0" / "metrics-test.json").write_text(json.dumps(report))
+    (root / "a-damaged-fold0" / "log.txt").unlink(missing_ok=True)
+    (root / "a-damaged-fold0" / "log.txt").symlink_to("/etc/passwd")
+    monkeypatch.setenv("IMAGEMASKNET_RUNS", str(root))
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(jobs, "log_endings", read_only)
+    at = _app(TRAINING)
+    at.run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert at.selectbox(key="t_run").value == "tiny-fold1"  # not the damaged run
+    warnings = " ".join(w.value for w in at.warning)
+    assert "a-damaged-fold0" in warnings and "confusion matrix that is not a square table" in warnings
+    assert "cannot be written (Read-only file system)" in warnings
+    at.selectbox(key="t_run").set_value("a-damaged-fold0").run(timeout=TIMEOUT)
+    _no_errors(at)
+    assert "root:" not in _page_text(at) and not any("root:x:" in c.value for c in at.code)
 
 
 def _page_text(at: AppTest) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from imagemasknet.cli import build_parser
@@ -58,7 +59,7 @@ def test_predict_records_follow_the_contract(busi_root, tmp_path, capsys):
         assert record["suspicious_for_malignancy"] == (record["probabilities"]["malignant"] >= record["malignancy_threshold"])
     assert record["in_training_data"] == "malignant (1)"
     assert any("in the training data: its result is not a test" in w for w in record["warnings"])
-    assert error == {"file": str(junk), "error": {"type": "NotAnImageError", "message": error["error"]["message"]}}
+    assert error == {"file": str(junk), "error": {"type": "UnsupportedFileError", "message": error["error"]["message"]}}
 
 
 def test_a_photograph_gets_an_error_record_not_a_class(tmp_path, capsys):
@@ -80,3 +81,55 @@ def test_a_photograph_gets_an_error_record_not_a_class(tmp_path, capsys):
     (record,) = json.loads(capsys.readouterr().out)
     assert record["error"]["type"] == "NotUltrasoundError"
     assert "does not look like a breast ultrasound scan" in record["error"]["message"] and "cat.png" in record["error"]["message"]
+
+
+def test_predict_accounts_for_every_path_it_is_given_or_finds(busi_root, tmp_path, capsys):
+    """Issue 28: a folder's GIFs, WebPs, extensionless DICOMs and stray files were skipped without a record;
+    a FIFO blocked forever; /dev/zero ended in a traceback; a name that is not UTF-8 stopped --out."""
+    import io
+    import json
+    import os
+
+    from PIL import Image
+
+    from imagemasknet.cli import main
+    from test_measure import dicom_bytes
+
+    scan = busi_root / "benign" / "images" / "benign (2).png"
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    image = Image.open(scan).convert("L")
+    image.save(folder / "as.gif")
+    image.save(folder / "as.webp")
+    (folder / "no-extension").write_bytes(dicom_bytes(np.asarray(image), "none"))
+    (folder / "drawing.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (folder / "notes.txt").write_text("not a scan")
+    odd = os.fsencode(str(folder)) + b"/caf\xe9.png"
+    with open(odd, "wb") as handle:
+        handle.write(scan.read_bytes())
+    os.mkfifo(folder / "a-pipe")
+    with open(folder / "huge.png", "wb") as handle:
+        handle.truncate(2 * 2**30)  # sparse: refused by its size before a byte is read
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(folder), "/dev/zero", "--out", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    names = [os.path.basename(r["file"]) for r in records]
+    assert len(records) == 9 and sorted(names) == sorted(
+        ["as.gif", "as.webp", "no-extension", "drawing.svg", "notes.txt", "caf\udce9.png", "a-pipe", "huge.png", "zero"])
+    by_name = dict(zip(names, records))
+    for readable in ("as.gif", "as.webp", "no-extension", "caf\udce9.png"):
+        assert "predicted_class" in by_name[readable], by_name[readable]
+    for refused in ("drawing.svg", "notes.txt"):
+        assert by_name[refused]["error"]["type"] == "UnsupportedFileError"
+    for unread in ("a-pipe", "zero", "huge.png"):
+        assert by_name[unread]["error"]["type"] == "UnreadableFileError"
+    assert "larger than 256 MB" in by_name["huge.png"]["error"]["message"]
+    # --resume knows every one of them, the odd name included, and the CSV escapes that name
+    assert main(["predict", str(folder), "/dev/zero", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert len(out.read_text().splitlines()) == 9
+    table = tmp_path / "out.csv"
+    assert main(["predict", str(folder), "--out", str(table), "--no-progress"]) == 0
+    assert "caf\\xe9.png" in table.read_text(encoding="utf-8")
+    assert main(["predict", str(folder), "--out", str(table), "--resume", "--no-progress"]) == 0
+    assert len(table.read_text(encoding="utf-8").splitlines()) == 1 + 8
+    capsys.readouterr()

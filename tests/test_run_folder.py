@@ -62,3 +62,40 @@ def test_folds_group_by_preset_and_only_the_root_and_its_result_folders_are_list
     assert scan_runs(root / "escape", inside=root) == []
     groups = cv_groups(scan_runs(root / "cv", inside=root))
     assert [r.fold for r in groups["lesion-resunet"]] == [0, 1]
+
+
+# --------------------------------------------------------------------------------------------- issue 28
+
+
+def test_links_planted_in_a_run_folder_are_never_followed(tmp_path):
+    """A visitor's page read what a planted link pointed to (`ln -s /etc/passwd runs/r/log.txt`); now the
+    link is named as a problem and nothing behind it is read."""
+    secret = tmp_path / "secrets.toml"
+    secret.write_text('admin_password_hash = "scrypt$..."\n')
+    folder = _run(tmp_path / "planted")
+    (folder / "log.txt").symlink_to(secret)
+    (folder / "config.json").unlink()
+    (folder / "config.json").symlink_to(secret)
+    run = RunFolder(folder)
+    assert run.log_tail() == "" and run.config == {}
+    assert any("config.json" in p and "symbolic link" in p for p in run.problems)
+    from imagemasknet.ops.jobs import Job
+    assert "scrypt" not in Job._read(folder / "log.txt")
+
+
+def test_damaged_run_files_are_problems_not_crashes(tmp_path):
+    folder = _run(tmp_path / "odd")
+    write_json(folder / "metrics-test.json", {"modes": {"image": {"confusion": "not a table", "metrics": {}}}})
+    (folder / "history.json").write_text("[" * 100_000 + "]" * 100_000)
+    with open(folder / "metrics-big.json", "wb") as big:  # 2 GB, sparse: refused by its size, never read
+        big.truncate(2 * 2**30)
+    with open(folder / "log.txt", "wb") as log:
+        log.truncate(2 * 2**30)
+        log.seek(2 * 2**30 - 20)
+        log.write(b"\nlast line of a log\n")
+    run = RunFolder(folder)
+    assert "metrics-test.json has a 'image' confusion matrix that is not a square table of counts" in run.problems
+    assert any("history.json is nested too deeply" in p for p in run.problems) and run.history == []
+    assert any("metrics-big.json" in p and "more than" in p for p in run.problems)
+    assert set(run.metrics) == {"metrics"}  # the sound report is still there
+    assert run.log_tail(1) == "last line of a log"  # the end of a 2 GB log, read from its last 64 KB

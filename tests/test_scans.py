@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from imagemasknet.data import scans
-from imagemasknet.data.scans import (AspectRatioError, CorruptImageError, DecompressionBombError, EmptyFileError,
-                                     ImageTooSmallError, MaskError, MultiFrameError, NotAnImageError, Scan, ScanError,
-                                     mask_from_drawing, read_mask, read_scan)
+from imagemasknet.data.scans import (WORKING_LONG_SIDE, AspectRatioError, CorruptImageError, DecompressionBombError,
+                                     EmptyFileError, ImageTooSmallError, MaskError, MultiFrameError, NotAnImageError, Scan,
+                                     ScanError, UnsupportedFileError, mask_from_drawing, read_mask, read_scan)
 
 BUSI = Path(__file__).resolve().parents[1] / "data" / "busi" / "Dataset_BUSI_with_GT"  # bundled with the project
 if not BUSI.is_dir():
@@ -318,9 +318,9 @@ def _dicom_no_pixels() -> bytes:
 
 REFUSALS = {
     "empty": (lambda: b"", EmptyFileError),
-    "text": (lambda: b"Patient notes: nothing to see here.\n" * 20, NotAnImageError),
-    "pdf": (lambda: b"%PDF-1.4\n" + bytes(range(256)) * 4, NotAnImageError),
-    "eps-not-attempted": (lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n", NotAnImageError),
+    "text": (lambda: b"Patient notes: nothing to see here.\n" * 20, UnsupportedFileError),
+    "pdf": (lambda: b"%PDF-1.4\n" + bytes(range(256)) * 4, UnsupportedFileError),
+    "eps-not-attempted": (lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n", UnsupportedFileError),
     "truncated-png": (lambda: _real_png()[: len(_real_png()) // 2], CorruptImageError),
     "truncated-png-header": (lambda: _real_png()[:20], CorruptImageError),
     "png-bad-crc": (lambda: png_header(500, 400, good_crc=False, tail=_real_png()[33:]), CorruptImageError),
@@ -518,11 +518,36 @@ def test_mask_rgba_transparent_is_background(busi_mask):
     np.testing.assert_array_equal(read_mask(to_bytes(palette, "PNG", transparency=0), hw), busi_mask)
 
 
-def test_mask_empty_is_allowed():
-    for data in (to_bytes(Image.fromarray(np.zeros((50, 70), np.uint8)), "PNG"),
-                 to_bytes(Image.fromarray(np.zeros((50, 70, 4), np.uint8), "RGBA"), "PNG")):
-        got = read_mask(data, (50, 70))
-        assert got.shape == (50, 70) and not got.any()
+def _float_tiff(values: np.ndarray) -> bytes:
+    return to_bytes(Image.fromarray(values.astype(np.float32), "F"), "TIFF")
+
+
+@pytest.mark.parametrize("data, says", [
+    (to_bytes(Image.fromarray(np.zeros((50, 70), np.uint8)), "PNG"), "marks no lesion"),
+    (to_bytes(Image.fromarray(np.zeros((50, 70, 4), np.uint8), "RGBA"), "PNG"), "marks no lesion"),
+    (to_bytes(Image.fromarray(np.full((50, 70), 255, np.uint8)), "PNG"), "marks 100% of the scan"),
+    (to_bytes(Image.fromarray(np.tile(np.linspace(0, 255, 70).astype(np.uint8), (50, 1))), "PNG"), "shades of grey"),
+    (_float_tiff(np.where(np.eye(50, 70) > 0, np.nan, 1.0)), "not brightness"),
+    (_float_tiff(-np.ones((50, 70))), "not brightness"),
+], ids=["black", "transparent", "all-white", "gradient", "nan", "negative"])
+def test_an_odd_mask_is_refused_naming_what_is_wrong(data, says):
+    """Issue 28: a mask is read, not trusted (these were used without a word: a gradient thresholded at a
+    quarter, an all-white mask as a scan-wide lesion, NaN and negative masks as empty ones)."""
+    with pytest.raises(MaskError) as info:
+        read_mask(data, (50, 70), name="odd.png")
+    assert "'odd.png'" in str(info.value) and says in str(info.value)
+
+
+def test_a_mask_at_the_scan_files_own_size_follows_the_shrunk_scan():
+    big = np.zeros((2400, 3000), np.uint8)
+    big[600:1200, 900:1800] = 255
+    scan = read_scan(to_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (2400, 3000), np.uint8)), "PNG"))
+    assert max(scan.pixels.shape) == WORKING_LONG_SIDE and scan.original_hw == (2400, 3000)
+    assert scan.rgb.shape[:2] == scan.pixels.shape
+    mask = read_mask(to_bytes(Image.fromarray(big), "PNG"), scan.pixels.shape, original_hw=scan.original_hw)
+    assert mask.shape == scan.pixels.shape and abs(mask.mean() - 0.075) < 0.005
+    with pytest.raises(MaskError, match="but the scan is 3000 × 2400"):
+        read_mask(to_bytes(Image.fromarray(big[:1000]), "PNG"), scan.pixels.shape, original_hw=scan.original_hw)
 
 
 @pytest.mark.parametrize("data", [

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,8 +87,54 @@ def folder_lock(root: Path, name: str) -> Iterator[None]:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
-    """Read a JSON file we wrote; a missing or unreadable file gives ``default``."""
+    """Read a JSON file we wrote; a missing, unreadable or absurdly nested file gives ``default``."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return default
+
+
+class UnsafeFileError(OSError):
+    """A file a reader refuses to open: a symbolic link, not a regular file, or larger than it may be."""
+
+
+def _open_regular(path: Path, follow_links: bool = False) -> tuple[int, os.stat_result]:
+    """A read descriptor on ``path`` and its stat, for a regular file (``O_NOFOLLOW`` unless ``follow_links``:
+    a link planted in a folder is never followed; ``O_NONBLOCK``: a FIFO cannot stall the open)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        if os.path.islink(path):
+            raise UnsafeFileError(f"{Path(path).name} is a symbolic link, which is not followed") from error
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UnsafeFileError(f"{Path(path).name} is not a regular file")
+    return fd, info
+
+
+def read_regular(path: str | os.PathLike, limit: int, follow_links: bool = False) -> bytes:
+    """The bytes of a regular file, never through a symbolic link (unless ``follow_links``) and never more than
+    ``limit`` of them (checked before reading): :class:`UnsafeFileError` (an ``OSError``) naming the file
+    otherwise."""
+    fd, info = _open_regular(Path(path), follow_links)
+    try:
+        if info.st_size > limit:
+            raise UnsafeFileError(f"{Path(path).name} is {info.st_size:,} bytes, more than the {limit:,} it may have")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
+
+
+def read_tail(path: str | os.PathLike, size: int) -> bytes:
+    """The last ``size`` bytes of a regular file (a log), never through a symbolic link."""
+    fd, info = _open_regular(Path(path))
+    try:
+        os.lseek(fd, max(0, info.st_size - size), os.SEEK_SET)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(size)
+    finally:
+        os.close(fd)

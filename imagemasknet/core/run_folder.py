@@ -1,10 +1,12 @@
-"""The one reader of run folders (the contract is in DESIGN.md): training resumes from it, the job launcher
-and promotion read their run through it, and the Training page lists and charts what it reads.
+"""The one reader of run folders (the contract is in docs/architecture.md): training resumes from it, the job
+launcher and promotion read their run through it, and the Training page lists and charts what it reads.
 
 A :class:`RunFolder` reads each of ``config.json``, ``history.json``, ``status.json``, ``calibration.json`` and
 the ``metrics*.json`` once, when first asked for it, and never raises for a missing or damaged file:
 ``problems`` says in sentences what is missing or broken (truncated JSON, an empty history, a run whose
-process is gone). Make a new one to see the folder as it is now.
+process is gone, a report of the wrong shape). Anything a visitor's page may show is read without following
+symbolic links and with a size cap (:func:`~imagemasknet.core.files.read_regular`), so a link planted in a run
+folder shows a sentence, never the file it points to. Make a new one to see the folder as it is now.
 """
 from __future__ import annotations
 
@@ -15,17 +17,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
+from imagemasknet.core.files import read_regular, read_tail
 from imagemasknet.core.processes import run_state
 
 _FOLD = re.compile(r"^(?P<preset>.+)-fold(?P<fold>\d+)$")
 _RUN_FILES = ("config.json", "history.json", "status.json", "log.txt", "best.safetensors", "last.safetensors")
+JSON_LIMIT = 16 * 2**20  # bytes: a run's history of 500 epochs is under 2 MB; a metrics file with ROC curves, 1 MB
+LOG_TAIL_BYTES = 64 * 2**10  # how much of a log's end is read for its last lines
 
 
 def read_json_checked(path: Path, kind: type | tuple[type, ...] = (dict, list)) -> tuple[Any, str | None]:
-    """(content, None), or (None, a sentence saying why not) for a missing, truncated or odd file."""
+    """(content, None), or (None, a sentence saying why not) for a missing, truncated, linked, oversized or odd
+    file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, JSON_LIMIT).decode("utf-8")
     except FileNotFoundError:
         return None, f"{path.name} is missing"
     except (OSError, UnicodeDecodeError) as error:
@@ -34,11 +40,45 @@ def read_json_checked(path: Path, kind: type | tuple[type, ...] = (dict, list)) 
         return None, f"{path.name} is empty"
     try:
         content = json.loads(text)
+    except RecursionError:
+        return None, f"{path.name} is nested too deeply to be a file a run writes"
     except ValueError as error:
         return None, f"{path.name} is not valid JSON — probably cut off while being written ({error})"
     if not isinstance(content, kind):
         return None, f"{path.name} holds a {type(content).__name__}, not what a run writes"
     return content, None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def report_problem(report: dict) -> str | None:
+    """Why an evaluation report cannot be charted (its per-mode parts of the wrong shape), or None."""
+    modes = report.get("modes")
+    if not isinstance(modes, dict) or not modes:
+        return "has no per-mode results"
+    for mode, result in modes.items():
+        if not isinstance(result, dict):
+            return f"has a '{mode}' result that is not an object"
+        confusion = result.get("confusion")
+        if confusion is not None and not (isinstance(confusion, list) and all(
+                isinstance(row, list) and len(row) == len(confusion) and all(_is_number(v) for v in row)
+                for row in confusion)):
+            return f"has a '{mode}' confusion matrix that is not a square table of counts"
+        metrics = result.get("metrics", {})
+        if not isinstance(metrics, dict) or not all(isinstance(m, dict) and _is_number(m.get("value"))
+                                                    for m in metrics.values()):
+            return f"has '{mode}' metrics without numeric values"
+        roc = result.get("roc", {})
+        if not isinstance(roc, dict) or not all(
+                isinstance(curve, dict) and all(isinstance(curve.get(k), list) and all(_is_number(v) for v in curve[k])
+                                                for k in ("fpr", "tpr")) for curve in roc.values()):
+            return f"has '{mode}' ROC curves that are not lists of rates"
+        reliability = result.get("reliability")
+        if reliability is not None and not isinstance(reliability, (dict, list)):
+            return f"has a '{mode}' reliability table of the wrong shape"
+    return None
 
 
 @dataclass
@@ -92,10 +132,10 @@ class RunFolder:
         reports, problems = {}, []
         for metrics_file in sorted(self.path.glob("metrics*.json")):
             report, problem = read_json_checked(metrics_file, dict)
+            if problem is None and (shape := report_problem(report)) is not None:
+                problem = f"{metrics_file.name} {shape}"
             if problem:
                 problems.append(problem)
-            elif not isinstance(report.get("modes"), dict):
-                problems.append(f"{metrics_file.name} has no per-mode results")
             else:
                 reports[metrics_file.stem] = report
         return reports, problems
@@ -204,10 +244,12 @@ class RunFolder:
         return {}
 
     def log_tail(self, lines: int = 30) -> str:
+        """The log's last lines (read from its last 64 KB, never through a link); "" when there is none."""
         try:
-            return "\n".join((self.path / "log.txt").read_text(errors="replace").splitlines()[-lines:])
+            tail = read_tail(self.path / "log.txt", LOG_TAIL_BYTES).decode("utf-8", errors="replace")
         except OSError:
             return ""
+        return "\n".join(tail.splitlines()[-lines:])
 
 
 def looks_like_run(path: Path) -> bool:

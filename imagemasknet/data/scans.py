@@ -8,7 +8,9 @@ get human-readable entries in :attr:`Scan.warnings` instead of being refused.
 
 Accepted inputs
 ---------------
-PNG, JPEG, BMP, TIFF, GIF (single frame) and DICOM (single frame).  Greyscale, RGB, RGBA
+PNG, JPEG, BMP, TIFF, GIF and WebP (single frame) and DICOM (single frame), recognised by their content, not
+their name (a DICOM file without an extension is read). A path is read only when it is a regular file of at most
+:data:`MAX_FILE_BYTES` (checked before reading): a device, a pipe or a 2 GB file is refused unread.  Greyscale, RGB, RGBA
 (composited on black), palette, 1-bit and 16-bit/32-bit/float images; EXIF orientation is applied.
 
 * 16-bit (and 32-bit / float) greyscale images are scaled to 8 bits by **their own min..max**
@@ -44,11 +46,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imagemasknet.core.files import UnsafeFileError, read_regular
 from imagemasknet.data.scan_warnings import scan_warnings
 
 __all__ = [
     "MAX_PIXELS", "MIN_SIDE", "MAX_ASPECT",
-    "ScanError", "EmptyFileError", "NotAnImageError", "CorruptImageError", "DecompressionBombError",
+    "ScanError", "EmptyFileError", "NotAnImageError", "UnsupportedFileError", "UnreadableFileError",
+    "CorruptImageError", "DecompressionBombError",
     "ImageTooSmallError", "AspectRatioError", "MultiFrameError", "MaskError", "NotUltrasoundError",
     "Scan", "read_scan", "read_mask", "mask_from_drawing",
 ]
@@ -58,10 +62,16 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 MAX_PIXELS = 50_000_000  #: larger images (width × height from the header) are refused unread
 MIN_SIDE = 64  #: shorter side below this many pixels is refused
+MAX_FILE_BYTES = 256 * 2**20  #: larger files are refused unread (a 50-megapixel 16-bit RGB TIFF is 300 MB: refused)
 MAX_ASPECT = 6.0  #: longer side / shorter side above this is refused
+#: A decoded scan is kept at most this large (longer side, px): the model reads 256 px and the page shows
+#: 900, so nothing larger is ever looked at, and a 7000 × 7000 upload costs 4 MB instead of 196 MB.
+WORKING_LONG_SIDE = 1024
+MASK_MIN_SHARE, MASK_MAX_SHARE = 0.0005, 0.9  #: a lesion covers at least 0.05 % and at most 90 % of a scan
+MASK_GREY_SHARE = 0.1  #: a mask with more than this share of mid-grey pixels is not a binary mask
 
 #: Pillow plugins we let near user data (also fixes which formats count as images).
-_PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")  # JPEG also yields MPO (phone JPEGs)
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP")  # JPEG also yields MPO (phone JPEGs)
 _SIGNATURES = (
     (b"\x89PNG", "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
@@ -70,8 +80,9 @@ _SIGNATURES = (
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
+    (b"RIFF", "WebP"),
 )
-_ACCEPTED = "PNG, JPEG, BMP, TIFF or DICOM"
+_ACCEPTED = "PNG, JPEG, BMP, TIFF, GIF, WebP or DICOM"
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,6 +98,14 @@ class EmptyFileError(ScanError):
 
 class NotAnImageError(ScanError):
     """Not an image in a format we read (or a DICOM object without a decodable image)."""
+
+
+class UnsupportedFileError(NotAnImageError):
+    """A file of a kind this app does not read (text, PDF, SVG, …), whatever its name says."""
+
+
+class UnreadableFileError(ScanError):
+    """A path that is not a regular file (a folder, a device, a pipe), or a file too large to read."""
 
 
 class CorruptImageError(ScanError):
@@ -124,8 +143,9 @@ class Scan:
     """A decoded scan.
 
     ``pixels`` is what the model sees (uint8 greyscale H×W); ``rgb`` is for display
-    (uint8 H×W×3, alpha composited on black); ``warnings`` are sentences to show the user;
-    ``pixel_spacing_mm`` is (row, column) spacing when the file states it (DICOM), else None.
+    (uint8 H×W×3, alpha composited on black); both at most :data:`WORKING_LONG_SIDE` on the longer side,
+    ``original_hw`` the file's own size. ``warnings`` are sentences to show the user;
+    ``pixel_spacing_mm`` is the (row, column) spacing of ``pixels`` when the file states it (DICOM), else None.
     """
 
     pixels: np.ndarray
@@ -134,6 +154,15 @@ class Scan:
     source_format: str
     warnings: list[str] = field(default_factory=list)
     pixel_spacing_mm: tuple[float, float] | None = None
+    original_hw: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.original_hw is None:
+            self.original_hw = tuple(self.pixels.shape[:2])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes + self.rgb.nbytes)
 
     @property
     def is_colour(self) -> bool:
@@ -165,7 +194,11 @@ def read_scan(data: Any, name: str | None = None) -> Scan:
             image = _load_oriented(image, subject, notes)
             rgb, pixels = _pil_to_arrays(image)
         _check_geometry(pixels.shape[0], pixels.shape[1], subject)  # after rotation/decoding
+        original_hw = tuple(pixels.shape[:2])
+        rgb, pixels, factor = _working_size(rgb, pixels)
         notes.extend(scan_warnings(pixels, rgb, subject))
+    if spacing is not None:
+        spacing = (spacing[0] * factor, spacing[1] * factor)
     return Scan(
         pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
         rgb=np.ascontiguousarray(rgb, dtype=np.uint8),
@@ -173,21 +206,39 @@ def read_scan(data: Any, name: str | None = None) -> Scan:
         source_format=fmt,
         warnings=notes,
         pixel_spacing_mm=spacing,
+        original_hw=original_hw,
     )
 
 
-def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None) -> np.ndarray:
-    """Read a lesion mask and return it as bool H×W; it must have the scan's size ``size_hw``.
+def _working_size(rgb: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Both copies at most :data:`WORKING_LONG_SIDE` on the longer side, and the original pixel's size in
+    working pixels (1 when nothing was shrunk)."""
+    height, width = pixels.shape
+    if max(height, width) <= WORKING_LONG_SIDE:
+        return rgb, pixels, 1.0
+    factor = max(height, width) / WORKING_LONG_SIDE
+    size = (max(1, round(width / factor)), max(1, round(height / factor)))
+    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.Resampling.LANCZOS))
+    pixels = np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize(size, Image.Resampling.LANCZOS))
+    return rgb, pixels, factor
+
+
+def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None,
+              original_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a lesion mask and return it as bool H×W at ``size_hw``; it must have the scan's size: ``size_hw``
+    or the scan file's own ``original_hw`` (then it is shrunk as the scan was).
 
     A mask of another size is refused with both sizes named: it was most likely made for another scan
     (or another export of it), and stretching it would put the outline in the wrong place.  0/1,
     0..255, 16-bit or coloured masks are accepted: a pixel is lesion when its brightest channel is
     above a quarter of the brightest value in the whole mask (so 0/1 masks work, and JPEG noise
     around black does not count).  When the mask has transparent pixels (alpha == 0), transparent =
-    background and every visible pixel is lesion (how drawing tools export strokes).  An all-black
-    mask is allowed: no lesion.  Unusable files raise :class:`MaskError`.
+    background and every visible pixel is lesion (how drawing tools export strokes).  A mask is read, not
+    trusted: one with shades of grey (not a binary mask), no lesion, a lesion covering most of the scan, or
+    values that are not numbers raises :class:`MaskError` naming what is wrong.
     """
     height, width = _check_size_hw(size_hw)
+    original = _check_size_hw(original_hw) if original_hw is not None else (height, width)
     raw, name = _read_input(data, name, error=MaskError)
     subject = _subject(name, "The mask file", prefix="The mask ")
     if not raw:
@@ -198,16 +249,29 @@ def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None) -> n
                 raise NotAnImageError(f"{subject} is a DICOM file; please upload the mask as a PNG image.")
             image, _ = _open_pil(raw, subject, check_geometry=False, what="mask")
             image = _load_oriented(image, subject, [])
-            if image.size != (width, height):
-                shape = "size and shape" if abs(image.width / image.height - width / height) > 0.01 else "size"
-                raise MaskError(f"{subject} is {image.width} × {image.height} pixels but the scan is {width} × {height}; "
-                                f"a mask must have the scan's {shape}, so it was not used. Upload the mask made for this scan.")
-            lesion = _mask_from_image(image)
+            if image.size not in ((width, height), (original[1], original[0])):
+                shape = "size and shape" if abs(image.width / image.height - original[1] / original[0]) > 0.01 else "size"
+                raise MaskError(f"{subject} is {image.width} × {image.height} pixels but the scan is "
+                                f"{original[1]} × {original[0]}; a mask must have the scan's {shape}, so it was not "
+                                "used. Upload the mask made for this scan.")
+            lesion = _resize_bool(_mask_from_image(image, subject), height, width)
     except MaskError:
         raise
     except ScanError as exc:
         raise MaskError(str(exc)) from exc
-    return lesion.astype(bool, copy=False)
+    return check_lesion(lesion, subject)
+
+
+def check_lesion(lesion: np.ndarray, subject: str) -> np.ndarray:
+    """``lesion`` if it can outline a lesion; :class:`MaskError` for one that marks nothing or most of the scan."""
+    share = float(lesion.mean()) if lesion.size else 0.0
+    if share < MASK_MIN_SHARE:
+        raise MaskError(f"{subject} marks no lesion (it is empty), so it was not used; mark the lesion, or switch "
+                        "mask mode off.")
+    if share > MASK_MAX_SHARE:
+        raise MaskError(f"{subject} marks {share:.0%} of the scan as lesion; a mask outlines the lesion alone (white "
+                        "lesion on black), so it was not used. Check that it is not inverted.")
+    return lesion
 
 
 def mask_from_drawing(rgba: np.ndarray | None, size_hw: tuple[int, int]) -> np.ndarray:
@@ -236,7 +300,13 @@ def _read_input(data: Any, name: str | None, error: type[ScanError] = ScanError)
         path = Path(data)
         name = name or path.name
         try:
-            return path.read_bytes(), name
+            return read_regular(path, MAX_FILE_BYTES, follow_links=True), name
+        except UnsafeFileError as exc:
+            too_large = "bytes" in str(exc)
+            raise UnreadableFileError(
+                f"{_subject(name)} is larger than {MAX_FILE_BYTES // 2**20} MB, more than any scan this app reads, so "
+                "it was not read." if too_large else
+                f"{_subject(name)} is not a regular file (a folder, a device or a pipe), so it was not read.") from exc
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise error(f"{_subject(name)} could not be opened ({reason}).") from exc
@@ -318,7 +388,7 @@ def _open_pil(raw: bytes, subject: str, *, check_geometry: bool, what: str) -> t
             raise CorruptImageError(
                 f"{subject} looks like a {looks_like} file but is damaged or incomplete."
             ) from None
-        raise NotAnImageError(f"{subject} is not an image this app can read (use {_ACCEPTED}).") from None
+        raise UnsupportedFileError(f"{subject} is not an image this app can read (use {_ACCEPTED}).") from None
     fmt = "JPEG" if image.format == "MPO" else str(image.format)
     width, height = image.size
     if width * height > MAX_PIXELS:
@@ -511,7 +581,7 @@ def _dicom_grey(arr: np.ndarray, ds: Any, apply_modality_lut: Any, apply_voi_lut
 # --------------------------------------------------------------------------------------------
 # Masks
 # --------------------------------------------------------------------------------------------
-def _mask_from_image(image: Image.Image) -> np.ndarray:
+def _mask_from_image(image: Image.Image, subject: str) -> np.ndarray:
     mode = image.mode
     alpha = None
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
@@ -529,12 +599,18 @@ def _mask_from_image(image: Image.Image) -> np.ndarray:
         value = np.asarray(image.convert("L"), dtype=np.float64)
     else:
         value = np.asarray(image.convert("RGB")).max(axis=2).astype(np.float64)
-    value = np.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+    if not np.isfinite(value).all() or (value < 0).any():
+        raise MaskError(f"{subject} holds values that are not brightness (negative or not a number), so it was not "
+                        "used; save the mask as a black-and-white PNG.")
     if alpha is not None and (alpha == 0).any():
         return alpha > 0
     top = float(value.max()) if value.size else 0.0
     if top <= 0:
         return np.zeros(value.shape, dtype=bool)
+    grey = (value > 0.1 * top) & (value < 0.9 * top)
+    if grey.mean() > MASK_GREY_SHARE:
+        raise MaskError(f"{subject} is not a black-and-white mask ({grey.mean():.0%} of it is shades of grey: a "
+                        "gradient or a picture?), so it was not used; save the lesion in white on black.")
     return value > 0.25 * top
 
 

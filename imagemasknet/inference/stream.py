@@ -28,11 +28,9 @@ import torch
 from PIL import Image
 
 from imagemasknet.data.dataset import CLASSES
-from imagemasknet.data.decode import IMAGE_SUFFIXES
 from imagemasknet.data.scans import ScanError, read_mask, read_scan
 from imagemasknet.inference.explain import heatmap_overlay
 
-SCAN_SUFFIXES = IMAGE_SUFFIXES | {".dcm", ".dicom"}
 CSV_FIELDS = ["file", "predicted_class", "p_normal", "p_benign", "p_malignant", "suspicious_for_malignancy",
               "malignancy_threshold", "lesion_not_excluded", "trust", "low_confidence", "unfamiliar", "familiarity_score",
               "in_training_data", "lesion_long_mm", "lesion_short_mm", "mode", "model", "warnings", "error_type",
@@ -41,15 +39,26 @@ FORMATS = ("jsonl", "csv")
 
 
 def scan_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """Files as given, folders expanded (sorted, recursively) to the image and DICOM files inside."""
+    """Paths as given, folders expanded (sorted, recursively) to every file inside, whatever its name: each gets
+    a record (a scan's, or an error saying why it was not read), so none is skipped without a word."""
     files: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += [str(p) for p in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SCAN_SUFFIXES)]
+            files += [str(p) for p in sorted(p for p in path.rglob("*") if not p.is_dir())]
         else:
             files.append(str(path))
     return files
+
+
+def printable(file: str) -> str:
+    """A file name as text: names that are not UTF-8 (bytes a file system allows) get their odd bytes as
+    ``\\xNN``, so any output can hold them and the same name always prints the same."""
+    try:
+        file.encode("utf-8")
+        return file
+    except UnicodeEncodeError:
+        return os.fsencode(file).decode("utf-8", "backslashreplace")
 
 
 def read_file_list(source: str) -> list[str]:
@@ -84,7 +93,8 @@ class ScanFiles(torch.utils.data.Dataset):
         try:
             scan = read_scan(file, name=Path(file).name)
             if self.masks is not None:
-                item["mask"] = read_mask(self.masks[n], scan.pixels.shape, name=Path(self.masks[n]).name)
+                item["mask"] = read_mask(self.masks[n], scan.pixels.shape, name=Path(self.masks[n]).name,
+                                         original_hw=scan.original_hw)
             item["scan"] = scan
         except ScanError as error:
             item["error"] = error_record(file, error)["error"]
@@ -143,7 +153,7 @@ def csv_row(record: dict) -> list[str]:
     error = record.get("error") or {}
 
     def text(value) -> str:
-        value = _one_line("" if value is None else str(value))
+        value = printable(_one_line("" if value is None else str(value)))
         return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
     def number(value, digits: int = 6) -> str:
@@ -160,6 +170,11 @@ def csv_row(record: dict) -> list[str]:
             text(record.get("in_training_data")), number(axes[0], 1), number(axes[1], 1),
             record.get("mode", ""), record.get("model", ""),
             text(" | ".join(record.get("warnings", []))), error.get("type", ""), text(error.get("message", ""))]
+
+
+def not_utf8(record: dict) -> bool:
+    """Whether a record's file name cannot be written as UTF-8 (then the JSON escapes it, losslessly)."""
+    return printable(str(record.get("file", ""))) != record.get("file", "")
 
 
 class RecordWriter:
@@ -186,7 +201,7 @@ class RecordWriter:
         if self._csv is not None:
             self._csv.writerow(csv_row(record))
         else:
-            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.handle.write(json.dumps(record, ensure_ascii=not_utf8(record)) + "\n")
         self.handle.flush()
 
     def close(self) -> None:
@@ -229,7 +244,7 @@ def done_files(path: str | os.PathLike, fmt: str | None = None) -> dict[str, boo
                 if n == 0 and row == CSV_FIELDS:
                     continue
                 if row:
-                    done[row[0]] = not (len(row) > 8 and row[8])
+                    done[row[0]] = not row[CSV_FIELDS.index("error_type")]
             else:
                 try:
                     record = json.loads(line)
@@ -261,9 +276,10 @@ def predict_to_file(predictor, files: list[str], out: str | os.PathLike, *, resu
         raise FileExistsError(f"{out} already exists; pass --resume to continue it, or choose another file")
     done = done_files(out, fmt) if resume else {}
     if done:
-        keep = [n for n, f in enumerate(files) if f not in done]
+        written = (lambda f: printable(f)) if (fmt or format_for(out)) == "csv" else (lambda f: f)
+        keep = [n for n, f in enumerate(files) if written(f) not in done]
         summary.skipped = len(files) - len(keep)
-        summary.predicted_before = sum(1 for f in files if done.get(f))
+        summary.predicted_before = sum(1 for f in files if done.get(written(f)))
         files = [files[n] for n in keep]
         masks = [masks[n] for n in keep] if masks is not None else None
     with RecordWriter(out, fmt) as writer:

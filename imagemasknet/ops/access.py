@@ -10,15 +10,20 @@ under a key that lives only in this process's memory. :func:`require_admin` chec
 functions that launch, cancel, promote or roll back refuse a missing, forged, expired or outdated
 (password changed since) session themselves, not only the page that shows their buttons.
 
-Failed logins are counted in a file under the runs folder, shared by every browser session and
-server process: after :data:`MAX_FAILURES` failures within :data:`FAILURE_WINDOW_S` seconds every
-attempt is refused until the oldest of them is that old.
+Failed logins are counted per :class:`Client` (its browser session, and its network address when the server
+sees one that is not the machine itself) in a file under the runs folder, shared by every server process: after
+:data:`MAX_FAILURES` failures within :data:`FAILURE_WINDOW_S` seconds that session (or, after
+:data:`MAX_ADDRESS_FAILURES`, that address) is refused until the oldest of them is that old. Nobody else is:
+however many wrong guesses a visitor makes, the administrator signs in from their own session. Refused attempts
+reach the audit log at most once a minute per client, with a count of those left out, so a flood cannot push
+real entries out of view.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import time
@@ -36,8 +41,12 @@ HASH_ENV = "IMAGEMASKNET_ADMIN_HASH"
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SALT_BYTES, KEY_BYTES = 2**14, 8, 1, 16, 32
-MAX_FAILURES = 5
+MAX_FAILURES = 5  # per browser session
+MAX_ADDRESS_FAILURES = 20  # per network address (several people may share one)
 FAILURE_WINDOW_S = 300.0
+AUDIT_REFUSALS_EVERY_S = 60.0  # at most one audit line of refused sign-ins per client per minute
+AUDIT_REFUSALS_PER_MINUTE = 30  # and at most this many from all clients together
+MAX_TRACKED_KEYS = 10_000  # sessions and addresses the failure record remembers
 SESSION_LIFETIME_S = 8 * 3600.0
 FAILURES_FILE = Path(".auth") / "login-failures.json"
 
@@ -185,35 +194,110 @@ class AdminSession:
         return self.nonce[:8]
 
 
-def _failures(root: Path) -> list[float]:
-    entries = read_json(root / FAILURES_FILE, [])
-    return [float(t) for t in entries if isinstance(t, (int, float))] if isinstance(entries, list) else []
+@dataclass(frozen=True)
+class Client:
+    """Who is signing in: the browser session (an id the page makes, not a secret) and the network address the
+    server saw (None when unknown; the machine itself, as behind a reverse proxy, counts as unknown)."""
+
+    session: str = "local"
+    address: str | None = None
+
+    def keys(self) -> list[str]:
+        keys = [f"session:{self.session}"]
+        try:
+            if self.address and not ipaddress.ip_address(self.address).is_loopback:
+                keys.append(f"address:{self.address}")
+        except ValueError:
+            pass  # not an address: counted by session only
+        return keys
 
 
-def login(password: str, root: Path | None = None, clock: Callable[[], float] = time.time) -> AdminSession:
-    """An :class:`AdminSession` for the right password; AccessError (wrong password, too many tries,
-    no administrator) otherwise. Every outcome goes to the audit log."""
+def _limit(key: str) -> int:
+    return MAX_ADDRESS_FAILURES if key.startswith("address:") else MAX_FAILURES
+
+
+def _record(root: Path) -> dict:
+    stored = read_json(root / FAILURES_FILE, {})
+    if not isinstance(stored, dict):
+        return {"failures": {}, "audited": {}}
+    failures = stored.get("failures") if isinstance(stored.get("failures"), dict) else {}
+    audited = stored.get("audited") if isinstance(stored.get("audited"), dict) else {}
+    return {"failures": {k: [float(t) for t in v if isinstance(t, (int, float))] for k, v in failures.items()
+                         if isinstance(v, list)},
+            "audited": {k: v for k, v in audited.items() if isinstance(v, list) and len(v) == 2}}
+
+
+def _save(root: Path, record: dict, now: float) -> None:
+    """Drop what is older than the window, keep the newest keys, write atomically."""
+    failures = {k: [t for t in v if now - FAILURE_WINDOW_S < t <= now] for k, v in record["failures"].items()}
+    failures = dict(sorted(((k, v) for k, v in failures.items() if v), key=lambda kv: kv[1][-1])[-MAX_TRACKED_KEYS:])
+    audited = {k: v for k, v in record["audited"].items() if now - float(v[0]) < FAILURE_WINDOW_S}
+    write_json(root / FAILURES_FILE, {"failures": failures, "audited": audited})
+
+
+def _audit_refusal(root: Path, record: dict, client: Client, outcome: str, now: float) -> None:
+    """One audit line per client (its address when known, else its session) per minute, and at most
+    :data:`AUDIT_REFUSALS_PER_MINUTE` from everyone; the attempts left out are counted on the client's next line."""
+    key = client.keys()[-1]
+    last, skipped = record["audited"].get(key, [0.0, 0])
+    start, lines = record["audited"].get("*", [now, 0])
+    if now - float(start) >= 60:
+        start, lines = now, 0
+    if now - float(last) < AUDIT_REFUSALS_EVERY_S or lines >= AUDIT_REFUSALS_PER_MINUTE:
+        record["audited"][key] = [last, int(skipped) + 1]
+        return
+    detail = f"client {client.address or 'unknown'}" + (
+        f"; {int(skipped)} more refused attempts from this client since its last line" if skipped else "")
+    audit_log.append("login", outcome=outcome, session=client.session, detail=detail, root=root)
+    record["audited"][key] = [now, 0]
+    record["audited"]["*"] = [start, int(lines) + 1]
+
+
+def _unwritable(root: Path, error: OSError) -> AccessError:
+    return AccessError(f"Sign-in is unavailable: the runs folder {root} cannot be written "
+                       f"({error.strerror or error}), so attempts cannot be counted. Free space or make it writable.")
+
+
+def login(password: str, root: Path | None = None, clock: Callable[[], float] = time.time,
+          client: Client = Client()) -> AdminSession:
+    """An :class:`AdminSession` for the right password; AccessError (wrong password, too many tries from this
+    client, no administrator, a runs folder that cannot be written) otherwise. Every success goes to the audit
+    log, refusals at most once a minute per client."""
     root = Path(root or runs_root())
     stored = configured_hash()
     if stored is None:
         raise NotConfiguredError()
-    with folder_lock(root, "auth"):
-        now = clock()
-        recent = [t for t in _failures(root) if now - FAILURE_WINDOW_S < t <= now]
-        if len(recent) >= MAX_FAILURES:
-            wait = min(recent) + FAILURE_WINDOW_S - now
-            audit_log.append("login", outcome="rate limited", root=root)
-            raise RateLimitedError(wait)
-        if not verify_password(password, stored):
-            write_json(root / FAILURES_FILE, [*recent, now])
-            audit_log.append("login", outcome="wrong password", root=root)
-            left = MAX_FAILURES - len(recent) - 1
-            raise AccessError("Wrong password." + (f" {left} more attempt{'s' if left != 1 else ''} before sign-in is "
-                                                    f"paused for {FAILURE_WINDOW_S / 60:.0f} minutes." if left < 3 else ""))
-        write_json(root / FAILURES_FILE, [])
+    try:
+        with folder_lock(root, "auth"):
+            now = clock()
+            record = _record(root)
+            recent = {key: [t for t in record["failures"].get(key, []) if now - FAILURE_WINDOW_S < t <= now]
+                      for key in client.keys()}
+            blocked = [key for key, times in recent.items() if len(times) >= _limit(key)]
+            if blocked:
+                wait = max(min(recent[key]) + FAILURE_WINDOW_S - now for key in blocked)
+                _audit_refusal(root, record, client, "rate limited", now)
+                _save(root, record, now)
+                raise RateLimitedError(wait)
+            if not verify_password(password, stored):
+                for key, times in recent.items():
+                    record["failures"][key] = [*times, now]
+                _audit_refusal(root, record, client, "wrong password", now)
+                _save(root, record, now)
+                left = MAX_FAILURES - len(recent[client.keys()[0]]) - 1
+                raise AccessError("Wrong password." + (
+                    f" {left} more attempt{'s' if left != 1 else ''} before sign-in from this browser is paused for "
+                    f"{FAILURE_WINDOW_S / 60:.0f} minutes." if left < 3 else ""))
+            for key in client.keys():
+                record["failures"].pop(key, None)
+            _save(root, record, now)
+    except AccessError:
+        raise
+    except OSError as error:  # after AccessError, which is one (a PermissionError)
+        raise _unwritable(root, error) from error
     nonce = secrets.token_hex(16)
     session = AdminSession(now, now + SESSION_LIFETIME_S, nonce, _sign(now, now + SESSION_LIFETIME_S, nonce, stored))
-    audit_log.append("login", outcome="ok", session=session, root=root)
+    audit_log.append("login", outcome="ok", session=session, detail=f"client {client.address or 'unknown'}", root=root)
     return session
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagemasknet.core.files import file_sha256, now
+from imagemasknet.core.files import file_sha256, now, read_regular
 from imagemasknet.core.paths import active_weights, runs_root
 
 LOG_NAME = "audit.jsonl"
+LOG_LIMIT = 64 * 2**20  # bytes read at most (about 200,000 entries)
 ACTIONS = ("launch", "cancel", "finish", "failure", "promote", "rollback", "login")
 
 
@@ -39,15 +40,17 @@ def active_model_hash(root: Path | None = None) -> str | None:
 def append(action: str, *, run: str | None = None, outcome: str = "ok", session: Any = None,
            model_before: str | None = None, model_after: str | None = None, detail: str | None = None,
            root: Path | None = None) -> dict:
-    """Append one entry and return it. ``model_before``/``model_after`` default to the active model's
-    hash now (actions that do not change the model have the same hash in both)."""
+    """Append one entry and return it. ``session``: an administrator's session, or a browser session's id (a
+    refused sign-in). ``model_before``/``model_after`` default to the active model's hash now (actions that do
+    not change the model have the same hash in both)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
     root = Path(root or runs_root())
     root.mkdir(parents=True, exist_ok=True)
     current = active_model_hash(root) if model_before is None or model_after is None else None
     entry = {"time": now(), "action": action, "run": run, "outcome": outcome,
-             "session": getattr(session, "id", None), "model_before": model_before or current,
+             "session": session if isinstance(session, str) else getattr(session, "id", None),
+             "model_before": model_before or current,
              "model_after": model_after or current}
     if detail:
         entry["detail"] = str(detail)[:2000]
@@ -79,9 +82,11 @@ def read(root: Path | None = None) -> AuditLog:
     """Every entry, oldest first; lines that do not parse (a write cut off by a crash) are counted."""
     entries, bad = [], 0
     try:
-        raw = log_path(root).read_bytes()
+        raw = read_regular(log_path(root), LOG_LIMIT)
     except FileNotFoundError:
         return AuditLog([], 0)
+    except OSError:
+        return AuditLog([], 1)  # a link or an oversized file: not read, counted as one unreadable line
     for line in raw.splitlines():
         if not line.strip():
             continue

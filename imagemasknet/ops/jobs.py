@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from imagemasknet.core.files import folder_lock, now, read_json, write_json
+from imagemasknet.core.files import folder_lock, now, read_json, read_tail, write_json
 from imagemasknet.core.paths import ACTIVE_NAME, runs_root
 from imagemasknet.core.processes import process_alive, process_start
-from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.core.run_folder import LOG_TAIL_BYTES, RunFolder
 from imagemasknet.data.busi import find_data_root
 from imagemasknet.ops import audit_log
 from imagemasknet.ops.access import AdminSession, require_admin
@@ -309,8 +309,9 @@ class Job:
 
     @staticmethod
     def _read(path: Path) -> str:
+        """A log's end, never through a link (a planted link shows nothing)."""
         try:
-            return path.read_text(encoding="utf-8", errors="replace")
+            return read_tail(path, LOG_TAIL_BYTES).decode("utf-8", errors="replace")
         except OSError:
             return ""
 
