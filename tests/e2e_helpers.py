@@ -43,7 +43,7 @@ def _on_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _missing(reason: str):
+def missing(reason: str):
     if _on_ci():
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
     pytest.skip(reason)
@@ -82,11 +82,11 @@ def wait_for_health(base_url: str, process: subprocess.Popen, log: Path, timeout
 def chromium_executable() -> str:
     path = find_chromium()
     if path is None:
-        _missing("no Chromium found (looked at $CHROMIUM, /usr/bin/chromium, chromium on PATH)")
+        missing("no Chromium found (looked at $CHROMIUM, /usr/bin/chromium, chromium on PATH)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        _missing("the Python package playwright is not installed")
+        missing("the Python package playwright is not installed")
     return path
 
 

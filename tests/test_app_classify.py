@@ -104,7 +104,8 @@ def test_server_config_is_hardened():
     assert config["browser"]["gatherUsageStats"] is False
     assert config["client"]["showErrorDetails"] in ("none", False)  # never a traceback in the browser
     assert config["client"]["toolbarMode"] == "viewer"
-    assert config["server"] == {"maxUploadSize": 50, "fileWatcherType": "none", "enableXsrfProtection": True}
+    assert config["server"] == {"address": "127.0.0.1", "maxUploadSize": 50, "fileWatcherType": "none",
+                                "enableXsrfProtection": True}
     assert config["theme"]["base"] == "light"
 
 

@@ -519,3 +519,20 @@ def test_switching_the_model_input_reads_out_of_fold_marks_without_running_the_m
     at.selectbox(key="g_mode").set_value("mask").run(timeout=TIMEOUT)
     _no_errors(at)
     assert _count(at) == (31, 31) and any("✓" in t or "✗" in t for t in (m.value for m in at.markdown))
+
+
+def test_the_duplicate_audit_runs_once_at_a_time_and_once_per_copy(busi_subset, isolated_env, monkeypatch):
+    """Issue 28: any visitor could start the Gallery's audit (about 13 s of CPU), several at once."""
+    from imagemasknet.core.files import try_folder_lock
+    from imagemasknet.core.paths import cache_dir
+    from imagemasknet.data.busi import load_busi
+
+    busi = load_busi(busi_subset)
+    runs = []
+    real = g.audit
+    monkeypatch.setattr(g, "audit", lambda *args: runs.append(1) or real(*args))
+    with try_folder_lock(cache_dir(), "duplicate-audit") as mine:  # another visitor's audit is running
+        assert mine and g.run_audit(busi) is None and not runs
+    first = g.run_audit(busi)
+    assert first is not None and runs == [1]
+    assert json.dumps(g.run_audit(busi)) == json.dumps(first) and runs == [1]  # cached: not run again

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from imagemasknet import cli
 from imagemasknet.core.files import file_sha256, read_json, write_json
-from imagemasknet.core.paths import runs_root
+from imagemasknet.core.paths import active_path, runs_root
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.dataset import DatasetNotFoundError
 from imagemasknet.data.scans import read_scan
@@ -153,14 +154,18 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     assert log.unreadable_lines == 0
     assert [(e["action"], e["run"], e["outcome"]) for e in log.entries[:3]] == [
         ("login", None, "ok"), ("launch", name, "ok"), ("finish", name, "finished")]
-    assert [(e["action"], e["outcome"]) for e in log.entries[3:5]] == [("promote", "failed"), ("promote", "ok")]
-    assert f"override: {QUICK_REASON}" in log.entries[4]["detail"] and "subset of 20 scans" in log.entries[4]["detail"]
-    assert [e["action"] for e in log.entries[4:]] == ["promote", "promote", "rollback", "rollback", "rollback",
-                                                      "promote", "rollback"]
-    assert all(e["session"] == admin.id and e["outcome"] == "ok" for e in log.entries[4:])
+    # each promotion and roll back writes a "started" entry first (so a killed one is still in the log)
+    ended = [e for e in log.entries if e["outcome"] != "started"]
+    started = [e for e in log.entries if e["outcome"] == "started"]
+    assert len(started) == len([e for e in ended if e["action"] in ("promote", "rollback")])
+    assert [(e["action"], e["outcome"]) for e in ended[3:5]] == [("promote", "failed"), ("promote", "ok")]
+    assert f"override: {QUICK_REASON}" in ended[4]["detail"] and "subset of 20 scans" in ended[4]["detail"]
+    assert [e["action"] for e in ended[4:]] == ["promote", "promote", "rollback", "rollback", "rollback",
+                                                "promote", "rollback"]
+    assert all(e["session"] == admin.id and e["outcome"] == "ok" for e in ended[4:])
     shipped_hash = file_sha256(REPO / "weights" / f"{DEFAULT_MODEL}.safetensors")
     run_hash = file_sha256(root / name / "best.safetensors")
-    first, last = log.entries[4], log.entries[-1]
+    first, last = ended[4], ended[-1]
     assert (first["run"], first["model_before"], first["model_after"]) == (name, shipped_hash, run_hash)
     assert (last["run"], last["model_before"], last["model_after"]) == (name, run_hash, shipped_hash)
     assert log.entries[1]["model_before"] == log.entries[1]["model_after"] == shipped_hash
@@ -453,3 +458,34 @@ def test_page_shows_a_crashed_run_with_its_log(env, finished_run, retrain_page):
     assert any("crashed" in e.value for e in at.error)
     assert any("finished" in c.value or "epoch 1" in c.value for c in at.code)  # the log's tail
     assert not [b for b in at.button if b.label.startswith("Promote")]
+
+
+def test_a_promotion_killed_after_its_swap_is_still_audited_and_leaves_no_stale_link(env, finished_run, admin, monkeypatch):
+    """Issue 28: a promotion killed after the active link was swapped left no audit entry, and dangling
+    `.active.<pid>.tmp` links stayed for good."""
+    import datetime as dt
+
+    name = copy_run(finished_run, "lesion-resunet-20990101-000009")
+    stale = runs_root() / ".active.999999999.tmp"  # a dead process's half-made link
+    stale.symlink_to("nowhere")
+
+    def killed_after_the_swap(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(promotion, "_prune", killed_after_the_swap)
+        with pytest.raises(KeyboardInterrupt):
+            promotion.promote(name, admin=admin, override=QUICK_REASON)
+    assert active_card().version == name  # the swap happened
+    entries = [e for e in audit_log.read().entries if e["run"] == name]
+    assert [e["outcome"] for e in entries] == ["started"]  # the promotion is in the log all the same
+    later = lambda: dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)  # noqa: E731
+    assert audit_log.close_interrupted(clock=later) == 1
+    closing = audit_log.read().entries[-1]
+    assert closing["outcome"] == "interrupted" and closing["model_after"] == audit_log.active_model_hash()
+    assert closing["model_after"] != closing["model_before"]
+    assert audit_log.close_interrupted(clock=later) == 0  # once
+    promotion.promote(copy_run(finished_run, "lesion-resunet-20990101-000010"), admin=admin, override=QUICK_REASON)
+    assert not stale.is_symlink()
+    weights = active_path().resolve() / "model.safetensors"
+    assert stat.S_IMODE(weights.stat().st_mode) & 0o044  # readable by others, as atomic_write documents

@@ -3,7 +3,7 @@
 * :func:`case_rows` — one :class:`CaseRow` per scan: label, fold of the committed split, near-duplicate
   group and label conflict, and the shipped model's prediction;
 * :func:`predict_all` — the shipped model over every scan, once, in batches, cached on disk under
-  :func:`imagemasknet.data.busi.cache_dir` keyed by the weights file's hash, the data fingerprint, the
+  :func:`imagemasknet.core.paths.cache_dir` keyed by the weights file's hash, the data fingerprint, the
   inference mode and the temperature;
 * :func:`duplicate_info` — near-duplicate groups and label conflicts: the audit's (cached on disk),
   else the bundled copy's manifest, else the committed split's groups;
@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from imagemasknet.core.files import file_sha256, write_json
+from imagemasknet.core.files import file_sha256, try_folder_lock, write_json
 from imagemasknet.core.paths import cache_dir
 from imagemasknet.data.dataset import CLASSES, Arrays, Dataset, listing_fingerprint
 from imagemasknet.data.duplicates import audit
@@ -364,11 +364,18 @@ def cached_audit(busi: Dataset) -> dict | None:
         return None
 
 
-def run_audit(busi: Dataset, arrays: Arrays | None = None) -> dict:
-    """Run the near-duplicate audit and store its JSON next to the other caches (minutes on all of BUSI)."""
-    result = audit(busi, arrays).to_json()
-    write_json(audit_path(busi), result)
-    return result
+def run_audit(busi: Dataset, arrays: Arrays | None = None) -> dict | None:
+    """Run the near-duplicate audit once per copy of the data and store its JSON next to the other caches (about
+    13 s of CPU on BUSI); None while another visitor's audit runs, so clicks never stack up on the server."""
+    with try_folder_lock(cache_dir(), "duplicate-audit") as mine:
+        if not mine:
+            return None
+        cached = cached_audit(busi)
+        if cached is not None:
+            return cached
+        result = audit(busi, arrays).to_json()
+        write_json(audit_path(busi), result)
+        return result
 
 
 def manifest_pairs(busi: Dataset) -> list[tuple[str, str]] | None:

@@ -46,9 +46,9 @@ def atomic_write(path: Path, write, mode: int | None = None) -> None:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask  # mkstemp's 0600 would make shared run folders unreadable to others
-    os.chmod(tmp, mode)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # after writing: a writer that replaces the file (safetensors does) made it 0600
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
@@ -82,6 +82,24 @@ def folder_lock(root: Path, name: str) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def try_folder_lock(root: Path, name: str) -> Iterator[bool]:
+    """Like :func:`folder_lock`, but never waits: yields False (and holds nothing) while another holds it."""
+    root.mkdir(parents=True, exist_ok=True)
+    import fcntl  # POSIX only, as in folder_lock
+
+    with open(root / f".{name}.guard", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -8,6 +8,7 @@ fresh line, and :func:`read` skips (and counts) lines that do not parse.
 """
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import os
@@ -112,3 +113,34 @@ def display_rows(entries: list[dict], limit: int = 500) -> list[dict]:
         row["detail"] = entry.get("detail", "")
         rows.append(row)
     return rows
+
+
+INTERRUPTED_AFTER_S = 600.0  # a promotion or roll back takes seconds; one started this long ago was killed
+
+
+def close_interrupted(root: Path | None = None, clock=None) -> int:
+    """Complete the entry of every promotion or roll back that started more than :data:`INTERRUPTED_AFTER_S`
+    ago and never ended (its process was killed): one ``interrupted`` line each, with the model active now.
+    Returns how many; the pages call it (through :func:`imagemasknet.ops.jobs.log_endings`)."""
+    moment = clock() if clock else dt.datetime.now(dt.timezone.utc)
+    entries = read(root).entries
+    closed = 0
+    for n, entry in enumerate(entries):
+        if entry.get("outcome") != "started" or entry.get("action") not in ("promote", "rollback"):
+            continue
+        same = (entry["action"], entry.get("run"), entry.get("session"))
+        if any((e["action"], e.get("run"), e.get("session")) == same and e.get("outcome") != "started"
+               for e in entries[n + 1:]):
+            continue
+        try:
+            started = dt.datetime.fromisoformat(str(entry["time"]))
+        except (KeyError, ValueError):
+            continue
+        if (moment - started).total_seconds() < INTERRUPTED_AFTER_S:
+            continue
+        append(entry["action"], run=entry.get("run"), outcome="interrupted", session=entry.get("session"),
+               model_before=entry.get("model_before"), model_after=active_model_hash(root) or "",
+               detail=f"the process stopped after starting at {entry['time']}; model_after is the model active now",
+               root=root)
+        closed += 1
+    return closed

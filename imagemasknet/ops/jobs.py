@@ -380,10 +380,10 @@ def log_endings(root: Path | None = None, only: str | None = None) -> int:
     the pages call it too, so a job that outlived the server that launched it is logged all the same."""
     root = Path(root or runs_root()).resolve()
     logged = 0
-    if not (root / JOBS_DIR).is_dir():
-        return 0  # nothing was ever launched here (and the runs folder is not created just to look)
+    if not (root / JOBS_DIR).is_dir() and not audit_log.log_path(root).is_file():
+        return 0  # nothing was ever launched or promoted here (and the runs folder is not created just to look)
     with folder_lock(root, "audit"):
-        paths = [_record_path(root, only)] if only else sorted((root / JOBS_DIR).glob("*.json"))
+        paths = [_record_path(root, only)] if only else sorted((root / JOBS_DIR).glob("*.json")) if (root / JOBS_DIR).is_dir() else []
         for path in paths:
             record = read_json(path)
             if not isinstance(record, dict) or record.get("end_logged") or not record.get("run"):
@@ -399,6 +399,7 @@ def log_endings(root: Path | None = None, only: str | None = None) -> int:
                              root=root)
             write_json(path, {**record, "end_logged": now()})
             logged += 1
+        audit_log.close_interrupted(root)
     return logged
 
 

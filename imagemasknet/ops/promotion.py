@@ -22,6 +22,7 @@ from typing import Iterator
 
 from imagemasknet.core.files import folder_lock, now
 from imagemasknet.core.paths import ACTIVE_NAME, active_path, runs_root
+from imagemasknet.core.processes import process_alive
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.models import DEFAULT_MODEL, get_spec
 from imagemasknet.models.card import ModelCard, ModelCardError, active_card, promoted_card, shipped_card
@@ -141,6 +142,7 @@ def promote(name: str, root: Path | None = None, *, admin: AdminSession | None =
     """
     require_admin(admin)
     root = Path(root or runs_root()).resolve()
+    job(name, root)  # a name that is no run name (a path) is refused before anything is logged or read
     concerns = promotion_concerns(name, root) if RunFolder(root / name).path.is_dir() else []
     reason = (override or "").strip()
     detail = f"override: {reason}; concerns: {'; '.join(concerns)}" if concerns and reason else None
@@ -153,8 +155,12 @@ def promote(name: str, root: Path | None = None, *, admin: AdminSession | None =
 
 @contextlib.contextmanager
 def _audited(action: str, run: str | None, admin: AdminSession, root: Path, detail: str | None = None) -> Iterator[None]:
-    """Log ``action`` with the active model's hash before and after, whether it succeeds or not."""
+    """Log ``action`` when it starts (so a process killed halfway still leaves its entry;
+    :func:`~imagemasknet.ops.audit_log.close_interrupted` completes it later) and with the active model's hash
+    before and after when it ends, whether it succeeds or not."""
     before = audit_log.active_model_hash(root)
+    audit_log.append(action, run=run, outcome="started", session=admin, model_before=before, model_after=before,
+                     root=root)
     try:
         yield
     except Exception as error:
@@ -234,6 +240,16 @@ def _swap_active(root: Path, target: Path | None) -> None:
         os.replace(temporary, link)
     _fsync_dir(root)
     _prune(root, keep=target)
+    _remove_stale_links(root)
+
+
+def _remove_stale_links(root: Path) -> None:
+    """Temporary ``active`` links left by promotions killed before their swap (their process is gone)."""
+    for leftover in root.glob(f".{ACTIVE_NAME}.*.tmp"):
+        pid = leftover.name.split(".")[2]
+        if leftover.is_symlink() and pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
 
 def _prune(root: Path, keep: Path | None, spare: int = 2) -> None:
