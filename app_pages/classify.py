@@ -30,7 +30,7 @@ from imagemasknet.inference.measure import lesion_axes_mm
 from imagemasknet.inference.report import html_report, results_csv
 from imagemasknet.inference.verdict import how_decided, verdict
 from imagemasknet.models import DEFAULT_MODEL, get_spec
-from imagemasknet.models.card import active_card
+from imagemasknet.models.bundle import ModelStore
 
 MODE_LABEL = {"image": "image only", "mask": "with mask"}
 SUSPICIOUS_ROW = "background-color: #FDECEA"
@@ -82,10 +82,9 @@ def model_key(name: str) -> str:
 
 @st.cache_resource(show_spinner="Loading the model and indexing its training scans…")
 def _load_predictor(key: str, name: str) -> predict_module.Predictor:
-    predict_module.training_data_index()  # built once per server, so no upload waits for it
-    if name == DEFAULT_MODEL:
-        return predict_module.Predictor.active()
-    return predict_module.Predictor.shipped(name)
+    predictor = predict_module.Predictor.active() if name == DEFAULT_MODEL else predict_module.Predictor.shipped(name)
+    predict_module.training_data_index(predictor.training_sources)  # built once per server: no upload waits for it
+    return predictor
 
 
 def load_predictor(name: str) -> predict_module.Predictor:
@@ -145,7 +144,8 @@ def model_controls() -> tuple[str, bool]:
     if not models:
         st.error("No model weights are installed (expected weights/*.safetensors); the page cannot classify.")
         st.stop()
-    promoted = active_card()
+    promoted_bundle = ModelStore().promoted()
+    promoted = promoted_bundle.card if promoted_bundle else None
 
     def label(n: str) -> str:
         if n != DEFAULT_MODEL:
@@ -464,9 +464,8 @@ def result_panel(item: Item, model: str) -> st.delta_generator.DeltaGenerator | 
             source = f" ({item.mask_source} mask)" if item.mask_source and prediction.mode == "mask" else ""
             st.markdown(f"- Mode: {MODE_LABEL.get(prediction.mode, prediction.mode)}{source}; model {md(model)}, "
                         f"version {md(predictor.version or 'unversioned')}.")
-            if prediction.familiarity is None:
-                st.markdown("- This model carries no familiarity reference, so nothing checks whether the scan is an "
-                            "ultrasound like its training scans; the shipped default model does.")
+            for gap in predictor.bundle.missing:
+                st.markdown(f"- This model's bundle is incomplete: {md(gap)}.")
             site = load_site_threshold()
             if site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
                 st.markdown(f"- The saved site threshold is not applied: {md(reason)}. Choose one for this model "

@@ -16,7 +16,6 @@ from app_pages import md
 from imagemasknet.app import gallery as g
 from imagemasknet.app.charts import probability_chart
 from imagemasknet.core.files import file_sha256
-from imagemasknet.core.paths import WEIGHTS_DIR
 from imagemasknet.data.dataset import CLASSES, DatasetNotFoundError, listing_fingerprint, load_arrays
 from imagemasknet.data.decode import read_case_mask
 from imagemasknet.data.scans import ScanError, read_scan
@@ -24,7 +23,8 @@ from imagemasknet.data.sources import SOURCES
 from imagemasknet.data.splits import SplitError, load_folds, split_file_for
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW
 from imagemasknet.inference.explain import heatmap_overlay
-from imagemasknet.inference.predictor import Predictor, shipped_weights
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.models.bundle import BundleError, ModelStore
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.models.weights import WeightsError
 
@@ -53,9 +53,9 @@ def dataset(source: str, key: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def out_of_fold(source: str, key: str, card_mtime: int):
+def out_of_fold(source: str, key: str, oof_mtime: int):
     """The shipped model's cross-validation predictions for the scans of this copy that it judged."""
-    return g.out_of_fold(WEIGHTS_DIR, DEFAULT_MODEL, dataset(source, key)[0])
+    return g.out_of_fold(ModelStore().shipped().out_of_fold, dataset(source, key)[0])
 
 
 @st.cache_resource(show_spinner="Loading the shipped model…", max_entries=2)
@@ -133,16 +133,16 @@ if busi.report:
 # (a test: the fold model never saw the scan); otherwise the shipped model itself, which trained on most of
 # these scans, and the page says so.
 model, weights_sha, predictions = None, None, {}
-weights = shipped_weights(DEFAULT_MODEL)
 try:
-    weights_sha = file_sha256(weights)
+    bundle = ModelStore().shipped()
+    weights_sha = file_sha256(bundle.weights)
     model = predictor(weights_sha)
-except (OSError, WeightsError) as error:
+except (OSError, WeightsError, BundleError) as error:
     weights_sha = None
     st.warning(f"No shipped model to show predictions with ({error}); the model filters are off.",
                icon=":material/warning:")
-oof_file = WEIGHTS_DIR / f"{DEFAULT_MODEL}.oof.json"
-cross_validated = out_of_fold(source, key, oof_file.stat().st_mtime_ns if oof_file.exists() else 0) if model else None
+oof_file = bundle.out_of_fold if model else None
+cross_validated = out_of_fold(source, key, oof_file.stat().st_mtime_ns) if oof_file else None
 
 modes = list(model.spec.modes) if model else []
 top = st.columns([1, 1, 1, 1.2])

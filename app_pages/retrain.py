@@ -14,7 +14,7 @@ from app_pages import md
 from imagemasknet.app import charts, tables
 from imagemasknet.core.paths import runs_root
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.models.card import active_card, previous_card
+from imagemasknet.models.bundle import ModelStore
 from imagemasknet.ops import access, jobs, promotion, retrain_form, train_lock
 from imagemasknet.training.config import PRESETS
 
@@ -158,8 +158,16 @@ def launch_form(running: jobs.Job | None) -> None:
 # --- the active model --------------------------------------------------------------------------------
 
 
+def promoted_card():
+    """The promoted bundle's card, or None while the shipped model is active."""
+    promoted = ModelStore().promoted()
+    return promoted.card if promoted else None
+
+
 def active_model() -> None:
-    card, previous = active_card(), previous_card()
+    store = ModelStore()
+    card = promoted_card()
+    previous = store.previous().card if card and store.previous() else None
     with st.container(border=True, key="retrain_active"):
         if card:
             st.markdown(f"**Active model:** `{card.version}` ({md(card.arch)}), promoted {md(card.promoted_at or '?')}"
@@ -184,7 +192,7 @@ def active_model() -> None:
 
 
 def finished_panel(job: jobs.Job) -> None:
-    card = active_card()
+    card = promoted_card()
     rows = promotion.comparison(job.name)
     active_title = f"promoted run {card.version}" if card else f"shipped {DEFAULT_MODEL} (cross-validation mean)"
     if rows:
@@ -214,7 +222,7 @@ def _promotion_closed() -> None:
 @st.dialog("Promote to the active model?", width="large", on_dismiss=_promotion_closed)
 def confirm_promotion(name: str) -> None:
     """The candidate beside the active model, what speaks against it, and an explicit confirmation."""
-    card = active_card()
+    card = promoted_card()
     st.markdown(f"**{md(name)}** would replace the active model, "
                 f"{md(card.version) if card else 'the shipped ' + md(DEFAULT_MODEL)}, for every user of this app.")
     rows = promotion.comparison(name)

@@ -11,8 +11,9 @@ import streamlit as st
 
 from imagemasknet.app import charts, tables
 from imagemasknet.core import run_folder
-from imagemasknet.core.paths import WEIGHTS_DIR, runs_root
+from imagemasknet.core.paths import runs_root
 from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.models.bundle import CARD, ModelStore
 from imagemasknet.models.card import ModelCard, ModelCardError
 from imagemasknet.ops import audit_log, jobs
 
@@ -59,7 +60,8 @@ def load_card(path: str, mtime_ns: int) -> tuple[ModelCard | None, str | None]:
 st.title("Training")
 
 # --- shipped model -----------------------------------------------------------------------------------
-card_path = WEIGHTS_DIR / f"{DEFAULT_MODEL}.json"
+shipped_folder = ModelStore().shipped_folder()
+card_path = shipped_folder / CARD
 card, card_problem = load_card(str(card_path), card_path.stat().st_mtime_ns if card_path.exists() else 0)
 with st.container(border=True, key="model_card"):
     if card is None:
@@ -93,7 +95,7 @@ with st.container(border=True, key="model_card"):
                 st.markdown("\n".join(f"- {item}" for item in card.limitations))
 
 # --- the shipped model's own training curves (shipped beside its weights, so a fresh clone has them) -------
-shipped_history = run_folder.shipped_history(WEIGHTS_DIR, DEFAULT_MODEL)
+shipped_history = run_folder.shipped_history(shipped_folder)
 if shipped_history:
     with st.expander(f"Training curves of the shipped model ({len(shipped_history)} epochs)", expanded=False):
         left, right = st.columns(2)
@@ -254,12 +256,12 @@ if runs:
 
 # --- cross-validation spread -------------------------------------------------------------------------
 groups = run_folder.cv_groups(runs)
-card_folds = tables.card_fold_values(card or {})
+card_folds = tables.card_fold_values(card)
 if groups or card_folds:
     st.subheader("Cross-validation: per-fold spread")
     metric = st.selectbox("Metric", list(tables.METRIC_NAMES), key="t_cv_metric", format_func=tables.METRIC_NAMES.get)
     rows = [row for members in groups.values() for row in tables.fold_values(members, metric)]
-    rows += tables.card_fold_values(card or {}, metric)
+    rows += tables.card_fold_values(card, metric)
     st.plotly_chart(charts.fold_spread_figure(rows, metric), config=PLOT_CONFIG, key="cv_spread")
     if rows:
         st.dataframe(pd.DataFrame(tables.spread_summary(rows)), hide_index=True)

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from decisions import _arrays_for, _augmentation_of, _textures, augmented_copies
 
 from imagemasknet.core.files import write_json
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.inference.familiarity import REFUSE_FACTOR, FamiliarityReference
 from imagemasknet.inference.predictor import Predictor
-from imagemasknet.models.card import shipped_card
+from imagemasknet.models.bundle import ModelStore
+from imagemasknet.ops.release import augmented_copies, run_arrays, textures
 
 STRONG = "ultrasound-strong"
 
@@ -39,13 +39,14 @@ def fold_scores(run: Path, fold: int) -> dict[str, np.ndarray]:
     """Refusal scores of the fold's held-out scans (plain and strongly drawn) against the shipped design and
     the candidate, both fitted on the fold's own training scans."""
     predictor = Predictor.from_run(run, device="cpu", check_training_data=False)
-    arrays, split = _arrays_for(run), RunFolder(run).split
+    folder = RunFolder(run)
+    arrays, split = run_arrays(folder), folder.split
     train, test = arrays.take(split["train"]), arrays.take(split["test"])
-    plain = _textures(predictor, train)
-    as_trained = _textures(predictor, augmented_copies(train, _augmentation_of(run), seed=fold))
-    strong_train = _textures(predictor, augmented_copies(train, STRONG, seed=1000 + fold))
-    held_out = _textures(predictor, test)
-    held_out_strong = _textures(predictor, augmented_copies(test, STRONG, seed=2000 + fold))
+    plain = textures(predictor, train)
+    as_trained = textures(predictor, augmented_copies(train, folder.config.get("augment", "ultrasound"), seed=fold))
+    strong_train = textures(predictor, augmented_copies(train, STRONG, seed=1000 + fold))
+    held_out = textures(predictor, test)
+    held_out_strong = textures(predictor, augmented_copies(test, STRONG, seed=2000 + fold))
     shipped = FamiliarityReference.fit(np.concatenate([plain, as_trained]))
     candidate = FamiliarityReference.fit(np.concatenate([plain, as_trained, strong_train]))
     return {"shipped_plain": shipped.score(held_out), "shipped_strong": shipped.score(held_out_strong),
@@ -59,7 +60,7 @@ def main() -> int:
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    shipped_threshold = float(shipped_card(args.preset).familiarity["refuse_above"])
+    shipped_threshold = float(ModelStore().shipped(args.preset).card.familiarity["refuse_above"])
     scores: dict[str, list[np.ndarray]] = {}
     for k in args.folds:
         started = time.monotonic()

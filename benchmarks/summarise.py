@@ -1,31 +1,23 @@
 """Turn a cross-validation results folder (``cross_validation.py --out``) into the README tables,
 a compact summary JSON (committed under benchmarks/results/), and, with ``--ship``, the shipped
-model's weights and model card.
+model's bundle (through ``imagemasknet release``).
 
     python benchmarks/summarise.py results/cv-wd --json benchmarks/results/cv-summary-weight-decay.json --ship lesion-resunet
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import sys
 from pathlib import Path
 
 import numpy as np
-from decisions import decision_material
 
 from imagemasknet.core.files import read_json, write_json
 from imagemasknet.core.paths import WEIGHTS_DIR
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.busi import load_busi
-from imagemasknet.data.dataset import content_fingerprint
-from imagemasknet.data.splits import DEFAULT_SPLIT, load_folds
-from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW, is_low_confidence
-from imagemasknet.inference.predictor import Predictor, familiarity_path
-from imagemasknet.models import count_parameters, get_spec
-from imagemasknet.models.card import ModelCard
-from imagemasknet.models.weights import save_weights
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.models import get_spec
+from imagemasknet.ops.release import release
 
 PRESETS = {"lesion-effnet-lite0": "lesion-effnet-lite0 (pretrained encoder)", "lesion-resunet": "lesion-resunet",
            "study-m1": "study Model 1", "study-m2": "study Model 2"}
@@ -140,17 +132,6 @@ def summarise(results: Path, folds: list[int]) -> dict:
     return summary
 
 
-def low_confidence_figures(rows: list[dict], modes: tuple[str, ...]) -> dict:
-    """How often the low-confidence rule fires out of fold, and the accuracy on each side of it."""
-    out = {}
-    for mode in modes:
-        low = np.array([is_low_confidence(r["probabilities"][mode]) for r in rows])
-        right = np.array([max(r["probabilities"][mode], key=r["probabilities"][mode].get) == r["label"] for r in rows])
-        out[mode] = {"share_low": float(low.mean()), "accuracy_low": float(right[low].mean()) if low.any() else None,
-                     "accuracy_confident": float(right[~low].mean()) if (~low).any() else None}
-    return out
-
-
 def _mean_sd(values: list[float]) -> dict[str, float]:
     values = np.array(values, dtype=float)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
@@ -186,101 +167,25 @@ def tables(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def ship(results: Path, preset: str, summary: dict, folds: list[int], busbra: str | None = None,
-         reference_count: int = 6) -> Path:
-    """Store the all-data run's kept weights in weights/ (float16) with its model card, out-of-fold
-    predictions and familiarity reference (:mod:`decisions`)."""
-    run = results / f"{preset}-all"
-    config = RunFolder(run).config
-    spec = get_spec(config["arch"])
-    target = WEIGHTS_DIR / f"{spec.name}.safetensors"
-    WEIGHTS_DIR.mkdir(exist_ok=True)
-    run_card = ModelCard.for_run(RunFolder(run))
-    data = load_busi()
-    # The reference predictions come from the run's float32 weights; the shipped float16 copy must reproduce
-    # them within the tolerance tests/test_shipped_model.py states.
-    predictor = Predictor(run_card, run / "best.safetensors", device="cpu", check_training_data=False)
-    save_weights(target, predictor.model, {"arch": spec.name, "run": run.name}, half=True)
-    target.chmod(0o644)  # installed with the package: readable by every user
-    from imagemasknet.data.scans import read_scan
-
-    by_id = data.by_id()
-    reference = []
-    for image_id in load_folds()[0][:: max(1, len(load_folds()[0]) // reference_count)][:reference_count]:
-        scan = read_scan(by_id[image_id].image_path)
-        prediction = predictor.predict(scan)
-        reference.append({"id": image_id, "label": by_id[image_id].label, "predicted": prediction.predicted_class,
-                          "probabilities": prediction.probabilities})
-    from_scratch = spec.pretrained is None
-    material = decision_material(results, preset, folds, predictor, busbra)
-    write_json(target.with_name(f"{spec.name}.oof.json"), {
-        "model": spec.name, "note": "each BUSI scan's prediction by the cross-validation fold model that never trained "
-                                    "on it, calibrated by that fold's temperature; familiarity against that model's training scans",
-        "predictions": material["out_of_fold"]}, compact=True)
-    material["reference"].save(familiarity_path(target))
-    write_json(target.with_name(f"{spec.name}.history.json"), read_json(run / "history.json"), compact=True)  # the Training page's curves
-    for path in (familiarity_path(target), target.with_name(f"{spec.name}.oof.json"), target.with_name(f"{spec.name}.history.json")):
-        path.chmod(0o644)  # installed with the package: readable by every user
-    card = ModelCard(
-        name=spec.name, arch=spec.name,
-        version=dt.date.today().isoformat(),
-        architecture={"name": spec.name, "description": spec.description,
-                      "parameters": count_parameters(predictor.model), "modes": list(spec.modes),
-                      "predicts_lesion": spec.predicts_lesion},
-        pretrained={} if from_scratch else {
-            **spec.pretrained.meta(),
-            "adapted": "1-channel greyscale input (the RGB stem summed over its inputs), per-image normalisation "
-                       "(zero mean, unit variance) instead of ImageNet's mean and std, at 256 px; the 1000-class "
-                       "head dropped"},
-        storage="float16 weights (batch-norm statistics float32), cast to float32 on loading",
-        config=config,
-        trained_on="all 780 BUSI scans except a duplicate-aware 10 % validation split, used to pick the checkpoint "
-                   "and fit the temperature; hyper-parameters fixed in advance and measured by the 5-fold "
-                   "cross-validation below",
-        temperature=run_card.temperature,
-        malignancy_flag=material["malignancy_flag"],
-        familiarity=material["familiarity"],
-        low_confidence={"rule": f"top calibrated probability under {LOW_CONFIDENCE_BELOW:.0%}",
-                        "out_of_fold": low_confidence_figures(material["out_of_fold"], spec.modes)},
-        cross_validation=summary[preset],
-        external={"busbra": {m: summary[preset][m].get("all_data_busbra") for m in spec.modes},
-                  "note": "BUS-BRA subset (532 scans, one per patient, benign/malignant); evaluation only"},
-        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        intended_use="Research and teaching: a second look at B-mode breast-ultrasound scans, showing class "
-                     "probabilities, a predicted lesion outline and Grad-CAM. Not a medical device and not a diagnosis.",
-        limitations=[
-            ("Trained from scratch" if from_scratch else "Fine-tuned from ImageNet") + " on 780 BUSI scans from one "
-            "hospital (Cairo, LOGIQ E9); accuracy on other scanners is lower.",
-            "BUSI has near-duplicates and 8 cross-class look-alike groups; grouped folds remove the copies but not "
-            "frames of the same lesion, so cross-validation may still be optimistic.",
-            "Lesion scans only reach 'normal' when the model misses the lesion; BUS-BRA has no normal scans.",
-            "Calibration (temperature) was fitted on BUSI; probabilities on other scanners may be miscalibrated.",
-        ],
-        extra={
-            "dataset_fingerprint": {"busi_sha256": content_fingerprint(data), "scans": len(data.cases)},
-            "split_file": {"path": str(DEFAULT_SPLIT.relative_to(DEFAULT_SPLIT.parent.parent)),
-                           "sha256": hashlib.sha256(DEFAULT_SPLIT.read_bytes()).hexdigest()},
-            "reference_predictions": reference,
-        },
-    )
-    card.write(target.with_suffix(".json"))
-    return target
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--json", type=Path, help="write the summary here")
-    parser.add_argument("--ship", help="preset whose all-data run becomes the shipped model")
+    parser.add_argument("--ship", help="preset whose all-data run becomes the shipped model (`imagemasknet release`)")
     parser.add_argument("--busbra", help="BUS-BRA labels.csv: with --ship, report the flag and familiarity figures there")
+    parser.add_argument("--unseen-hospital", action="store_true",
+                        help="with --busbra: BUS-BRA is a hospital the shipped model never trained on (BUSI-only models)")
     args = parser.parse_args()
     summary = summarise(args.results, args.folds)
     print(tables(summary))
     if args.json:
         write_json(args.json, summary)
     if args.ship:
-        print(f"shipped {ship(args.results, args.ship, summary, args.folds, args.busbra)}")
+        bundle = release([args.results / f"{args.ship}-fold{k}" for k in args.folds], args.results / f"{args.ship}-all",
+                         WEIGHTS_DIR / get_spec(args.ship).name, external={"busbra": args.busbra} if args.busbra else None,
+                         unseen_hospital="busbra" if args.busbra and args.unseen_hospital else None)
+        print(f"shipped {bundle.folder} (imagemasknet release)")
     return 0
 
 

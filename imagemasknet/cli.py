@@ -1,4 +1,4 @@
-"""Command line: ``imagemasknet {train,evaluate,audit,predict,models,data,admin} ...``.
+"""Command line: ``imagemasknet {train,evaluate,release,audit,predict,models,data,admin} ...``.
 
 One module (about 500 lines) on purpose: the argument tree and one short handler per subcommand, each of
 which imports the package's work only when it runs, so ``imagemasknet --help`` never loads PyTorch.
@@ -234,7 +234,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         print(f"report: {write_owndata_report(result, Path(args.data).resolve(), arch, str(weights))}")
     elif args.run and not args.json:
-        write_json(run_dir / "metrics.json", result)
+        run_folder.write_metrics(result)
     if args.save_threshold is not None:
         from imagemasknet.evaluation.site_threshold import save_site_threshold, site_threshold_record
 
@@ -394,6 +394,51 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
+    from imagemasknet.core.paths import WEIGHTS_DIR
+    from imagemasknet.ops.release import release, release_manifest
+
+    external = {}
+    for item in args.external or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            print(f"error: --external {item!r} must be NAME=LABELS.csv with an existing file", file=sys.stderr)
+            return 2
+        external[name] = path
+    if args.unseen_hospital and args.unseen_hospital not in external:
+        print(f"error: --unseen-hospital {args.unseen_hospital} names no --external set", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else WEIGHTS_DIR / (args.name or Path(args.all_data).name)
+    bundle = release([Path(f) for f in args.folds], Path(args.all_data), out, args.name, external,
+                     args.unseen_hospital, args.version)
+    print(f"released {bundle.card.name} {bundle.card.version} to {bundle.folder}")
+    for name, digest in release_manifest(bundle).items():
+        print(f"  {digest[:16]}  {name}")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
+    import getpass
+
+    from imagemasknet.ops import access, promotion
+
+    try:
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("Administrator password: ")
+        session = access.login(password, client=access.Client("command-line"))
+        if args.action == "rollback":
+            card = promotion.rollback(admin=session)
+            print(f"rolled back: {card.version if card else 'the shipped model'} is the active model")
+        else:
+            card = promotion.promote(args.run, admin=session, override=args.reason)
+            print(f"promoted {card.version}: it is the active model")
+    except (access.AccessError, access.ConfigError, promotion.PromotionError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_admin_set_password(args: argparse.Namespace) -> int:
     # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.ops import access
@@ -520,8 +565,35 @@ def build_parser() -> argparse.ArgumentParser:
                               help="print the hash (for IMAGEMASKNET_ADMIN_HASH) instead of writing a file")
     set_password.set_defaults(func=cmd_admin_set_password)
 
-    models = commands.add_parser("models", help="list registered models")
+    models = commands.add_parser("models", help="list registered models; promote a run or roll back (administrator)")
     models.set_defaults(func=cmd_models)
+    model_commands = models.add_subparsers(dest="models_command")
+    promote = model_commands.add_parser(
+        "promote", help="make a finished run (a whole bundle) the active model; asks for the administrator password",
+        description="A run carries no malignancy flag (only a cross-validation sets one), so --reason is needed.")
+    promote.add_argument("run", help="the run's name (a folder under the runs folder)")
+    promote.add_argument("--reason", help="why it is promoted despite its concerns (recorded in the audit log)")
+    promote.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    promote.set_defaults(func=cmd_models_promote, action="promote")
+    rollback = model_commands.add_parser("rollback", help="restore the model the active one replaced")
+    rollback.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    rollback.set_defaults(func=cmd_models_promote, action="rollback")
+
+    release = commands.add_parser(
+        "release", help="build a model bundle from a cross-validation's fold runs and an all-data run",
+        description="Every threshold the bundle decides with is set on the fold runs' out-of-fold predictions; "
+                    "external sets are reported on only.")
+    release.add_argument("--folds", nargs="+", required=True, metavar="RUN", help="the fold runs (each tested on its fold)")
+    release.add_argument("--all-data", required=True, metavar="RUN", help="the run trained on all data: its weights ship")
+    release.add_argument("--name", help="the bundle's name (default: the architecture)")
+    release.add_argument("--out", help="the bundle folder (default: weights/NAME)")
+    release.add_argument("--version", help="the bundle's version (default: today's date)")
+    release.add_argument("--external", action="append", metavar="NAME=LABELS.csv",
+                         help="a labelled external set to report on (repeat for more); never chooses anything")
+    release.add_argument("--unseen-hospital", metavar="NAME",
+                         help="the external set from a hospital the model never trained on, whose flag sensitivity "
+                              "the 'unfamiliar' trust line quotes")
+    release.set_defaults(func=cmd_release)
     return parser
 
 

@@ -17,6 +17,7 @@ from e2e_helpers import ADMIN_PASSWORD
 
 from imagemasknet import cli
 from imagemasknet.core import paths
+from imagemasknet.models.bundle import ModelStore
 from imagemasknet.core.files import file_sha256
 from imagemasknet.models import DEFAULT_MODEL
 from imagemasknet.ops import access, audit_log, jobs, promotion, retrain_form, train_lock
@@ -192,7 +193,7 @@ def test_unauthenticated_calls_are_refused_by_the_functions(configured, monkeypa
             with pytest.raises(access.NotConfiguredError if not configured else access.AccessError):
                 call()
     assert jobs.current_job() is None and not train_lock.lock_path().exists()  # nothing was launched
-    assert not paths.active_path().exists()
+    assert not ModelStore().active_link.exists()
 
 
 def test_path_traversal_in_any_field_is_refused(monkeypatch, admin, busi_root):
@@ -231,7 +232,7 @@ def test_a_torn_line_never_corrupts_earlier_or_later_entries(tmp_path):
     log = audit_log.read(tmp_path)
     assert [e["action"] for e in log.entries] == ["login", "launch", "cancel"]
     assert log.unreadable_lines == 1
-    shipped = file_sha256(REPO / "weights" / f"{DEFAULT_MODEL}.safetensors")
+    shipped = file_sha256(REPO / "weights" / DEFAULT_MODEL / "model.safetensors")
     assert all(e["model_before"] == e["model_after"] == shipped for e in log.entries)
     with pytest.raises(ValueError):
         audit_log.append("delete-everything", root=tmp_path)

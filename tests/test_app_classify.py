@@ -122,7 +122,7 @@ def test_a_file_of_another_type_is_refused_with_its_reason(app):
     """Issue 16: a .txt upload is not just a red chip: the page names the file and what it accepts, and no
     longer asks for scans to be dropped."""
     upload(app, ("notes.txt", b"patient notes, not a scan"))
-    assert any("'notes.txt' is not an image this app can read (use PNG, JPEG, BMP, TIFF or DICOM)" in shown(e.value)
+    assert any("'notes.txt' is not an image this app can read (use PNG, JPEG, BMP, TIFF, GIF, WebP or DICOM)" in shown(e.value)
                for e in app.error)
     assert not any("Drop one or several scans" in i.value for i in app.info)
 
@@ -281,6 +281,8 @@ class ImageOnlyPredictor:
         self.version = "test"
         self.name = spec.name
         self.weights_sha256 = "1" * 64
+        self.training_sources = "busi"
+        self.bundle = types.SimpleNamespace(missing=[])
 
     def predict(self, scan, mask=None):
         assert mask is None

@@ -496,12 +496,12 @@ def test_out_of_fold_marks_apply_only_to_the_very_files_judged(busi_subset, tmp_
              "probabilities": {"image": {"normal": 0.1, "benign": 0.2, "malignant": 0.7},
                                "mask": {"normal": 0.3, "benign": 0.3, "malignant": 0.4}}} for case in (first, second)]
     rows[1]["sha256"] = "0" * 16  # judged on other pixels
-    write_json(tmp_path / "m.oof.json", {"model": "m", "predictions": rows})
-    marks = g.out_of_fold(tmp_path, "m", busi)
+    write_json(tmp_path / "oof.json", {"model": "m", "predictions": rows})
+    marks = g.out_of_fold(tmp_path / "oof.json", busi)
     assert set(marks) == {"image", "mask"}
     assert set(marks["image"]) == {first.id}
     assert marks["mask"][first.id]["malignant"] == 0.4
-    assert g.out_of_fold(tmp_path, "absent", busi) is None
+    assert g.out_of_fold(tmp_path / "absent.json", busi) is None and g.out_of_fold(None, busi) is None
 
 
 def test_switching_the_model_input_reads_out_of_fold_marks_without_running_the_model(gallery_env, monkeypatch):
@@ -509,7 +509,7 @@ def test_switching_the_model_input_reads_out_of_fold_marks_without_running_the_m
     run the model over every scan (it took 34 s); the marks say where they come from."""
     from imagemasknet.core.paths import WEIGHTS_DIR
 
-    if not (WEIGHTS_DIR / f"{DEFAULT_MODEL}.oof.json").is_file():
+    if not (WEIGHTS_DIR / DEFAULT_MODEL / "oof.json").is_file():
         pytest.skip("the shipped default model has no out-of-fold predictions")
     monkeypatch.setattr(g, "predict_all", lambda *a, **k: pytest.fail("ran the model instead of reading the marks"))
     at = _app(GALLERY)

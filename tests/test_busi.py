@@ -124,17 +124,17 @@ def test_mask_of_other_size_is_resized_nearest_and_binarised(busi_root, tmp_path
     image_path, _ = busi_case_files(lesion_id)
     full = original_mask(busi_case_files, lesion_id)
     height, width = full.shape
-    # Half-size, non-binary grey values: lesion 200, background 30, one ambiguous 127 ring.
+    # Half-size, two grey levels: lesion 200, background 30, and one ring exactly at their midpoint, 115.
     small_size = (width // 2, height // 2)
     small = np.asarray(Image.fromarray(full.astype(np.uint8) * 255).resize(small_size, Image.Resampling.NEAREST)) > 127
     grey = np.where(small, 200, 30).astype(np.uint8)
-    grey[0, :] = 127  # exactly at the threshold: must count as background
+    grey[0, :] = 115  # exactly at the threshold: must count as background
     mask_file = tmp_path / "small_mask.png"
     Image.fromarray(grey).save(mask_file)
 
     merged = read_case_mask((mask_file,), (height, width))
     assert merged.shape == (height, width) and merged.dtype == bool
-    expected = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.NEAREST)) > 127
+    expected = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.NEAREST)) > 115
     assert np.array_equal(merged, expected)
     assert not merged[:2].any()
     # Nearest-neighbour upsampling of a nearest-neighbour downsample stays close to the original.

@@ -86,7 +86,6 @@ def test_a_photograph_gets_an_error_record_not_a_class(tmp_path, capsys):
 def test_predict_accounts_for_every_path_it_is_given_or_finds(busi_root, tmp_path, capsys):
     """Issue 28: a folder's GIFs, WebPs, extensionless DICOMs and stray files were skipped without a record;
     a FIFO blocked forever; /dev/zero ended in a traceback; a name that is not UTF-8 stopped --out."""
-    import io
     import json
     import os
 

@@ -7,7 +7,6 @@ exactly one navigation menu. Saves screenshots classify-*.png (see e2e_helpers.S
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from e2e_helpers import (ANSWER, browser, browser_page, chromium_executable, open_app,  # noqa: F401  (fixtures)

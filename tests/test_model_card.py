@@ -1,5 +1,6 @@
-"""One model card type: the shipped cards read and write back unchanged, a card is read without being trusted,
-and a run folder's checkpoints and a promoted model get the same type."""
+"""One model card type in one bundle layout: the shipped cards read and write back unchanged, a card is read
+without being trusted, a run folder's checkpoints and a promoted bundle get the same type, and the store says
+which bundle is active."""
 from __future__ import annotations
 
 import json
@@ -9,15 +10,16 @@ import pytest
 
 from imagemasknet.core.files import write_json
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.models.card import ModelCard, ModelCardError, promoted_card, shipped_card
+from imagemasknet.models.bundle import Bundle, BundleError, ModelStore
+from imagemasknet.models.card import ModelCard, ModelCardError
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
 @pytest.mark.parametrize("name", ["lesion-effnet-lite0", "lesion-resunet"])
 def test_a_shipped_card_reads_and_writes_back_unchanged(name, tmp_path):
-    raw = json.loads((WEIGHTS / f"{name}.json").read_text())
-    card = shipped_card(name)
+    raw = json.loads((WEIGHTS / name / "model.json").read_text())
+    card = ModelStore().shipped(name).card
     assert card.name == card.arch == name and card.image_size == raw["config"]["image_size"]
     assert card.temperature == raw["temperature"] and card.cross_validation == raw["cross_validation"]
     written = tmp_path / "card.json"
@@ -28,8 +30,8 @@ def test_a_shipped_card_reads_and_writes_back_unchanged(name, tmp_path):
 
 
 def test_the_flag_thresholds_and_the_cross_validation_means_come_from_the_card():
-    card = shipped_card("lesion-effnet-lite0")
-    raw = json.loads((WEIGHTS / "lesion-effnet-lite0.json").read_text())
+    card = ModelStore().shipped("lesion-effnet-lite0").card
+    raw = json.loads((WEIGHTS / "lesion-effnet-lite0" / "model.json").read_text())
     assert card.flag_thresholds == {m: v["threshold"] for m, v in raw["malignancy_flag"]["modes"].items()}
     assert card.flag_target == raw["malignancy_flag"]["target_sensitivity"] == 0.9
     assert card.cross_validation_means()["image"]["accuracy"] == raw["cross_validation"]["image"]["accuracy"]["mean"]
@@ -71,12 +73,32 @@ def test_a_run_folder_card_carries_its_config_and_calibration(tmp_path):
         ModelCard.for_run(RunFolder(tmp_path / "empty"))
 
 
-def test_a_promoted_folder_without_its_weights_or_card_has_no_card(tmp_path):
+def test_a_bundle_needs_its_weights_and_card_and_says_what_else_it_lacks(tmp_path):
     folder = tmp_path / "model"
     write_json(folder / "model.json", {"arch": "lesion-resunet", "version": "run-1", "promoted_at": "today"})
-    assert promoted_card(folder) is None  # no model.safetensors beside it
+    with pytest.raises(BundleError, match="holds no model.safetensors"):
+        Bundle.read(folder)
     (folder / "model.safetensors").write_bytes(b"")
-    card = promoted_card(folder)
-    assert card is not None and card.promoted and card.version == "run-1"
+    bundle = Bundle.read(folder)
+    assert bundle.card.promoted and bundle.card.version == "run-1"
+    assert any("no familiarity reference" in gap for gap in bundle.missing)
+    assert any("no malignancy flag" in gap for gap in bundle.missing)
     (folder / "model.json").write_text("[]")
-    assert promoted_card(folder) is None
+    with pytest.raises(BundleError, match="model.json is not a JSON object"):
+        Bundle.read(folder)
+
+
+def test_the_shipped_bundles_are_complete_and_the_store_resolves_the_active_one(tmp_path):
+    store = ModelStore(runs=tmp_path)
+    shipped = store.shipped()
+    assert shipped.familiarity and shipped.out_of_fold and shipped.history and not shipped.missing
+    assert shipped.card.schema_version == 2 and shipped.card.preprocessing["image_size"] == shipped.card.image_size
+    assert store.active() == shipped and store.promoted() is None and store.active_key().startswith("shipped:")
+    promoted = tmp_path / ".models" / "run-1"
+    promoted.mkdir(parents=True)
+    for name in ("model.safetensors", "model.json"):
+        (promoted / name).write_bytes((shipped.folder / name).read_bytes())
+    (tmp_path / "active").symlink_to(promoted)
+    assert store.active().folder == promoted and store.active_key() == "active:run-1" and store.previous() is None
+    (promoted / "model.json").write_text("{")  # a damaged promotion: the shipped model serves
+    assert store.active() == shipped

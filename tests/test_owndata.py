@@ -35,7 +35,7 @@ from imagemasknet.models import get_spec
 from imagemasknet.models.weights import load_model
 
 REPO = Path(__file__).resolve().parent.parent
-WEIGHTS = REPO / "weights" / "lesion-resunet.safetensors"
+WEIGHTS = REPO / "weights" / "lesion-resunet" / "model.safetensors"
 N_EACH = 8
 
 

@@ -22,17 +22,28 @@ from streamlit.testing.v1 import AppTest
 
 from imagemasknet import cli
 from imagemasknet.core.files import file_sha256, read_json, write_json
-from imagemasknet.core.paths import active_path, runs_root
+from imagemasknet.core.paths import runs_root
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.dataset import DatasetNotFoundError
 from imagemasknet.data.scans import read_scan
 from imagemasknet.inference.predictor import Predictor, active_model_key
 from imagemasknet.models import DEFAULT_MODEL
-from imagemasknet.models.card import active_card, previous_card
+from imagemasknet.models.bundle import ModelStore
 from imagemasknet.ops import access, audit_log, jobs, promotion, retrain_form, train_lock
 from imagemasknet.training.config import PRESETS, TrainConfig
 
 pytestmark = pytest.mark.slow
+
+
+def active_card():
+    """The promoted bundle's card, or None while the shipped model is active."""
+    promoted = ModelStore().promoted()
+    return promoted.card if promoted else None
+
+
+def previous_card():
+    previous = ModelStore().previous()
+    return previous.card if previous else None
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = {"epochs": 1, "limit": 20, "image_size": 64, "fold": 0, "seed": 0}
@@ -105,7 +116,7 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     # Before promotion the shipped model is the active one, and the comparison uses its card.
     assert active_card() is None and active_model_key() == f"shipped:{DEFAULT_MODEL}"
     rows = promotion.comparison(name)
-    shipped_card = json.loads((REPO / "weights" / f"{DEFAULT_MODEL}.json").read_text())
+    shipped_card = json.loads((REPO / "weights" / DEFAULT_MODEL / "model.json").read_text())
     accuracy = next(r for r in rows if r["metric"] == "accuracy" and r["mode"] == "image")
     assert accuracy["active"] == pytest.approx(shipped_card["cross_validation"]["image"]["accuracy"]["mean"])
     assert accuracy["run"] == pytest.approx(job.history[-1]["heldout"]["image"]["accuracy"])
@@ -163,7 +174,7 @@ def test_real_retrain_finishes_and_is_promoted_then_rolled_back(finished_run, en
     assert [e["action"] for e in ended[4:]] == ["promote", "promote", "rollback", "rollback", "rollback",
                                                 "promote", "rollback"]
     assert all(e["session"] == admin.id and e["outcome"] == "ok" for e in ended[4:])
-    shipped_hash = file_sha256(REPO / "weights" / f"{DEFAULT_MODEL}.safetensors")
+    shipped_hash = file_sha256(REPO / "weights" / DEFAULT_MODEL / "model.safetensors")
     run_hash = file_sha256(root / name / "best.safetensors")
     first, last = ended[4], ended[-1]
     assert (first["run"], first["model_before"], first["model_after"]) == (name, shipped_hash, run_hash)
@@ -487,5 +498,5 @@ def test_a_promotion_killed_after_its_swap_is_still_audited_and_leaves_no_stale_
     assert audit_log.close_interrupted(clock=later) == 0  # once
     promotion.promote(copy_run(finished_run, "lesion-resunet-20990101-000010"), admin=admin, override=QUICK_REASON)
     assert not stale.is_symlink()
-    weights = active_path().resolve() / "model.safetensors"
+    weights = ModelStore().active_link.resolve() / "model.safetensors"
     assert stat.S_IMODE(weights.stat().st_mode) & 0o044  # readable by others, as atomic_write documents

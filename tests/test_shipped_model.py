@@ -23,11 +23,11 @@ def predictor() -> Predictor:
 
 @pytest.fixture(scope="module")
 def card() -> dict:
-    return read_json(WEIGHTS_DIR / f"{DEFAULT_MODEL}.json")
+    return read_json(WEIGHTS_DIR / DEFAULT_MODEL / "model.json")
 
 
 def test_shipped_weights_stay_under_ten_megabytes():
-    total = sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir() if p.is_file())
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert total <= 10_000_000, f"weights/ holds {total / 1e6:.2f} MB"
 
 
@@ -90,7 +90,7 @@ def test_reference_predictions_reproduce(predictor, card, busi_root):
 
 @pytest.mark.parametrize("name", available_models())
 def test_every_shipped_model_reproduces_its_references(name, busi_root):
-    card = read_json(WEIGHTS_DIR / f"{name}.json")
+    card = read_json(WEIGHTS_DIR / name / "model.json")
     predictor = Predictor.shipped(name, device="cpu")
     cases = load_busi(busi_root).by_id()
     tolerance = 0.01 if card.get("storage", "").startswith("float16") else 1e-4

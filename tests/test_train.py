@@ -180,7 +180,7 @@ def test_mixup_blends_scans_masks_and_labels_alike(busi_root, busi_arrays):
     spec = get_spec("lesion-resunet")
     # The shipped weights, whose confident answers make the loss depend on the labels; eval mode for
     # fixed batch-norm statistics and no dropout.
-    model = load_model(spec.name, Path(__file__).resolve().parent.parent / "weights" / f"{spec.name}.safetensors",
+    model = load_model(spec.name, Path(__file__).resolve().parent.parent / "weights" / spec.name / "model.safetensors",
                        image_size=SIZE).eval()
     step = TrainingStep(model, spec, quick_config(busi_root, None), class_weight=torch.tensor([2.0, 0.7, 1.3]))
     rows = [n for k in range(len(CLASSES)) for n in np.flatnonzero(busi_arrays.labels == k)[:2]]

@@ -95,8 +95,8 @@ def test_the_exclusion_threshold_keeps_97_percent_of_lesions_under_it():
 
 
 def test_the_shipped_models_rules_are_what_its_out_of_fold_predictions_give():
-    card = json.loads((WEIGHTS_DIR / f"{DEFAULT_MODEL}.json").read_text())
-    oof = json.loads((WEIGHTS_DIR / f"{DEFAULT_MODEL}.oof.json").read_text())["predictions"]
+    card = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / "model.json").read_text())
+    oof = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / "oof.json").read_text())["predictions"]
     rules = decision_rules(oof, ["image", "mask"], card["familiarity"]["unfamiliar_above"], resamples=50)
     assert card["lesion_exclusion"]["threshold"] == pytest.approx(rules["lesion_exclusion"]["threshold"])
     for mode in ("image", "mask"):

@@ -225,12 +225,14 @@ def data_uri(image_bytes: bytes, mime: str = "image/jpeg") -> str:
 # --- what the marks come from -------------------------------------------------------------------------
 
 
-def out_of_fold(weights_dir: Path, name: str, busi: Dataset) -> dict[str, dict[str, dict[str, float]]] | None:
-    """mode → id → calibrated probabilities from the model's cross-validation (``NAME.oof.json`` beside its
-    weights: each scan as judged by the fold model that never trained on it), for the scans of ``busi``
-    whose files are byte for byte the ones judged; None when the model ships none or no scan matches."""
+def out_of_fold(path: Path | None, busi: Dataset) -> dict[str, dict[str, dict[str, float]]] | None:
+    """mode → id → calibrated probabilities from a bundle's ``oof.json`` (its cross-validation: each scan as judged
+    by the fold model that never trained on it), for the scans of ``busi`` whose files are byte for byte the ones
+    judged; None when the bundle has none or no scan matches."""
+    if path is None:
+        return None
     try:
-        stored = json.loads((Path(weights_dir) / f"{name}.oof.json").read_text(encoding="utf-8"))
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = {row["id"]: row for row in stored["predictions"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -208,9 +208,12 @@ def card_external_rows(card: ModelCard) -> list[dict]:
     return rows
 
 
-def card_fold_values(card: ModelCard, metric: str = "accuracy") -> list[dict]:
-    """Per-fold values in the model card (``cross_validation[mode]["folds"]``), as :func:`fold_values` rows."""
+def card_fold_values(card: ModelCard | None, metric: str = "accuracy") -> list[dict]:
+    """Per-fold values in the model card (``cross_validation[mode]["folds"]``), as :func:`fold_values` rows; none
+    without a card."""
     rows = []
+    if card is None:
+        return rows
     name = f"{card.name} (card)"
     for mode, metrics in card.cross_validation.items():
         folds = metrics.get("folds") if isinstance(metrics, dict) else None

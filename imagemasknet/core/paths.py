@@ -1,12 +1,13 @@
 """Where the project's files are: every folder it reads or writes, and the environment variables that move
 them. Nothing here imports PyTorch.
 
-* run folders: ``$IMAGEMASKNET_RUNS``, default ``./runs``; the promoted model is its ``active`` link;
+* run folders: ``$IMAGEMASKNET_RUNS``, default ``./runs``; the promoted model is its ``active`` link
+  (:class:`imagemasknet.models.bundle.ModelStore` resolves it);
 * decoded-scan and index caches: ``$IMAGEMASKNET_CACHE``, default ``~/.cache/imagemasknet``;
 * BUSI: ``$IMAGEMASKNET_DATA``, else the copy bundled in the repository, else ``./data/…``, else the shared copy
   (:func:`imagemasknet.data.busi.find_data_root` tries them in that order); the other training sources: the
   bundled copy, else the shared one (:mod:`imagemasknet.data.sources`);
-* the shipped weights: inside the installed package, else the checkout's ``weights/``;
+* the shipped model bundles: inside the installed package, else the checkout's ``weights/``;
 * the administrator's password hash: ``$IMAGEMASKNET_SECRETS``, default ``./.streamlit/secrets.toml``.
 """
 from __future__ import annotations
@@ -58,26 +59,3 @@ def data_override() -> Path | None:
     """The BUSI folder ``$IMAGEMASKNET_DATA`` names, if it is set."""
     value = os.environ.get(DATA_ENV)
     return Path(value) if value else None
-
-
-def active_path(root: Path | None = None) -> Path:
-    """The link to the promoted model's folder (it may not exist: then the shipped model is active)."""
-    return Path(root or runs_root()) / ACTIVE_NAME
-
-
-def active_model_dir(root: Path | None = None) -> Path | None:
-    """The promoted model's folder, resolved (so its two files belong together even while a promotion swaps
-    the link), or None when the shipped model is active or the folder is incomplete."""
-    try:
-        folder = active_path(root).resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-    if not (folder / "model.json").is_file() or not (folder / "model.safetensors").is_file():
-        return None
-    return folder
-
-
-def active_weights(default_model: str, root: Path | None = None) -> Path:
-    """The weights the app classifies with now: the promoted model's, else the shipped default's."""
-    folder = active_model_dir(root)
-    return folder / "model.safetensors" if folder is not None else WEIGHTS_DIR / f"{default_model}.safetensors"

@@ -12,18 +12,38 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from imagemasknet.core.files import read_regular, read_tail
+from imagemasknet.core.files import now, read_regular, read_tail, write_json
 from imagemasknet.core.processes import run_state
 
+#: The files of a run folder (docs/architecture.md, "The run folder"): every reader and writer names them so.
+CONFIG, SPLIT, HISTORY, STATUS, LOG = "config.json", "split.json", "history.json", "status.json", "log.txt"
+CALIBRATION, BEST, LAST, AVERAGE, STATE = ("calibration.json", "best.safetensors", "last.safetensors",
+                                           "average.safetensors", "last.state.pt")
 _FOLD = re.compile(r"^(?P<preset>.+)-fold(?P<fold>\d+)$")
-_RUN_FILES = ("config.json", "history.json", "status.json", "log.txt", "best.safetensors", "last.safetensors")
+_RUN_FILES = (CONFIG, HISTORY, STATUS, LOG, BEST, LAST)
 JSON_LIMIT = 16 * 2**20  # bytes: a run's history of 500 epochs is under 2 MB; a metrics file with ROC curves, 1 MB
 LOG_TAIL_BYTES = 64 * 2**10  # how much of a log's end is read for its last lines
+
+
+def metrics_file(label: str | None = None) -> str:
+    """``metrics.json`` (an evaluation of the run's best checkpoint), or ``metrics-LABEL.json``."""
+    return f"metrics-{label}.json" if label else "metrics.json"
+
+
+def new_run_name(prefix: str, root: Path, taken=lambda name: False) -> str:
+    """The one naming rule of run folders: ``<prefix>-<YYYYmmdd-HHMMSS>``, with ``-1``, ``-2`` … when the folder (or
+    ``taken(name)``) already exists. Never from user input."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name, suffix = f"{prefix}-{stamp}", 1
+    while (Path(root) / name).exists() or taken(name):
+        name, suffix = f"{prefix}-{stamp}-{suffix}", suffix + 1
+    return name
 
 
 def read_json_checked(path: Path, kind: type | tuple[type, ...] = (dict, list)) -> tuple[Any, str | None]:
@@ -97,19 +117,19 @@ class RunFolder:
     # Each file is read on first use only, so a caller that wants the status reads status.json alone.
     @cached_property
     def _config(self) -> tuple[dict, list[str]]:
-        config, problem = read_json_checked(self.path / "config.json", dict)
+        config, problem = read_json_checked(self.path / CONFIG, dict)
         return config or {}, [problem] if problem else []
 
     @cached_property
     def _status(self) -> tuple[dict, list[str]]:
-        status, problem = read_json_checked(self.path / "status.json", dict)
+        status, problem = read_json_checked(self.path / STATUS, dict)
         return status or {}, [problem] if problem else []
 
     @cached_property
     def _history(self) -> tuple[list[dict], list[str]]:
         problems = []
         evaluation_only = self.config.get("kind") == "own-data evaluation"  # `evaluate --data`: nothing trained
-        history, problem = read_json_checked(self.path / "history.json", list)
+        history, problem = read_json_checked(self.path / HISTORY, list)
         if problem and "missing" in problem:
             problem = None if evaluation_only else "history.json is missing — no epoch has finished yet"
         if problem:
@@ -124,7 +144,7 @@ class RunFolder:
 
     @cached_property
     def _calibration(self) -> tuple[dict, list[str]]:
-        calibration, problem = read_json_checked(self.path / "calibration.json", dict)
+        calibration, problem = read_json_checked(self.path / CALIBRATION, dict)
         return calibration or {}, [problem] if problem and "missing" not in problem else []
 
     @cached_property
@@ -139,6 +159,34 @@ class RunFolder:
             else:
                 reports[metrics_file.stem] = report
         return reports, problems
+
+    # --- writing: the one writer of each file (atomic, so a reader sees the old file or the new one) -----
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.path / CONFIG, config)
+
+    def write_split(self, train: list[str], validation: list[str], test: list[str]) -> None:
+        write_json(self.path / SPLIT, {"train": train, "validation": validation, "test": test})
+
+    def write_history(self, history: list[dict]) -> None:
+        write_json(self.path / HISTORY, history)
+
+    def write_status(self, state: str, **fields) -> None:
+        write_json(self.path / STATUS, {"state": state, **fields, "updated": now()})
+
+    def write_calibration(self, temperatures: dict[str, float], fitted_on: str) -> None:
+        write_json(self.path / CALIBRATION, {"temperature": temperatures, "fitted_on": fitted_on})
+
+    def write_metrics(self, report: dict, label: str | None = None) -> Path:
+        path = self.path / metrics_file(label)
+        write_json(path, report)
+        return path
+
+    def append_log(self, message: str) -> None:
+        with open(self.path / LOG, "a", encoding="utf-8") as log:
+            log.write(f"{now()} {message}\n")
+
+    # --- reading ------------------------------------------------------------------------------------------
 
     @property
     def config(self) -> dict:
@@ -177,7 +225,7 @@ class RunFolder:
     @property
     def split(self) -> dict[str, list[str]]:
         """The scan ids of each part of the run (train, validation, test), as split.json lists them."""
-        split, _ = read_json_checked(self.path / "split.json", dict)
+        split, _ = read_json_checked(self.path / SPLIT, dict)
         return {part: list(ids) for part, ids in (split or {}).items() if isinstance(ids, list)}
 
     @property
@@ -246,7 +294,7 @@ class RunFolder:
     def log_tail(self, lines: int = 30) -> str:
         """The log's last lines (read from its last 64 KB, never through a link); "" when there is none."""
         try:
-            tail = read_tail(self.path / "log.txt", LOG_TAIL_BYTES).decode("utf-8", errors="replace")
+            tail = read_tail(self.path / LOG, LOG_TAIL_BYTES).decode("utf-8", errors="replace")
         except OSError:
             return ""
         return "\n".join(tail.splitlines()[-lines:])
@@ -262,7 +310,7 @@ def scan_runs(root: str | Path, inside: str | Path | None = None) -> list[RunFol
     root = Path(root)
     if not root.is_dir() or (inside is not None and not _within(root, inside)):
         return []
-    if looks_like_run(root) and (root / "config.json").exists():
+    if looks_like_run(root) and (root / CONFIG).exists():
         return [RunFolder(root)]
     folders = [p for p in root.iterdir() if not p.name.startswith(".") and (inside is None or _within(p, inside))
                and looks_like_run(p)]
@@ -276,9 +324,9 @@ def _within(path: Path, root: str | Path) -> bool:
         return False
 
 
-def shipped_history(weights_dir: Path, name: str) -> list[dict]:
-    """The shipped model's own per-epoch history (``NAME.history.json`` beside its weights), or []."""
-    history, _ = read_json_checked(Path(weights_dir) / f"{name}.history.json", list)
+def shipped_history(bundle_folder: Path) -> list[dict]:
+    """A model bundle's own per-epoch history (its ``history.json``), or []."""
+    history, _ = read_json_checked(Path(bundle_folder) / HISTORY, list)
     return [e for e in history or [] if isinstance(e, dict)]
 
 

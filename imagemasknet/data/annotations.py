@@ -17,7 +17,6 @@ light to import.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 THIN = 5  # px: an opening this wide (or tall) removes what is thinner
 STROKE = 4  # px: a stroke runs at least this far along the beam
@@ -30,14 +29,27 @@ FILL = 15  # px: the window whose unmarked pixels fill a painted-out mark
 
 def _slide(x: np.ndarray, size: int, axis: int, largest: bool) -> np.ndarray:
     """Sliding max (or min) over ``size`` pixels along ``axis``, the output the size of the input (a window
-    reaches ``size // 2`` before a pixel and the rest after it; the edge repeats)."""
+    reaches ``size // 2`` before a pixel and the rest after it; the edge repeats). Shifted copies combined pairwise,
+    then by doubling: a few whole-array operations, not a Python loop over pixels."""
     if size <= 1:
         return x
     before = size // 2
     pad = [(0, 0), (0, 0)]
     pad[axis] = (before, size - 1 - before)
-    windows = sliding_window_view(np.pad(x, pad, mode="edge"), size, axis=axis)
-    return windows.max(-1) if largest else windows.min(-1)
+    padded = np.pad(x, pad, mode="edge")
+    combine = np.maximum if largest else np.minimum
+    length = x.shape[axis]
+
+    def shifted(array: np.ndarray, offset: int, count: int) -> np.ndarray:
+        return array.take(np.arange(offset, offset + count), axis=axis) if axis else array[offset:offset + count]
+
+    covered, out = 1, padded  # out[i] combines padded[i : i + covered]
+    while covered * 2 <= size:
+        out = combine(shifted(out, 0, out.shape[axis] - covered), shifted(out, covered, out.shape[axis] - covered))
+        covered *= 2
+    if covered < size:  # the rest of the window: one more overlapping combine
+        out = combine(shifted(out, 0, length), shifted(out, size - covered, length))
+    return shifted(out, 0, length)
 
 
 def _pool(x: np.ndarray, height: int, width: int, largest: bool) -> np.ndarray:

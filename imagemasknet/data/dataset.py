@@ -159,7 +159,7 @@ def load_arrays(data: Dataset, size: int = 256, progress: bool = False, paint_ou
     """Decode every case once at size×size and cache the result under :func:`cache_dir`; with
     ``paint_out_annotations``, burnt-in marks are painted out at the scan's own resolution first."""
     painted = "|painted" if paint_out_annotations else ""
-    key = hashlib.sha256(f"{listing_fingerprint(data)}|{size}{painted}|v2".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{listing_fingerprint(data)}|{size}{painted}|v3".encode()).hexdigest()[:20]
     path = cache_dir() / f"scans-{size}-{key}.npz"
     sources = np.array([c.source for c in data.cases], dtype=str)
     if path.exists():

@@ -1,5 +1,6 @@
-"""Image files to arrays: a scan to 8-bit greyscale, a case's mask files to one boolean mask, and both
-resized together to the model's square input."""
+"""Image files to the arrays a model trains on, by the same reader as every upload
+(:mod:`imagemasknet.data.scans`): a scan to 8-bit greyscale at its working size, a case's mask files to one
+boolean mask, and both resized together to the model's square input."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,28 +8,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imagemasknet.data.scans import decode_mask, read_scan
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def read_grey(path: Path) -> np.ndarray:
-    """Decode an image file to 8-bit greyscale (H, W)."""
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in ("I;16", "I;16B", "I"):
-            array = np.asarray(image, dtype=np.float64)
-            return (255 * array / max(array.max(), 1)).astype(np.uint8)
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+    """A scan file as the app reads it: 8-bit greyscale (H, W), at most 1024 px a side. ScanError (a
+    ValueError) for a file that is no scan."""
+    return read_scan(path).pixels
 
 
 def read_case_mask(paths: tuple[Path, ...], size_hw: tuple[int, int]) -> np.ndarray:
-    """Merge mask files by OR, binarised, at the image's size (nearest-neighbour when sizes differ)."""
+    """Merge mask files by OR, read as the app reads a mask, at ``size_hw`` (nearest-neighbour when sizes differ)."""
     merged = np.zeros(size_hw, dtype=bool)
     for path in paths:
-        with Image.open(path) as mask:
-            mask = mask.convert("L")
-            if mask.size != (size_hw[1], size_hw[0]):
-                mask = mask.resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST)
-            merged |= np.asarray(mask) > 127
+        mask = decode_mask(path)
+        if mask.shape != tuple(size_hw):
+            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
+                (size_hw[1], size_hw[0]), Image.Resampling.NEAREST)) > 127
+        merged |= mask
     return merged
 
 

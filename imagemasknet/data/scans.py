@@ -54,7 +54,7 @@ __all__ = [
     "ScanError", "EmptyFileError", "NotAnImageError", "UnsupportedFileError", "UnreadableFileError",
     "CorruptImageError", "DecompressionBombError",
     "ImageTooSmallError", "AspectRatioError", "MultiFrameError", "MaskError", "NotUltrasoundError",
-    "Scan", "read_scan", "read_mask", "mask_from_drawing",
+    "Scan", "read_scan", "read_mask", "decode_mask", "check_lesion", "mask_from_drawing",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -231,14 +231,28 @@ def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None,
     A mask of another size is refused with both sizes named: it was most likely made for another scan
     (or another export of it), and stretching it would put the outline in the wrong place.  0/1,
     0..255, 16-bit or coloured masks are accepted: a pixel is lesion when its brightest channel is
-    above a quarter of the brightest value in the whole mask (so 0/1 masks work, and JPEG noise
-    around black does not count).  When the mask has transparent pixels (alpha == 0), transparent =
+    above the midpoint of the mask's darkest and brightest values (so 0/1 masks work, a grey background
+    is background, and JPEG noise around black does not count).  When the mask has transparent pixels (alpha == 0), transparent =
     background and every visible pixel is lesion (how drawing tools export strokes).  A mask is read, not
     trusted: one with shades of grey (not a binary mask), no lesion, a lesion covering most of the scan, or
     values that are not numbers raises :class:`MaskError` naming what is wrong.
     """
     height, width = _check_size_hw(size_hw)
     original = _check_size_hw(original_hw) if original_hw is not None else (height, width)
+    lesion = decode_mask(data, name)
+    subject = _subject(name or _name_of(data), "The mask file", prefix="The mask ")
+    if lesion.shape not in ((height, width), original):
+        mask_h, mask_w = lesion.shape
+        shape = "size and shape" if abs(mask_w / mask_h - original[1] / original[0]) > 0.01 else "size"
+        raise MaskError(f"{subject} is {mask_w} × {mask_h} pixels but the scan is {original[1]} × {original[0]}; a "
+                        f"mask must have the scan's {shape}, so it was not used. Upload the mask made for this scan.")
+    return check_lesion(_resize_bool(lesion, height, width), subject)
+
+
+def decode_mask(data: Any, name: str | None = None) -> np.ndarray:
+    """A mask file as bool at its own size (a pixel is lesion above the midpoint of its darkest and brightest
+    values, or where it is not transparent); :class:`MaskError` for a file that is no black-and-white mask.
+    Training reads its masks with this too, so a site's masks mean the same in training as in the app."""
     raw, name = _read_input(data, name, error=MaskError)
     subject = _subject(name, "The mask file", prefix="The mask ")
     if not raw:
@@ -249,17 +263,17 @@ def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None,
                 raise NotAnImageError(f"{subject} is a DICOM file; please upload the mask as a PNG image.")
             image, _ = _open_pil(raw, subject, check_geometry=False, what="mask")
             image = _load_oriented(image, subject, [])
-            if image.size not in ((width, height), (original[1], original[0])):
-                shape = "size and shape" if abs(image.width / image.height - original[1] / original[0]) > 0.01 else "size"
-                raise MaskError(f"{subject} is {image.width} × {image.height} pixels but the scan is "
-                                f"{original[1]} × {original[0]}; a mask must have the scan's {shape}, so it was not "
-                                "used. Upload the mask made for this scan.")
-            lesion = _resize_bool(_mask_from_image(image, subject), height, width)
+            return _mask_from_image(image, subject).astype(bool, copy=False)
     except MaskError:
         raise
     except ScanError as exc:
         raise MaskError(str(exc)) from exc
-    return check_lesion(lesion, subject)
+
+
+def _name_of(data: Any) -> str | None:
+    if isinstance(data, (str, os.PathLike)):
+        return Path(data).name
+    return os.path.basename(str(getattr(data, "name", ""))) or None
 
 
 def check_lesion(lesion: np.ndarray, subject: str) -> np.ndarray:
@@ -604,14 +618,15 @@ def _mask_from_image(image: Image.Image, subject: str) -> np.ndarray:
                         "used; save the mask as a black-and-white PNG.")
     if alpha is not None and (alpha == 0).any():
         return alpha > 0
-    top = float(value.max()) if value.size else 0.0
-    if top <= 0:
-        return np.zeros(value.shape, dtype=bool)
-    grey = (value > 0.1 * top) & (value < 0.9 * top)
+    low, high = (float(value.min()), float(value.max())) if value.size else (0.0, 0.0)
+    if high <= low:
+        return np.zeros(value.shape, dtype=bool) if high <= 0 else np.ones(value.shape, dtype=bool)
+    spread = high - low
+    grey = (value > low + 0.1 * spread) & (value < high - 0.1 * spread)
     if grey.mean() > MASK_GREY_SHARE:
         raise MaskError(f"{subject} is not a black-and-white mask ({grey.mean():.0%} of it is shades of grey: a "
                         "gradient or a picture?), so it was not used; save the lesion in white on black.")
-    return value > 0.25 * top
+    return value > (low + high) / 2
 
 
 def _resize_bool(mask: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -28,6 +28,7 @@ class Source:
     """A data set the project bundles for training, with what a model card must say about it."""
 
     name: str
+    short: str  # the data set's name in a sentence
     title: str  # one line: the data set, its hospital and scanners
     classes: tuple[str, ...]
     licence: str
@@ -66,6 +67,7 @@ def _read_busbra(folder: Path, verify: bool | None) -> Dataset:
 SOURCES: dict[str, Source] = {
     "busi": Source(
         name="busi",
+        short="BUSI",
         title="BUSI: Baheya Hospital, Cairo, Egypt (LOGIQ E9); 780 scans, normal, benign and malignant",
         classes=("normal", "benign", "malignant"),
         licence="CC BY 4.0 (the data article); reported CC0 on Kaggle (data/busi/README.md)",
@@ -77,6 +79,7 @@ SOURCES: dict[str, Source] = {
     ),
     "busbra-train": Source(
         name="busbra-train",
+        short="BUS-BRA (training half)",
         title="BUS-BRA training half: INCA, Rio de Janeiro, Brazil (four scanners); 931 biopsy-proven lesion "
               "scans of 532 patients, benign and malignant",
         classes=("benign", "malignant"),

@@ -8,7 +8,6 @@ part of a pooled fold is exactly BUSI's fold.
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 from collections import Counter

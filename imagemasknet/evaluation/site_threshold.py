@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 
 from imagemasknet.core.files import file_sha256, now, read_json, write_json
 from imagemasknet.core.paths import runs_root
+from imagemasknet.core.run_folder import RunFolder, new_run_name
 from imagemasknet.data.dataset import CLASSES
 from imagemasknet.evaluation.decision import sensitivity_threshold
 
@@ -157,17 +157,11 @@ def write_owndata_report(result: dict, data: str | os.PathLike, arch: str, weigh
     """An evaluation on a user's data as a folder the Training page lists like a run:
     ``owndata-<name>-<time>/`` with ``config.json``, ``status.json`` (finished) and ``metrics.json``."""
     root = Path(root or runs_root())
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = root / f"owndata-{data_name(data)}-{stamp}"
-    suffix = 1
-    while folder.exists():
-        folder = root / f"owndata-{data_name(data)}-{stamp}-{suffix}"
-        suffix += 1
-    folder.mkdir(parents=True)
+    folder = RunFolder(root / new_run_name(f"owndata-{data_name(data)}", root))
+    folder.path.mkdir(parents=True)
     started = now()
-    write_json(folder / "config.json", {"arch": arch, "data": str(data), "weights": weights,
-                                        "kind": "own-data evaluation", "fold": None})
-    write_json(folder / "metrics.json", result)
-    write_json(folder / "status.json", {"state": "finished", "started": started, "updated": now(),
-                                        "kind": "own-data evaluation"})
-    return folder
+    folder.write_config({"arch": arch, "data": str(data), "weights": weights, "kind": "own-data evaluation",
+                         "fold": None})
+    folder.write_metrics(result)
+    folder.write_status("finished", started=started, kind="own-data evaluation")
+    return folder.path

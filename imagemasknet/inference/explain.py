@@ -49,6 +49,7 @@ def without_marks(heat: np.ndarray, marks: np.ndarray) -> np.ndarray:
 
 def mark_share(heat: np.ndarray, marks: np.ndarray) -> float:
     """The share of a heat map's mass that lies on burnt-in marks."""
+    heat = np.asarray(heat, dtype=np.float32)  # a float16 map (the app caches them so) would overflow its sum
     total = float(heat.sum())
     return float(heat[marks].sum()) / total if total > 0 else 0.0
 

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 
 from imagemasknet.core.device import pick_device
 from imagemasknet.core.files import file_sha256
-from imagemasknet.core.paths import BUNDLED_COPY, SHARED_COPY, active_model_dir
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.data.annotations import find_annotations
-from imagemasknet.data.busi import load_busi
-from imagemasknet.data.dataset import CLASSES
+from imagemasknet.data.annotations import find_annotations, paint_out
+from imagemasknet.data.dataset import CLASSES, DatasetNotFoundError
 from imagemasknet.data.decode import resize_pair
 from imagemasknet.data.duplicates import DuplicateIndex
 from imagemasknet.data.scans import MaskError, NotUltrasoundError, Scan
+from imagemasknet.data.sources import SOURCES, load_training_set
+from imagemasknet.data.verify import DataIntegrityError
 from imagemasknet.data.transforms import model_input
 from imagemasknet.evaluation.decision import GIVEN_LESION, given_lesion, is_low_confidence, is_reassured, is_suspicious
 from imagemasknet.evaluation.metrics import softmax
@@ -33,8 +33,8 @@ from imagemasknet.evaluation.site_threshold import load_site_threshold, site_thr
 from imagemasknet.inference.explain import grad_cam
 from imagemasknet.inference.familiarity import Familiarity
 from imagemasknet.inference.measure import lesion_axes_mm
-from imagemasknet.models import DEFAULT_MODEL, ModelSpec, get_spec, list_models
-from imagemasknet.models.card import ModelCard, ModelCardError, promoted_card, shipped_card, shipped_weights
+from imagemasknet.models import DEFAULT_MODEL, ModelSpec, get_spec
+from imagemasknet.models.bundle import Bundle, BundleError, ModelStore
 from imagemasknet.models.weights import WeightsError, load_model
 
 
@@ -104,68 +104,57 @@ TRUST_LEVELS = ("tested", "unfamiliar", "low confidence")
 
 
 def available_models() -> list[str]:
-    """Registered models that have shipped weights, the default first."""
-    names = [n for n in list_models() if shipped_weights(n).exists()]
-    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+    """Registered models that have a shipped bundle, the default first."""
+    return ModelStore().names()
 
 
 def active_model_key() -> str:
     """Changes whenever a model is promoted or rolled back: key a cached Predictor.active() by it."""
-    folder = active_model_dir()
-    return f"active:{folder.name}" if folder is not None else f"shipped:{DEFAULT_MODEL}"
+    return ModelStore().active_key()
 
 
-def familiarity_path(weights: Path) -> Path:
-    """Where a model's familiarity reference sits: beside its weights, ``NAME.familiarity.safetensors``."""
-    return weights.with_name(f"{weights.stem}.familiarity.safetensors")
-
-
-@functools.lru_cache(maxsize=1)
-def training_data_index():
-    """The bundled BUSI copy (the shipped models' training data) as a :class:`~imagemasknet.data.duplicates.DuplicateIndex`;
-    None when no copy is installed (a ``pip install .`` without the repository), so provenance goes unchecked."""
-    for root in (BUNDLED_COPY, SHARED_COPY):
-        if root.is_dir():
-            return DuplicateIndex(load_busi(root))
-    return None
+@functools.lru_cache(maxsize=4)
+def training_data_index(sources: str = "busi") -> DuplicateIndex | None:
+    """A model's bundled training sources (``busi+busbra-train``) as a
+    :class:`~imagemasknet.data.duplicates.DuplicateIndex`; None when they are not installed (a ``pip install .``
+    without the repository), so provenance goes unchecked."""
+    try:
+        return DuplicateIndex(load_training_set(sources))
+    except (DatasetNotFoundError, DataIntegrityError, ValueError):
+        return None
 
 
 class Predictor:
-    """A registered model with its weights, calibration, malignancy threshold and familiarity reference,
-    ready to classify scans; it refuses what it cannot judge (:class:`NotUltrasoundError`)."""
+    """A model bundle ready to classify scans: its weights, calibration, malignancy flag, lesion exclusion and
+    familiarity reference, all from the bundle; it refuses what it cannot judge (:class:`NotUltrasoundError`)."""
 
-    def __init__(self, card: ModelCard, weights: Path, device: str = "auto", familiarity: Familiarity | None = None,
-                 check_training_data: bool = True):
-        self.card = card
-        self.spec: ModelSpec = get_spec(card.arch)
+    def __init__(self, bundle: Bundle, device: str = "auto", check_training_data: bool = True):
+        self.bundle = bundle
+        self.card = bundle.card
+        self.spec: ModelSpec = get_spec(self.card.arch)
         self.device = pick_device(device)
-        self.weights = Path(weights)
-        self.model = load_model(card.arch, self.weights, card.image_size, self.device)
-        self.familiarity = familiarity
+        self.weights = Path(bundle.weights)
+        self.model = load_model(self.card.arch, self.weights, self.card.image_size, self.device)
+        self.familiarity = Familiarity.load(bundle.familiarity) if bundle.familiarity is not None else None
         self.check_training_data = check_training_data
         self._lock = threading.Lock()
 
     @classmethod
     def shipped(cls, name: str = DEFAULT_MODEL, device: str = "auto") -> "Predictor":
-        weights = shipped_weights(name)
-        if not weights.exists():
-            raise WeightsError(f"no shipped weights for '{name}' at {weights}")
         try:
-            card = shipped_card(name)
-        except ModelCardError as error:
+            return cls(ModelStore().shipped(name), device)
+        except BundleError as error:
             raise WeightsError(str(error)) from error
-        return cls(card, weights, device, familiarity=_familiarity_beside(weights))
 
     @classmethod
     def active(cls, device: str = "auto") -> "Predictor":
-        """The model promoted on the Retrain page (``runs_root()/active``) if there is one and it
-        loads; otherwise the shipped default model. Key caches by :func:`active_model_key`."""
-        folder = active_model_dir()
-        card = promoted_card(folder) if folder is not None else None
-        if card is not None:
+        """The model promoted on the Retrain page if there is a sound one, otherwise the shipped default model.
+        Key caches by :func:`active_model_key`."""
+        store = ModelStore()
+        promoted = store.promoted()
+        if promoted is not None:
             try:
-                return cls(card, folder / "model.safetensors", device,
-                           familiarity=_familiarity_beside(folder / "model.safetensors"))
+                return cls(promoted, device)
             except (WeightsError, KeyError, TypeError, ValueError):
                 pass  # a damaged promotion never takes the app down: fall back to the shipped model
         return cls.shipped(DEFAULT_MODEL, device)
@@ -174,14 +163,19 @@ class Predictor:
     def from_run(cls, run_dir: Path, checkpoint: str = "best", device: str = "auto",
                  check_training_data: bool = True) -> "Predictor":
         try:
-            card = ModelCard.for_run(RunFolder(run_dir))
-        except ModelCardError as error:
+            return cls(Bundle.of_run(RunFolder(run_dir), checkpoint), device, check_training_data)
+        except BundleError as error:
             raise WeightsError(str(error)) from error
-        return cls(card, Path(run_dir) / f"{checkpoint}.safetensors", device, check_training_data=check_training_data)
 
     @property
     def version(self) -> str:
         return self.card.version
+
+    @property
+    def training_sources(self) -> str:
+        """The bundled sources the model trained on (models from before sources existed trained on BUSI)."""
+        sources = self.card.config.get("sources", "busi")
+        return sources if isinstance(sources, str) else "busi"
 
     @property
     def temperatures(self) -> dict[str, float]:
@@ -240,12 +234,14 @@ class Predictor:
             raise MaskError(f"The model '{self.name}' takes no mask; switch mask mode off.")
         return "mask"
 
-    def _inputs(self, scan: Scan, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The scan (and mask) resized and normalised exactly as training and evaluation do."""
+    def _inputs(self, scan: Scan, mask: np.ndarray | None, marks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scan (and mask) prepared exactly as training and evaluation do: burnt-in ``marks`` painted out when
+        the model trained so, resized, normalised."""
         if mask is not None and mask.shape != scan.pixels.shape:
             raise MaskError(f"The mask is {mask.shape[1]} × {mask.shape[0]} pixels but the scan is "
                             f"{scan.pixels.shape[1]} × {scan.pixels.shape[0]}; a mask must have the scan's size.")
-        pixels, small = resize_pair(scan.pixels, mask if mask is not None else np.zeros(scan.pixels.shape, bool),
+        pixels = paint_out(scan.pixels, marks) if self.card.paint_out_annotations else scan.pixels
+        pixels, small = resize_pair(pixels, mask if mask is not None else np.zeros(scan.pixels.shape, bool),
                                     self.image_size)
         return model_input(self.spec, torch.from_numpy(np.array(pixels))[None, None],
                            torch.from_numpy(np.array(small))[None, None], "mask" if mask is not None else "image",
@@ -255,7 +251,8 @@ class Predictor:
         """Classify one scan; with a mask (bool, the scan's size) in mask mode. Raises
         :class:`NotUltrasoundError` for a picture the model cannot judge."""
         mode = self.resolve_mode(mask)
-        image, mask_tensor = self._inputs(scan, mask)
+        marks = find_annotations(scan.rgb if scan.is_colour else scan.pixels)
+        image, mask_tensor = self._inputs(scan, mask, marks)
         with self._lock, torch.no_grad():
             output = self.model(image, mask_tensor)
         warnings = list(scan.warnings)
@@ -272,7 +269,6 @@ class Predictor:
         calibrated = dict(zip(CLASSES, (float(p) for p in softmax(logits, self.temperatures.get(mode, 1.0))[0])))
         own = calibrated if mode == "mask" else None
         probabilities = given_lesion(calibrated) if mode == "mask" else calibrated
-        marks = find_annotations(scan.rgb if scan.is_colour else scan.pixels)
         lesion = None
         if output.lesion_logits is not None:
             upsampled = F.interpolate(output.lesion_logits.float(), size=scan.pixels.shape, mode="bilinear",
@@ -282,7 +278,7 @@ class Predictor:
                 warnings.append("The mask does not overlap the lesion the model finds on this scan; check that it was "
                                 "drawn on (or made for) this scan.")
         match = None
-        if self.check_training_data and (index := training_data_index()) is not None:
+        if self.check_training_data and (index := training_data_index(self.training_sources)) is not None:
             found = index.match(scan.pixels)
             if found is not None:
                 match = found.b
@@ -301,14 +297,10 @@ class Predictor:
         scan's size, scaled to [0, 1] (all zeros when nothing supports the class)."""
         target = CLASSES.index(target_class) if isinstance(target_class, str) else int(target_class)
         self.resolve_mode(mask)
-        image, mask_tensor = self._inputs(scan, mask)
+        marks = find_annotations(scan.rgb if scan.is_colour else scan.pixels) if self.card.paint_out_annotations else None
+        image, mask_tensor = self._inputs(scan, mask, marks)
         with self._lock:
             return grad_cam(self.model, image, mask_tensor, target, scan.pixels.shape)
-
-
-def _familiarity_beside(weights: Path) -> Familiarity | None:
-    path = familiarity_path(weights)
-    return Familiarity.load(path) if path.is_file() else None
 
 
 def not_ultrasound_message(name: str, score: float, limit: float) -> str:
@@ -320,4 +312,6 @@ def not_ultrasound_message(name: str, score: float, limit: float) -> str:
 
 def training_data_notice(case_id: str, exact: bool) -> str:
     copy = "is" if exact else "is a copy of"
-    return f"This scan {copy} BUSI's '{case_id}', in the training data: its result is not a test."
+    source, _, name = case_id.rpartition(":")
+    where = SOURCES[source].short if source in SOURCES else "BUSI"
+    return f"This scan {copy} {where}'s '{name}', in the training data: its result is not a test."

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-import torch
 from torch import nn
 
 from .base import ModelOutput
@@ -106,5 +105,5 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = [
     "ModelOutput", "ModelSpec", "DEFAULT_MODEL", "PretrainedWeights", "PretrainedWeightsError", "build_model",
-    "count_parameters", "get_spec", "list_models", "register", "torch",
+    "count_parameters", "get_spec", "list_models", "register",
 ]

@@ -1,11 +1,11 @@
-"""The model card: what is known about one set of weights, and where the weights the app may use are.
+"""The model card: what is known about one set of weights.
 
-One :class:`ModelCard` type for the three kinds of weights: the shipped models' (``weights/NAME.json`` beside
-``weights/NAME.safetensors``, written by ``benchmarks/summarise.py --ship``), a promoted run's (``model.json``
-beside ``model.safetensors`` in the runs folder's ``active`` model, written by promotion), and a run folder's
-own checkpoints (built from its ``config.json`` and ``calibration.json``). The JSON layout is the contract in
-DESIGN.md; :meth:`ModelCard.from_json` reads it without trusting it (a missing or mistyped block is empty, not
-an error), and :meth:`ModelCard.to_json` writes it back with every key it did not know kept as it was.
+One :class:`ModelCard` type for every bundle (:mod:`imagemasknet.models.bundle`): a shipped or promoted bundle's
+``model.json`` (written by ``imagemasknet release`` and by promotion) and a run folder's own checkpoints (built
+from its ``config.json`` and ``calibration.json``). The JSON layout is the contract in docs/architecture.md
+(pinned by tests/test_contracts.py); :meth:`ModelCard.from_json` reads it without trusting it (a missing or
+mistyped block is empty, not an error), and :meth:`ModelCard.to_json` writes it back with every key it did not
+know kept as it was.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from imagemasknet.core.files import read_json, write_json
-from imagemasknet.core.paths import WEIGHTS_DIR, active_model_dir, active_path
 
 DEFAULT_IMAGE_SIZE = 256  # every registered model trains at 256 px unless its config says otherwise
+SCHEMA_VERSION = 2  # 2: the card carries its preprocessing and lives in a bundle folder
 
 
 class ModelCardError(ValueError):
@@ -29,6 +29,8 @@ class ModelCard:
     name: str  # what the app calls the model (the registry name for shipped models)
     arch: str  # the registered architecture the weights fit
     version: str = ""
+    schema_version: int = 1  # cards written before bundles say nothing: 1
+    preprocessing: dict = field(default_factory=dict)  # image_size, channels, normalisation, decoding, annotations
     config: dict = field(default_factory=dict)  # the training config (TrainConfig.to_dict())
     temperature: dict[str, float] = field(default_factory=dict)  # calibration per inference mode
     architecture: dict = field(default_factory=dict)  # name, description, parameters, modes, predicts_lesion
@@ -67,6 +69,8 @@ class ModelCard:
             default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
             if spec.name == "pretrained":
                 values[spec.name] = value if isinstance(value, dict) else {}
+            elif spec.name == "schema_version":
+                values[spec.name] = value if isinstance(value, int) and not isinstance(value, bool) else 1
             elif isinstance(default, (dict, list)):
                 values[spec.name] = value if isinstance(value, type(default)) else type(default)()
             else:
@@ -91,7 +95,8 @@ class ModelCard:
         if not isinstance(run.config.get("arch"), str):
             raise ModelCardError(f"{run.path} is not a run folder (no config.json naming an architecture)")
         return cls(name=run.config["arch"], arch=run.config["arch"], version=run.name, config=run.config,
-                   temperature=run.temperatures, source_run=str(run.path))
+                   temperature=run.temperatures, source_run=str(run.path), schema_version=SCHEMA_VERSION,
+                   preprocessing=preprocessing_of(run.config))
 
     def to_json(self) -> dict:
         payload: dict[str, Any] = {}
@@ -108,8 +113,13 @@ class ModelCard:
 
     @property
     def image_size(self) -> int:
-        size = self.config.get("image_size", DEFAULT_IMAGE_SIZE)
+        size = self.preprocessing.get("image_size", self.config.get("image_size", DEFAULT_IMAGE_SIZE))
         return int(size) if isinstance(size, (int, float)) else DEFAULT_IMAGE_SIZE
+
+    @property
+    def paint_out_annotations(self) -> bool:
+        """Whether burnt-in marks are painted out of a scan before the model sees it (as in its training)."""
+        return bool(self.preprocessing.get("paint_out_annotations", self.config.get("paint_out_annotations", False)))
 
     @property
     def promoted(self) -> bool:
@@ -167,37 +177,16 @@ class ModelCard:
         return means
 
 
-# --- where the weights are -------------------------------------------------------------------------------
+DECODING = ("greyscale uint8 by imagemasknet.data.scans.read_scan: 16-bit and float stretched by their own min..max, "
+            "colour by ITU-R 601-2 luma, alpha composited on black, EXIF orientation applied")
 
 
-def shipped_weights(name: str) -> Path:
-    return WEIGHTS_DIR / f"{name}.safetensors"
+def preprocessing_of(config: dict) -> dict:
+    """What a model trained with ``config`` expects of a scan, as its card records it."""
+    from imagemasknet.models import get_spec  # the registry imports PyTorch; a card is read without it
 
-
-def shipped_card(name: str) -> ModelCard:
-    """The shipped model's card; a model shipped without one gets a bare card naming its architecture."""
-    path = shipped_weights(name).with_suffix(".json")
-    return ModelCard.read(path) if path.exists() else ModelCard(name=name, arch=name)
-
-
-def promoted_card(folder: Path) -> ModelCard | None:
-    """A promoted model's card if ``folder`` holds it and its weights, else None."""
-    folder = Path(folder)
-    if not (folder / "model.safetensors").is_file():
-        return None
-    try:
-        return ModelCard.read(folder / "model.json")
-    except ModelCardError:
-        return None
-
-
-def active_card(root: Path | None = None) -> ModelCard | None:
-    """The promoted model's card, or None while the shipped model is the active one."""
-    folder = active_model_dir(root)
-    return promoted_card(folder) if folder is not None else None
-
-
-def previous_card(root: Path | None = None) -> ModelCard | None:
-    """The model the active one replaced (what a roll back restores), or None."""
-    folder = active_path(root)
-    return promoted_card(folder.resolve() / "previous") if folder.exists() else None
+    spec = get_spec(config["arch"])
+    size = config.get("image_size", DEFAULT_IMAGE_SIZE)
+    return {"image_size": int(size) if isinstance(size, (int, float)) else DEFAULT_IMAGE_SIZE,
+            "channels": spec.image_channels, "normalisation": spec.normalisation, "decoding": DECODING,
+            "paint_out_annotations": bool(config.get("paint_out_annotations", False))}

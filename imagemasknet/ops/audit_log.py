@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imagemasknet.core.files import file_sha256, now, read_regular
-from imagemasknet.core.paths import active_weights, runs_root
+from imagemasknet.core.paths import runs_root
 
 LOG_NAME = "audit.jsonl"
 LOG_LIMIT = 64 * 2**20  # bytes read at most (about 200,000 entries)
@@ -30,10 +30,10 @@ def log_path(root: Path | None = None) -> Path:
 
 def active_model_hash(root: Path | None = None) -> str | None:
     """SHA-256 of the weights the app classifies with now (a promoted model, else the shipped one)."""
-    from imagemasknet.models import DEFAULT_MODEL  # the registry imports torch; the log is read without it
+    from imagemasknet.models.bundle import ModelStore  # the registry imports torch; the log is read without it
 
     try:
-        return file_sha256(active_weights(DEFAULT_MODEL, root))
+        return file_sha256(ModelStore(runs=root).active_weights() if root else ModelStore().active_weights())
     except OSError:
         return None
 

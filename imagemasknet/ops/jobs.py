@@ -33,7 +33,8 @@ from pathlib import Path
 from imagemasknet.core.files import folder_lock, now, read_json, read_tail, write_json
 from imagemasknet.core.paths import ACTIVE_NAME, runs_root
 from imagemasknet.core.processes import process_alive, process_start
-from imagemasknet.core.run_folder import LOG_TAIL_BYTES, RunFolder
+from imagemasknet.core.run_folder import CONFIG, LOG, LOG_TAIL_BYTES, RunFolder
+from imagemasknet.core.run_folder import new_run_name as naming_rule
 from imagemasknet.data.busi import find_data_root
 from imagemasknet.ops import audit_log
 from imagemasknet.ops.access import AdminSession, require_admin
@@ -62,8 +63,8 @@ def _reap(process: subprocess.Popen, root: Path, name: str) -> None:
         status = RunFolder(root / name).status
         if record.get("cancel_requested") and status.get("state") == "running":
             # Stopped before its SIGTERM handler was in place (or force-stopped): record what happened.
-            write_json(root / name / "status.json", {**status, "state": "cancelled", "updated": now(),
-                                                     "note": f"stopped by a signal (exit code {code})"})
+            fields = {k: v for k, v in status.items() if k not in ("state", "updated")}
+            RunFolder(root / name).write_status("cancelled", **fields, note=f"stopped by a signal (exit code {code})")
     with contextlib.suppress(OSError):
         release_lock(root, name, process.pid)
     with contextlib.suppress(OSError):
@@ -84,13 +85,9 @@ def _output_path(root: Path, name: str) -> Path:
 
 
 def new_run_name(arch: str, root: Path | None = None) -> str:
-    """``<arch>-<YYYYmmdd-HHMMSS>``, with ``-1``, ``-2`` … when taken. Never from user input."""
+    """The run folder's name for a launch (the one naming rule, and no launch record may hold it yet)."""
     root = Path(root or runs_root())
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name, suffix = f"{arch}-{stamp}", 1
-    while (root / name).exists() or _record_path(root, name).exists():
-        name, suffix = f"{arch}-{stamp}-{suffix}", suffix + 1
-    return name
+    return naming_rule(arch, root, taken=lambda name: _record_path(root, name).exists())
 
 
 def cli_args(config: TrainConfig) -> list[str]:
@@ -318,7 +315,7 @@ class Job:
     def log_tail(self, lines: int = 40) -> str:
         """The run's log.txt and the trainer's own output (tracebacks, ``error:`` lines), last lines."""
         parts = []
-        for title, path in (("log.txt", self.path / "log.txt"), ("trainer output", _output_path(self.root, self.name))):
+        for title, path in ((LOG, self.path / LOG), ("trainer output", _output_path(self.root, self.name))):
             text = self._read(path).rstrip()
             if text:
                 parts.append(f"--- {title} ---\n" + "\n".join(text.splitlines()[-lines:]))
@@ -349,9 +346,9 @@ def recent_jobs(root: Path | None = None, limit: int = 30) -> list[Job]:
             when[record.stem] = record.stat().st_ctime
     if root.is_dir():
         for folder in root.iterdir():
-            if not folder.name.startswith(".") and folder.name != ACTIVE_NAME and (folder / "config.json").exists():
+            if not folder.name.startswith(".") and folder.name != ACTIVE_NAME and (folder / CONFIG).exists():
                 with contextlib.suppress(OSError):
-                    when.setdefault(folder.name, (folder / "config.json").stat().st_mtime)
+                    when.setdefault(folder.name, (folder / CONFIG).stat().st_mtime)
     names = sorted(when, key=lambda n: (when[n], n), reverse=True)[:limit]
     return [Job(n, root) for n in names]
 

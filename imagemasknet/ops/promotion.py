@@ -1,12 +1,14 @@
 """The active model: promoting a finished run in place of the shipped model, rolling it back, and comparing a
 run with the model it would replace.
 
-``active`` → ``.models/<version>/`` in the runs folder is the promoted model: ``model.safetensors``,
-``model.json`` (its :class:`~imagemasknet.models.card.ModelCard`: arch, config, temperature, version,
-promoted_at, held-out metrics) and ``previous/`` (the model it replaced, for :func:`rollback`). ``active`` is a
-symbolic link swapped with one ``os.replace``, so at every instant it names a complete, loadable folder;
-without it the shipped model is the active one. :meth:`imagemasknet.inference.predictor.Predictor.active`
-loads it.
+``active`` → ``.models/<version>/`` in the runs folder is the promoted model, a whole bundle
+(:mod:`imagemasknet.models.bundle`): the weights, the card (arch, config, preprocessing, temperature, version,
+promoted_at, held-out metrics), a familiarity reference computed from the run's training scans
+(:func:`~imagemasknet.ops.release.run_material`), its curves, and ``previous/`` (the bundle it replaced, for
+:func:`rollback`). A run has no cross-validation, so no malignancy flag: it is promoted only with a reason, and
+every page says the flag is missing while it is active. ``active`` is a symbolic link swapped with one
+``os.replace``, so at every instant it names a complete, loadable folder; without it the shipped model is the
+active one (:class:`~imagemasknet.models.bundle.ModelStore`).
 """
 from __future__ import annotations
 
@@ -21,18 +23,20 @@ from pathlib import Path
 from typing import Iterator
 
 from imagemasknet.core.files import folder_lock, now
-from imagemasknet.core.paths import ACTIVE_NAME, active_path, runs_root
+from imagemasknet.core.paths import ACTIVE_NAME, runs_root
 from imagemasknet.core.processes import process_alive
 from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.inference.predictor import Predictor
 from imagemasknet.models import DEFAULT_MODEL, get_spec
-from imagemasknet.models.card import ModelCard, ModelCardError, active_card, promoted_card, shipped_card
+from imagemasknet.models.bundle import (CARD, FAMILIARITY, FILES, HISTORY, MODELS_DIR, PREVIOUS, WEIGHTS, Bundle,
+                                        BundleError, ModelStore)
+from imagemasknet.models.card import ModelCard
 from imagemasknet.models.weights import WeightsError, load_model
 from imagemasknet.ops import audit_log
 from imagemasknet.ops.access import AdminSession, require_admin
 from imagemasknet.ops.jobs import job
+from imagemasknet.ops.release import run_material
 from imagemasknet.ops.train_lock import JobError
-
-MODELS_DIR = ".models"
 #: Held-out metrics compared between a finished run and the active model.
 COMPARED_METRICS = ("accuracy", "macro_f1", "macro_auc", "recall_malignant", "lesion_dice")
 
@@ -65,10 +69,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _copy_model(source: Path, target: Path) -> None:
-    """Copy a promoted model's two files (not its ``previous/``) into ``target``."""
+    """Copy a bundle's files (not its ``previous/``) into ``target``."""
     target.mkdir(parents=True, exist_ok=True)
-    _copy_file(source / "model.safetensors", target / "model.safetensors")
-    _copy_file(source / "model.json", target / "model.json")
+    for name in FILES:
+        if (source / name).is_file():
+            _copy_file(source / name, target / name)
     _fsync_dir(target)
 
 
@@ -121,7 +126,8 @@ def promotion_concerns(name: str, root: Path | None = None) -> list[str]:
     are known). Empty when it may be promoted as it is."""
     root = Path(root or runs_root()).resolve()
     config = RunFolder(root / name).config
-    concerns = []
+    concerns = ["it has no malignancy flag and no lesion exclusion (only a cross-validation sets them, with "
+                "`imagemasknet release`), so while it is active no result is flagged or reassured as normal"]
     if config.get("limit"):
         concerns.append(f"it trained on a subset of {config['limit']} scans per split (a quick check, not a model)")
     row = next((r for r in comparison(name, root) if r["metric"] == "recall_malignant" and r["mode"] == "image"), None)
@@ -182,18 +188,24 @@ def _promote(name: str, root: Path) -> ModelCard:
         trained_on=f"run {name}" + (f", fold {config.get('fold')} held out" if config.get("fold") is not None
                                     else ", all data") + (f", subset of {config['limit']} scans per split"
                                                           if config.get("limit") else ""))
+    predictor = Predictor(Bundle.of_run(run), device="cpu", check_training_data=False)
+    reference, familiarity = run_material(run, predictor)
+    card = dataclasses.replace(card, familiarity=familiarity)
     with folder_lock(root, ACTIVE_NAME):
-        current = active_card(root)
-        staging = _stage(root, name, lambda folder: _fill_new(folder, run.path, card, root if current else None))
+        current = ModelStore(runs=root).promoted_folder()
+        staging = _stage(root, name, lambda folder: _fill_new(folder, run.path, card, reference, current))
         _swap_active(root, staging)
     return card
 
 
-def _fill_new(folder: Path, run_dir: Path, card: ModelCard, previous_of: Path | None) -> None:
-    _copy_file(run_dir / "best.safetensors", folder / "model.safetensors")
-    card.write(folder / "model.json")
-    if previous_of is not None:
-        _copy_model(active_path(previous_of).resolve(), folder / "previous")
+def _fill_new(folder: Path, run_dir: Path, card: ModelCard, reference, previous: Path | None) -> None:
+    _copy_file(run_dir / "best.safetensors", folder / WEIGHTS)
+    card.write(folder / CARD)
+    reference.save(folder / FAMILIARITY)
+    if (run_dir / "history.json").is_file():
+        _copy_file(run_dir / "history.json", folder / HISTORY)
+    if previous is not None:
+        _copy_model(previous, folder / PREVIOUS)
 
 
 def _stage(root: Path, version: str, fill) -> Path:
@@ -206,10 +218,11 @@ def _stage(root: Path, version: str, fill) -> Path:
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from other accounts
         fill(staging)
-        card = promoted_card(staging)
-        if card is None:
-            raise PromotionError("the staged model folder is incomplete")
-        _check_loads(card.arch, staging / "model.safetensors", card.image_size)
+        try:
+            card = Bundle.read(staging).card
+        except BundleError as error:
+            raise PromotionError(f"the staged model folder is incomplete ({error})") from error
+        _check_loads(card.arch, staging / WEIGHTS, card.image_size)
         _fsync_dir(staging)
         final = models / f"{version}-{time.strftime('%Y%m%d-%H%M%S')}-{staging.name[-12:-4]}"
         os.replace(staging, final)
@@ -225,7 +238,7 @@ def _stage(root: Path, version: str, fill) -> Path:
 
 def _swap_active(root: Path, target: Path | None) -> None:
     """Point ``active`` at ``target`` (None: back to the shipped model) in one atomic step."""
-    link = active_path(root)
+    link = ModelStore(runs=root).active_link
     if link.exists() and not link.is_symlink():
         # A plain folder (made by hand): move it aside first; a crash here falls back to shipped.
         os.replace(link, root / MODELS_DIR / f"manual-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -274,28 +287,28 @@ def rollback(root: Path | None = None, *, admin: AdminSession | None = None) -> 
     Only for a signed-in administrator; audited."""
     require_admin(admin)
     root = Path(root or runs_root()).resolve()
-    card = active_card(root)
-    with _audited("rollback", card.version if card else None, admin, root):
+    promoted = ModelStore(runs=root).promoted()
+    with _audited("rollback", promoted.card.version if promoted else None, admin, root):
         return _rollback(root)
 
 
 def _rollback(root: Path) -> ModelCard | None:
+    store = ModelStore(runs=root)
     with folder_lock(root, ACTIVE_NAME):
-        current = active_card(root)
-        if current is None:
+        folder = store.promoted_folder()
+        if folder is None:
             raise PromotionError("nothing to roll back: the shipped model is the active model")
-        folder = active_path(root).resolve()
-        previous = promoted_card(folder / "previous")
+        previous = store.previous()
         if previous is None:
             _swap_active(root, None)
             return None
 
         def fill(staging: Path) -> None:
-            _copy_model(folder / "previous", staging)
-            _copy_model(folder, staging / "previous")
+            _copy_model(folder / PREVIOUS, staging)
+            _copy_model(folder, staging / PREVIOUS)
 
-        _swap_active(root, _stage(root, previous.version or "previous", fill))
-        return previous
+        _swap_active(root, _stage(root, previous.card.version or "previous", fill))
+        return previous.card
 
 
 def comparison(name: str, root: Path | None = None) -> list[dict]:
@@ -303,8 +316,8 @@ def comparison(name: str, root: Path | None = None) -> list[dict]:
     card's cross-validation means, or a promoted model's own held-out numbers)."""
     root = Path(root or runs_root()).resolve()
     mine = run_metrics(root / name)
-    card = active_card(root)
-    theirs = card.heldout if card is not None else _shipped_means()
+    promoted = ModelStore(runs=root).promoted()
+    theirs = promoted.card.heldout if promoted is not None else _shipped_means()
     rows = []
     for mode in sorted(set(mine) | set(theirs), key=lambda m: (m != "image", m)):
         for metric in COMPARED_METRICS:
@@ -317,24 +330,27 @@ def comparison(name: str, root: Path | None = None) -> list[dict]:
 
 
 def active_model_notice(root: Path | None = None) -> str | None:
-    """The banner every page shows while a promoted model replaces the shipped one; None otherwise."""
-    card = active_card(root)
-    if card is None:
+    """The banner every page shows while a promoted model replaces the shipped one (and what it cannot do);
+    None otherwise."""
+    promoted = ModelStore(runs=root).promoted() if root else ModelStore().promoted()
+    if promoted is None:
         return None
+    card = promoted.card
+    gaps = "".join(f" Note: {gap}." for gap in promoted.missing)
     return (f"Active model: {card.version}, a retrained {card.arch} promoted {card.promoted_at or '?'}, "
             f"in place of the shipped {DEFAULT_MODEL}. Its figures are its own run's, not the shipped model's "
-            "cross-validation; an administrator can roll it back on the Retrain page.")
+            f"cross-validation; an administrator can roll it back on the Retrain page.{gaps}")
 
 
 def active_label(root: Path | None = None) -> str:
     """A short name for the active model: the promoted run's, or the shipped model's."""
-    card = active_card(root)
-    return f"{card.version} (promoted {card.promoted_at or '?'})" if card else f"shipped {DEFAULT_MODEL}"
+    promoted = ModelStore(runs=root).promoted() if root else ModelStore().promoted()
+    return f"{promoted.card.version} (promoted {promoted.card.promoted_at or '?'})" if promoted else f"shipped {DEFAULT_MODEL}"
 
 
 def _shipped_means() -> dict[str, dict[str, float]]:
-    """The shipped default's cross-validation means; none when its card is missing or unreadable."""
+    """The shipped default's cross-validation means; none when its bundle is missing or unreadable."""
     try:
-        return shipped_card(DEFAULT_MODEL).cross_validation_means()
-    except ModelCardError:
+        return ModelStore().shipped().card.cross_validation_means()
+    except BundleError:
         return {}

@@ -18,14 +18,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from imagemasknet.core.files import write_json
-from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.core.run_folder import AVERAGE, BEST, CONFIG, LAST, STATE, RunFolder
 from imagemasknet.models.weights import load_state, load_weights, save_state, save_weights
 from imagemasknet.training.config import TrainConfig
 from imagemasknet.training.step import EpochAverage
 
-STATE_FILE = "last.state.pt"
-AVERAGE_FILE = "average.safetensors"  # the average of the last epochs' weights (runs with averaged_epochs > 0)
 EMA_FILE = "last-ema.safetensors"  # the moving average at the last checkpoint (runs with ema_decay > 0)
 #: Large models write hundreds of MB per checkpoint: "last" is refreshed at most this often between the
 #: first and final epochs and new bests (so a resumed run never holds a best newer than its last).
@@ -65,13 +62,13 @@ class Checkpointer:
         self.last_saved = -math.inf
 
     def saved_state(self) -> dict:
-        return load_state(self.run_dir / STATE_FILE)
+        return load_state(self.run_dir / STATE)
 
     def restore(self, state: dict, parts: Trainables, restore_torch_rng: bool) -> Resumed:
         """Put ``parts`` back as they were after the checkpoint's epoch; the history after it is dropped
         (those epochs are trained again). ``restore_torch_rng``: False under torchrun, where each rank
         seeds itself per epoch."""
-        load_weights(self.run_dir / "last.safetensors", parts.model)
+        load_weights(self.run_dir / LAST, parts.model)
         if parts.averaged is not None:
             load_weights(self.run_dir / EMA_FILE, parts.averaged.module)
             parts.averaged.n_averaged.fill_(1)  # any count above zero: the next update averages, not copies
@@ -87,7 +84,7 @@ class Checkpointer:
             torch.set_rng_state(state["rng"]["torch"])
         history = RunFolder(self.run_dir).history[:first_epoch]
         if self.writes:
-            write_json(self.run_dir / "history.json", history)
+            RunFolder(self.run_dir).write_history(history)
         return Resumed(history, first_epoch, best_val)
 
     def save(self, parts: Trainables, epoch: int, best_val: float, *, final: bool, improved: bool,
@@ -99,10 +96,10 @@ class Checkpointer:
         tag = {"arch": self.config.arch, "epoch": str(epoch + 1)}
         evaluated = parts.evaluated
         if final or improved or time.monotonic() - self.last_saved > LAST_EVERY_SECONDS:
-            save_weights(self.run_dir / "last.safetensors", parts.model, tag)
+            save_weights(self.run_dir / LAST, parts.model, tag)
             if parts.averaged is not None:
                 save_weights(self.run_dir / EMA_FILE, evaluated, tag)
-            save_state(self.run_dir / STATE_FILE, {
+            save_state(self.run_dir / STATE, {
                 "epoch": epoch + 1, "best_val": best_val, "world_size": self.world_size,
                 "epoch_average": parts.window.state_dict() if parts.window is not None else {},
                 "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
@@ -111,14 +108,14 @@ class Checkpointer:
             })
             self.last_saved = time.monotonic()
         if final and parts.window is not None:
-            save_weights(self.run_dir / AVERAGE_FILE, parts.window.module_like(evaluated),
+            save_weights(self.run_dir / AVERAGE, parts.window.module_like(evaluated),
                          {**tag, "averaged_epochs": f"{parts.window.first + 1}-{epoch + 1}"})
         rule = self.config.checkpoint
         if rule == "lowest-loss" and (improved or (not validated and final)):
-            save_weights(self.run_dir / "best.safetensors", evaluated, tag)
+            save_weights(self.run_dir / BEST, evaluated, tag)
         elif rule != "lowest-loss" and final:
             chosen = parts.window.module_like(evaluated) if rule == "average" else evaluated
-            save_weights(self.run_dir / "best.safetensors", chosen, {**tag, "rule": rule})
+            save_weights(self.run_dir / BEST, chosen, {**tag, "rule": rule})
 
 
 def resume_config(run_dir: Path | str) -> TrainConfig:
@@ -132,10 +129,10 @@ def resume_config(run_dir: Path | str) -> TrainConfig:
 def check_resumable(run_dir: Path, config: TrainConfig) -> dict:
     """The run's status, after checking that it can be continued with ``config``."""
     run = RunFolder(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
-    if not (run_dir / STATE_FILE).is_file() or not (run_dir / "last.safetensors").is_file():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from (last.safetensors + {STATE_FILE}): "
+    if not (run_dir / STATE).is_file() or not (run_dir / LAST).is_file():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from (last.safetensors + {STATE}): "
                                 "it stopped before its first epoch ended; start it again")
     if run.state == "running":
         raise ValueError(f"{run_dir} is still running (pid {run.status.get('pid')}); stop it before resuming")
@@ -143,8 +140,8 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> dict:
         raise ValueError(f"{run_dir} already finished; nothing to resume")
     if TrainConfig.from_dict(run.config).to_dict() != config.to_dict():  # settings added since count as defaults
         raise ValueError(f"resume {run_dir} with its own config.json (train --resume takes no other settings)")
-    state_epoch = load_state(run_dir / STATE_FILE).get("epoch")
-    for name in ("last.safetensors", EMA_FILE) if config.ema_decay > 0 else ("last.safetensors",):
+    state_epoch = load_state(run_dir / STATE).get("epoch")
+    for name in (LAST, EMA_FILE) if config.ema_decay > 0 else (LAST,):
         try:
             with safe_open(str(run_dir / name), "pt") as weights:
                 weights_epoch = (weights.metadata() or {}).get("epoch")
@@ -152,7 +149,7 @@ def check_resumable(run_dir: Path, config: TrainConfig) -> dict:
             weights_epoch = None
         if str(weights_epoch) != str(state_epoch):
             raise ValueError(f"cannot resume {run_dir}: {name} is from epoch {weights_epoch} but "
-                             f"{STATE_FILE} from epoch {state_epoch} (the run stopped between the writes)")
+                             f"{STATE} from epoch {state_epoch} (the run stopped between the writes)")
     return run.status
 
 

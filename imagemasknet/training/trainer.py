@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imagemasknet.core.files import now, write_json
+from imagemasknet.core.files import now
 from imagemasknet.core.paths import runs_root
-from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.core.run_folder import BEST, STATE, RunFolder, new_run_name
 from imagemasknet.data.dataset import CLASSES, Arrays, Dataset, load_arrays
 from imagemasknet.data.lesion_free import lesion_free_crops
 from imagemasknet.data.sources import load_training_set
@@ -40,7 +40,7 @@ from imagemasknet.evaluation.metrics import fit_temperature
 from imagemasknet.models import ModelSpec, build_model, get_spec
 from imagemasknet.models.weights import load_weights
 from imagemasknet.training import distributed
-from imagemasknet.training.checkpoint import STATE_FILE, Checkpointer, Trainables, check_resumable
+from imagemasknet.training.checkpoint import Checkpointer, Trainables, check_resumable
 from imagemasknet.training.config import TrainConfig
 from imagemasknet.training.step import (EpochAverage, EpochDraw, ScanDataset, TrainingStep, concatenate,
                                         heldout_metrics, uses_mask)
@@ -79,7 +79,7 @@ def evenly_spaced(ids: list[str], labels: dict[str, str], limit: int | None) -> 
 
 @dataclass
 class _Status:
-    path: Path
+    folder: RunFolder
     started: str
     last_write: float = 0.0
     enabled: bool = True  # False on ranks other than 0: only rank 0 writes the run folder
@@ -88,18 +88,16 @@ class _Status:
         if not self.enabled or (not force and time.monotonic() - self.last_write < 1.0):
             return
         self.last_write = time.monotonic()
-        write_json(self.path, {"state": state, "started": self.started, "updated": now(), "pid": os.getpid(), **fields})
+        self.folder.write_status(state, started=self.started, pid=os.getpid(), **fields)
 
 
 class _Log:
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, folder: RunFolder, enabled: bool = True):
+        self.folder, self.enabled = folder, enabled
 
     def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as log:
-            log.write(f"{now()} {message}\n")
+        if self.enabled:
+            self.folder.append_log(message)
 
 
 class Terminated(KeyboardInterrupt):
@@ -117,12 +115,7 @@ def new_run_dir(config: TrainConfig) -> Path:
         if path.exists() and any(path.iterdir()):
             raise FileExistsError(f"run folder {path} already exists and is not empty")
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = runs_root() / f"{config.arch}-{stamp}"
-        suffix = 1
-        while path.exists():
-            path = runs_root() / f"{config.arch}-{stamp}-{suffix}"
-            suffix += 1
+        path = runs_root() / new_run_name(config.arch, runs_root())
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -151,7 +144,7 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
         raise ValueError(f"batch_size: the global batch of {config.batch_size} does not split evenly over "
                          f"{world.world_size} ranks; use a multiple of {world.world_size}")
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
-    if resume is None and world.enabled and restarted and config.out_dir and (Path(config.out_dir) / STATE_FILE).is_file():
+    if resume is None and world.enabled and restarted and config.out_dir and (Path(config.out_dir) / STATE).is_file():
         resume = config.out_dir  # torchrun restarted the job after a failure: continue the same run
     resume = distributed.broadcast(resume)
     random.seed(config.seed)
@@ -187,14 +180,15 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
         started = now()
 
     main = world.is_main
-    log = _Log(run_dir / "log.txt", enabled=main)
-    status = _Status(run_dir / "status.json", started, enabled=main)
+    folder = RunFolder(run_dir)
+    log = _Log(folder, enabled=main)
+    status = _Status(folder, started, enabled=main)
     checkpointer = Checkpointer(run_dir, config, world.world_size, writes=main)
     state = checkpointer.saved_state() if resume is not None else None
     if main and state is None:
-        write_json(run_dir / "config.json", config.to_dict())
-        write_json(run_dir / "split.json", {"train": train_ids, "validation": val_ids, "test": test_ids})
-        write_json(run_dir / "history.json", [])
+        folder.write_config(config.to_dict())
+        folder.write_split(train_ids, val_ids, test_ids)
+        folder.write_history([])
     first_epoch = int(state["epoch"]) if state else 0
     status.write("running", epoch=first_epoch, epochs=config.epochs, batch=0, batches=0)
     where = f"{device}" if not world.enabled else (
@@ -278,7 +272,7 @@ def _fit(config: TrainConfig, spec: ModelSpec, device: torch.device, data: Datas
         if improved:
             best_val = entry["validation"][primary_mode]["loss"]
         if world.is_main:
-            write_json(checkpointer.run_dir / "history.json", history)
+            RunFolder(checkpointer.run_dir).write_history(history)
         checkpointer.save(loop.parts, epoch, best_val, final=final, improved=improved,
                           validated=bool(split.validation))
         summary = {m: round(v["accuracy"], 3) for m, v in entry["heldout"].items()}
@@ -450,12 +444,12 @@ def _calibrate(model: torch.nn.Module, spec: ModelSpec, device: torch.device, va
     """A temperature per mode fitted on the validation split with the chosen checkpoint; ``calibration.json``."""
     calibration = {}
     if len(val_arrays.ids):
-        load_weights(run_dir / "best.safetensors", model)
+        load_weights(run_dir / BEST, model)
         for mode in spec.modes:
             predictions = predict_arrays(model, spec, val_arrays, mode, device)
             calibration[mode] = fit_temperature(predictions.logits, predictions.labels)
-    write_json(run_dir / "calibration.json", {"temperature": {m: calibration.get(m, 1.0) for m in spec.modes},
-                                              "fitted_on": "inner validation split" if len(val_arrays.ids) else "not fitted"})
+    RunFolder(run_dir).write_calibration({m: calibration.get(m, 1.0) for m in spec.modes},
+                                         "inner validation split" if len(val_arrays.ids) else "not fitted")
     return calibration
 
 
