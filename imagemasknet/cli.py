@@ -1,7 +1,8 @@
 """Command line: ``imagemasknet {train,evaluate,release,audit,predict,models,data,admin} ...``.
 
-One module (about 500 lines) on purpose: the argument tree and one short handler per subcommand, each of
-which imports the package's work only when it runs, so ``imagemasknet --help`` never loads PyTorch.
+One module (about 600 lines) on purpose: the argument tree and one short handler per subcommand, each of
+which imports the package's work only when it runs (that is why the handlers import inside their bodies), so
+``imagemasknet --help`` never loads PyTorch (tests/test_cli.py).
 """
 from __future__ import annotations
 
@@ -47,7 +48,6 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.training import distributed
     from imagemasknet.training.checkpoint import resume_config
     from imagemasknet.training.trainer import Terminated, train
@@ -80,7 +80,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_cv(args: argparse.Namespace) -> int:
     """``evaluate --cv RUN ...``: each fold run on its own test split, merged into one CV report."""
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.core.device import pick_device
     from imagemasknet.core.files import write_json
     from imagemasknet.core.run_folder import RunFolder
@@ -128,7 +127,6 @@ def cmd_evaluate_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     import numpy as np
 
     if getattr(args, "cv", None):
@@ -252,7 +250,6 @@ def _sources_to_check(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.core.files import write_json
     from imagemasknet.data.owndata import load_dataset
     from imagemasknet.data.duplicates import audit, format_table
@@ -273,7 +270,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from collections import Counter
 
     from imagemasknet.data.busi import load_busi
@@ -296,7 +292,6 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_verify(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.core.files import write_json
     from imagemasknet.data.busi import find_data_root
     from imagemasknet.data.verify import verify
@@ -312,7 +307,7 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 def _describe(record: dict) -> str:
     """A record as one line of text (``predict`` without --json/--csv/--out)."""
-    from imagemasknet.inference.stream import printable  # imports PyTorch: only once predicting
+    from imagemasknet.inference.stream import printable
     if "error" in record:
         return f"{printable(record['file'])}: ERROR {record['error']['message']}"
     p = record["probabilities"]
@@ -329,7 +324,6 @@ def _describe(record: dict) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from tqdm import tqdm
 
     from imagemasknet.inference.predictor import Predictor
@@ -381,7 +375,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.models import build_model, count_parameters, get_spec, list_models
 
     width = max(len(n) for n in list_models())
@@ -395,7 +388,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.core.paths import WEIGHTS_DIR
     from imagemasknet.ops.release import release, release_manifest
 
@@ -419,7 +411,6 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     import getpass
 
     from imagemasknet.ops import access, promotion
@@ -440,7 +431,6 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_admin_set_password(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     from imagemasknet.ops import access
 
     if args.password_stdin:
@@ -600,7 +590,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # imported here, not at the top: `imagemasknet --help` never loads PyTorch
     import os
 
     from imagemasknet.data.verify import SKIP_ENV

@@ -12,6 +12,7 @@ import torch
 from e2e_helpers import ADMIN_PASSWORD
 
 import imagemasknet.data.busi as data_module
+from imagemasknet.core.paths import DATA_DIR
 from imagemasknet.core import paths
 from imagemasknet.ops import access
 
@@ -23,7 +24,9 @@ _SHARED = Path("/work/shared/datasets")
 # The copy bundled with the project first (data/busi/), then the package's idea of the shared copy (it
 # follows the checkout), then the fixed location.
 _BUSI_CANDIDATES = [data_module.BUNDLED_COPY, data_module.SHARED_COPY, _SHARED / "busi" / "Dataset_BUSI_with_GT"]
-_BUSBRA_CANDIDATES = [data_module.SHARED_COPY.parent.parent / "busbra", _SHARED / "busbra"]
+# BUS-BRA's training half, bundled with the project (so the tests that use it run everywhere, CI included); its
+# evaluation half (../shared/datasets/busbra) is for measuring the shipped model only, never for tests that train.
+_BUSBRA_CANDIDATES = [DATA_DIR / "busbra-train", _SHARED / "busbra-train"]
 
 
 def _first_dir(candidates: list[Path]) -> Path | None:
@@ -92,7 +95,8 @@ def busi_manifest(busi_root) -> Path:
 @pytest.fixture(scope="session")
 def busbra_root() -> Path:
     if BUSBRA_ROOT is None or not (BUSBRA_ROOT / "labels.csv").is_file():
-        pytest.skip(f"BUS-BRA data set not found (looked in {', '.join(map(str, _BUSBRA_CANDIDATES))})")
+        pytest.fail(f"BUS-BRA's training half not found (looked in {', '.join(map(str, _BUSBRA_CANDIDATES))}); "
+                    "restore it with `git checkout -- data/busbra-train`")
     return BUSBRA_ROOT
 
 

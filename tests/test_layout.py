@@ -1,6 +1,6 @@
-"""The package's layout as the README's architecture section draws it: subpackages by stage, each importing
-only from stages below it, no import cycle between modules, long modules and function-local imports saying
-why."""
+"""The package's layout as docs/architecture.md draws it: subpackages by stage, each importing only from stages
+below it, no import cycle between modules, long modules saying why, and no function-local import that defers
+nothing."""
 from __future__ import annotations
 
 import ast
@@ -83,19 +83,65 @@ def test_a_module_over_500_lines_says_why_at_its_top(path):
         assert "on purpose" in docstring, f"{path.name} has {lines} lines and its docstring does not say why"
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_every_function_local_import_says_why(path):
-    lines = path.read_text(encoding="utf-8").splitlines()
-    silent = []
-    for function in ast.walk(ast.parse("\n".join(lines))):
-        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+#: What a module may put off importing: packages that are slow to load, or missing on some systems (fcntl).
+HEAVY = ("torch", "torchvision", "pydicom", "streamlit", "captum", "fcntl")
+
+
+def _heavy_closure() -> dict[str, set[str]]:
+    """module → the heavy packages that importing it at the top loads (through the package's own modules too)."""
+    own: dict[str, set[str]] = {}
+    for path in MODULES:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+        own[_name(path)] = {n for n in names if n in HEAVY}
+    graph = {_name(p): _imports(p, top_level_only=True) for p in MODULES}
+    closure: dict[str, set[str]] = {}
+
+    def heavy(module: str, trail: frozenset = frozenset()) -> set[str]:
+        if module in closure:
+            return closure[module]
+        found = set(own.get(module, set()))
+        for target in graph.get(module, ()):
+            if target not in trail and target in own:
+                found |= heavy(target, trail | {module})
+        closure[module] = found
+        return found
+
+    for module in own:
+        heavy(module)
+    return closure
+
+
+def _local_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module or package) of every import inside a function."""
+    found = []
+    for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    found += [(node.lineno, a.name) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    found += [(node.lineno, node.module)]
+    return found
+
+
+def test_a_function_local_import_puts_off_loading_something_heavy():
+    """Outside the command line (whose handlers import their work when they run, so `--help` stays light: see
+    tests/test_cli.py), an import inside a function is there only because importing it at the top would load a
+    heavy or optional package (PyTorch, pydicom, Streamlit, fcntl) that the module does not load otherwise."""
+    closure = _heavy_closure()
+    needless = []
+    for path in MODULES:
+        module = _name(path)
+        if module == "imagemasknet.cli":
             continue
-        local = sorted((n for n in ast.walk(function) if isinstance(n, (ast.Import, ast.ImportFrom))),
-                       key=lambda n: n.lineno)
-        if not local:
-            continue
-        above = lines[local[0].lineno - 2].strip()
-        if above.startswith("#"):
-            continue  # one comment above a function's imports covers them all
-        silent += [f"line {n.lineno}: {lines[n.lineno - 1].strip()}" for n in local if "#" not in lines[n.lineno - 1]]
-    assert not silent, silent
+        for line, target in _local_imports(path):
+            deferred = ({target.split(".")[0]} & set(HEAVY)) | closure.get(target, set())
+            if not deferred - closure.get(module, set()):
+                needless.append(f"{module} line {line}: {target}")
+    assert not needless, needless

@@ -4,7 +4,6 @@ active model; cancel; stale locks; a SIGKILL in mid-training; an interrupted pro
 validation; and the page itself through Streamlit's AppTest."""
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -187,43 +186,6 @@ def test_cli_arguments_reproduce_the_config():
     args = cli.build_parser().parse_args(["train", *jobs.cli_args(config)])
     assert cli._config_from_args(args) == config
     assert config.arch == "imagemasknet" and config.optimizer == "adam"  # the preset under the form's values
-
-
-# --- the form, validated on the server ----------------------------------------------------------------
-
-
-def test_form_is_built_from_the_dataclass():
-    form = {f.name: f for f in retrain_form.form_fields()}
-    expected = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in retrain_form.SERVER_ONLY]
-    assert list(form) == expected
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in form:
-            continue
-        entry = form[f.name]
-        assert entry.default == f.default and entry.help == f.metadata.get("help", "")
-        if "max" in f.metadata:
-            assert (entry.min, entry.max) == (f.metadata["min"], f.metadata["max"])
-        if "choices" in f.metadata:
-            assert entry.choices == tuple(f.metadata["choices"])
-    assert {"epochs", "lr", "weight_decay", "batch_size", "seed", "fold", "mask_schedule", "arch", "limit",
-            "image_size"} <= set(form)
-    assert not {"out_dir", "data", "split_file"} & set(form)
-    assert retrain_form.form_defaults("study-m2")["arch"] == "imagemasknet2" and retrain_form.form_defaults()["epochs"] == 60
-
-
-@pytest.mark.parametrize("values, field", [
-    ({"epochs": 0}, "epochs"), ({"epochs": 501}, "epochs"), ({"epochs": 2.5}, "epochs"), ({"epochs": "ten"}, "epochs"),
-    ({"lr": 2.0}, "lr"), ({"lr": 0.0}, "lr"), ({"lr": float("nan")}, "lr"), ({"weight_decay": -0.1}, "weight_decay"),
-    ({"batch_size": 0}, "batch_size"), ({"batch_size": 10_000}, "batch_size"), ({"image_size": 100}, "image_size"),
-    ({"image_size": 32}, "image_size"), ({"seed": -1}, "seed"), ({"fold": 7}, "fold"), ({"limit": 0}, "limit"),
-    ({"limit": -5}, "limit"), ({"mask_schedule": "sometimes"}, "mask_schedule"), ({"arch": "resnet-9000"}, "arch"),
-    ({"class_balanced": "yes"}, "class_balanced"), ({"val_fraction": 0.9}, "val_fraction"),
-    ({"out_dir": "/etc"}, "out_dir"), ({"data": "/"}, "data"), ({"device": "cuda"}, "device"),
-])
-def test_out_of_bounds_form_values_are_refused(env, values, field):
-    with pytest.raises(ValueError, match=field):
-        retrain_form.config_from_form({**QUICK, **values})
-    assert not train_lock.lock_path().exists() and not list(runs_root().iterdir())
 
 
 def test_start_refuses_bad_configs_missing_data_and_full_disk(env, monkeypatch, tmp_path, admin):

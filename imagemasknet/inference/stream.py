@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -292,17 +291,3 @@ def predict_to_file(predictor, files: list[str], out: str | os.PathLike, *, resu
             if on_record is not None:
                 on_record(record)
     return summary
-
-
-def records_equal(a: dict, b: dict, atol: float = 1e-6) -> bool:
-    """Two records the same up to ``atol`` on the probabilities (for tests and checks)."""
-    if set(a) != set(b):
-        return False
-    for key in a:
-        if key == "probabilities":
-            if set(a[key]) != set(b[key]) or not np.allclose([a[key][c] for c in CLASSES],
-                                                              [b[key][c] for c in CLASSES], atol=atol, rtol=0):
-                return False
-        elif a[key] != b[key]:
-            return False
-    return True
