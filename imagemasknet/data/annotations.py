@@ -41,7 +41,7 @@ def _slide(x: np.ndarray, size: int, axis: int, largest: bool) -> np.ndarray:
     length = x.shape[axis]
 
     def shifted(array: np.ndarray, offset: int, count: int) -> np.ndarray:
-        return array.take(np.arange(offset, offset + count), axis=axis) if axis else array[offset:offset + count]
+        return array[:, offset:offset + count] if axis else array[offset:offset + count]  # views, no copies
 
     covered, out = 1, padded  # out[i] combines padded[i : i + covered]
     while covered * 2 <= size:

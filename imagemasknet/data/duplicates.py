@@ -467,7 +467,9 @@ class DuplicateIndex:
             return DuplicatePair("upload", exact, 1.0, 1.0, 1.0)
         half = _half(Image.fromarray(pixels))
         query = _coarse_features(half)
-        scores = self.templates @ query.windows.T.astype(np.float32)  # (scans, windows of the upload)
+        # In PyTorch, not NumPy: NumPy's OpenBLAS keeps threads of its own that fight the model's for two cores
+        # (a whole predict took 136 ms instead of 31, benchmarks/latency.py).
+        scores = (torch.from_numpy(self.templates) @ torch.from_numpy(query.windows.T.astype(np.float32))).numpy()
         best, found = scores.argmax(1), None
         for n in np.flatnonzero(scores.max(1) >= CANDIDATE_SCORE):
             tx, ty, t_step = self.template_at[n]

@@ -62,7 +62,9 @@ class FamiliarityReference:
         return reference
 
     def _residual(self, standard: np.ndarray) -> np.ndarray:
-        return np.linalg.norm(standard - standard @ self.components.T @ self.components, axis=1)
+        # In PyTorch, not NumPy: NumPy's OpenBLAS threads fight the model's for two cores (see data/duplicates.py).
+        x, basis = torch.from_numpy(np.ascontiguousarray(standard)), torch.from_numpy(np.ascontiguousarray(self.components))
+        return torch.linalg.vector_norm(x - x @ basis.T @ basis, dim=1).numpy()
 
     def score(self, statistics: np.ndarray) -> np.ndarray:
         """(N,) scores: 1 is a typical scan of those fitted."""
