@@ -191,11 +191,22 @@ def read_scan(data: Any, name: str | None = None) -> Scan:
             rgb, pixels, fmt, spacing = _decode_dicom(raw, subject)
         else:
             image, fmt = _open_pil(raw, subject, check_geometry=True, what="scan")
+            stored_wh = image.size
+            if fmt == "JPEG" and max(stored_wh) > 2 * WORKING_LONG_SIDE:
+                # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly: a large JPEG never exists at full size.
+                image.draft(image.mode, tuple(side * WORKING_LONG_SIDE // max(stored_wh) for side in stored_wh))
+            decoded_wh = image.size
             image = _load_oriented(image, subject, notes)
+            turned = image.size != decoded_wh  # the EXIF orientation swapped width and height
+            original_hw = (stored_wh[0], stored_wh[1]) if turned else (stored_wh[1], stored_wh[0])
+            _check_geometry(*original_hw, subject)
+            image, factor = _shrunk(image)  # before any array is made: a 7000 × 7000 scan never is one
+            factor *= max(original_hw) / max(decoded_wh)  # a JPEG decoded at a reduced scale
             rgb, pixels = _pil_to_arrays(image)
-        _check_geometry(pixels.shape[0], pixels.shape[1], subject)  # after rotation/decoding
-        original_hw = tuple(pixels.shape[:2])
-        rgb, pixels, factor = _working_size(rgb, pixels)
+        if _is_dicom(raw):
+            _check_geometry(pixels.shape[0], pixels.shape[1], subject)
+            original_hw = tuple(pixels.shape[:2])
+            rgb, pixels, factor = _working_size(rgb, pixels)
         notes.extend(scan_warnings(pixels, rgb, subject))
     if spacing is not None:
         spacing = (spacing[0] * factor, spacing[1] * factor)
@@ -210,9 +221,22 @@ def read_scan(data: Any, name: str | None = None) -> Scan:
     )
 
 
-def _working_size(rgb: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Both copies at most :data:`WORKING_LONG_SIDE` on the longer side, and the original pixel's size in
+def _shrunk(image: Image.Image) -> tuple[Image.Image, float]:
+    """The decoded picture at most :data:`WORKING_LONG_SIDE` on the longer side, and the original pixel's size in
     working pixels (1 when nothing was shrunk)."""
+    factor = max(image.size) / WORKING_LONG_SIDE
+    if factor <= 1:
+        return image, 1.0
+    if image.mode in ("1", "P", "PA", "LA", "La", "RGBa") or "transparency" in image.info:
+        image = image.convert("RGBA" if image.mode != "1" else "L")  # modes Pillow resizes only by nearest
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    size = (max(1, round(image.width / factor)), max(1, round(image.height / factor)))
+    return image.resize(size, Image.Resampling.LANCZOS), factor
+
+
+def _working_size(rgb: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A DICOM's decoded arrays at most :data:`WORKING_LONG_SIDE` on the longer side, as :func:`_shrunk` does."""
     height, width = pixels.shape
     if max(height, width) <= WORKING_LONG_SIDE:
         return rgb, pixels, 1.0
