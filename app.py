@@ -1,7 +1,10 @@
 """ImageMaskNet web app: `streamlit run app.py`. Navigation, page config and the notices only."""
 import streamlit as st
 
+from imagemasknet.core.processes import limit_memory_arenas
 from imagemasknet.ops.promotion import active_model_notice
+
+limit_memory_arenas()  # the server's sessions run in threads: their freed memory is shared, not kept per thread
 
 st.set_page_config(page_title="ImageMaskNet", page_icon="🩺", layout="wide")
 

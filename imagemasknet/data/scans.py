@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,8 @@ MAX_ASPECT = 6.0  #: longer side / shorter side above this is refused
 #: A decoded scan is kept at most this large (longer side, px): the model reads 256 px and the page shows
 #: 900, so nothing larger is ever looked at, and a 7000 × 7000 upload costs 4 MB instead of 196 MB.
 WORKING_LONG_SIDE = 1024
+#: Scans decoded at once in one process: on two cores more run no faster, and each holds its full-size picture.
+DECODING = threading.BoundedSemaphore(2)
 MASK_MIN_SHARE, MASK_MAX_SHARE = 0.0005, 0.9  #: a lesion covers at least 0.05 % and at most 90 % of a scan
 MASK_GREY_SHARE = 0.1  #: a mask with more than this share of mid-grey pixels is not a binary mask
 
@@ -159,15 +162,21 @@ class Scan:
     def __post_init__(self) -> None:
         if self.original_hw is None:
             self.original_hw = tuple(self.pixels.shape[:2])
+        rgb = self.rgb
+        self._colour = not ((rgb[..., 0] == self.pixels).all() and (rgb[..., 0] == rgb[..., 1]).all()
+                            and (rgb[..., 1] == rgb[..., 2]).all())
+        if not self._colour:
+            # A greyscale scan's display copy is a view of its pixels: a session keeps a quarter of the memory.
+            self.rgb = np.broadcast_to(self.pixels[..., None], (*self.pixels.shape, 3))
 
     @property
     def nbytes(self) -> int:
-        return int(self.pixels.nbytes + self.rgb.nbytes)
+        return int(self.pixels.nbytes + (self.rgb.nbytes if self._colour else 0))
 
     @property
     def is_colour(self) -> bool:
         """Whether the display copy has colour (overlays, Doppler) rather than grey in all three channels."""
-        return bool(np.any(self.rgb[..., 0] != self.rgb[..., 1]) or np.any(self.rgb[..., 1] != self.rgb[..., 2]))
+        return self._colour
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +195,7 @@ def read_scan(data: Any, name: str | None = None) -> Scan:
         raise EmptyFileError(f"{subject} is empty (0 bytes).")
     notes: list[str] = []
     spacing = None
-    with _guard(subject):
+    with DECODING, _guard(subject):
         if _is_dicom(raw):
             rgb, pixels, fmt, spacing = _decode_dicom(raw, subject)
         else:
