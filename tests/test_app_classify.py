@@ -590,3 +590,22 @@ def test_the_report_carries_case_reader_and_a_sign_off_and_prints_on_a4_or_lette
     blank = html_report(scan, prediction, {"Scan": scan.rgb}, "m", "v")
     assert blank.count('class="blank"') >= 4  # case, reader, date and signature lines to write on
     assert not any(isolated_env.runs.rglob("*"))  # nothing the reader typed is stored
+
+
+def test_a_normal_answer_that_cannot_exclude_a_lesion_is_said_so_and_never_green(app, predictor, monkeypatch):
+    import streamlit as st
+
+    real = Predictor.predict
+
+    def strict(self, scan, mask=None):
+        result = real(self, scan, mask)
+        result.exclusion_threshold = 0.999  # as if the cross-validation had asked for more certainty
+        return result
+
+    path, _ = _find_scan(predictor, lambda p: p.predicted_class == "normal", classes=("normal",))
+    st.cache_data.clear()
+    monkeypatch.setattr(Predictor, "predict", strict)
+    upload(app, path)
+    kind, text = verdict_box(app)
+    assert kind == "info" and "A lesion cannot be excluded" in text and "No lesion seen" not in text
+    st.cache_data.clear()
