@@ -83,3 +83,19 @@ def test_a_second_release_from_the_same_runs_reproduces_the_first(runs, tmp_path
     one, two = json.loads(first.folder.joinpath("model.json").read_text()), json.loads(second.folder.joinpath("model.json").read_text())
     one.pop("date"), two.pop("date")
     assert one == two
+
+
+def test_a_released_card_and_the_runs_it_came_from_hold_what_docs_architecture_md_says(runs, tmp_path, isolated_env,
+                                                                                       shared_cache_dir, monkeypatch):
+    from test_contracts import documented
+
+    monkeypatch.setenv("IMAGEMASKNET_CACHE", str(shared_cache_dir))
+    card = json.loads(release(runs, tmp_path / "quick").folder.joinpath("model.json").read_text())
+    keys = [row for row in documented("The model bundle") if not row.endswith((".safetensors", ".json"))]
+    promoted_only = {"promoted_at", "source_run", "heldout"}
+    promoted_only |= {"external"}  # only when the release names external sets (this one does not)
+    assert set(keys) - promoted_only - {"image_size", "channels", "normalisation", "decoding",
+                                        "paint_out_annotations"} <= set(card)
+    assert set(card["preprocessing"]) == {"image_size", "channels", "normalisation", "decoding", "paint_out_annotations"}
+    written = {p.name for p in (runs / "quick-fold0").iterdir()}
+    assert written <= set(documented("The run folder")) | {"metrics-test.json"}
