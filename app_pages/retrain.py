@@ -108,7 +108,8 @@ def admin_panel() -> None:
         password = st.text_input("Administrator password", type="password", max_chars=access.MAX_PASSWORD_LENGTH)
         submitted = st.form_submit_button("Sign in", icon=":material/login:")
     if submitted:
-        client = access.Client(st.session_state.setdefault("client_id", secrets.token_hex(8)), st.context.ip_address)
+        client = access.Client.from_request(st.session_state.setdefault("client_id", secrets.token_hex(8)),
+                                            st.context.ip_address, st.context.headers.get("X-Forwarded-For"))
         try:
             st.session_state["admin_session"] = access.login(password, client=client)
         except (access.AccessError, access.ConfigError) as error:

@@ -117,10 +117,42 @@ def test_a_guessing_client_is_paused_but_never_locks_the_administrator_out(monke
     with pytest.raises(access.RateLimitedError):
         access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("tab-fresh", "203.0.113.9"))
     assert access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("tab-other", "192.0.2.44"))
-    # behind a reverse proxy every client is the machine itself: counted by session alone
-    assert access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("tab-proxied", "127.0.0.1"))
     clock.now += access.FAILURE_WINDOW_S
     assert access.login(ADMIN_PASSWORD, clock=clock, client=guesser)  # the pause ends with the window
+
+
+def test_behind_the_proxy_a_visitor_is_its_forwarded_address_not_a_fresh_session(monkeypatch, admin_hash):
+    """Review of issue 28: behind nginx Streamlit sees every visitor as the machine itself, so each new browser
+    session got five fresh guesses; the proxy's last X-Forwarded-For hop is now the visitor's address."""
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    monkeypatch.setattr(access, "verify_password", lambda password, stored: password == ADMIN_PASSWORD)  # fast
+    clock = Clock()
+    visitor = lambda n: access.Client.from_request(f"tab-{n}", None, "10.9.9.9, 203.0.113.9")  # noqa: E731
+    assert visitor(0).address == "203.0.113.9"  # the hop nginx appended, not the one the visitor sent
+    for n in range(access.MAX_ADDRESS_FAILURES):
+        with pytest.raises(access.AccessError, match="Wrong password"):
+            access.login("guess", clock=clock, client=visitor(n))
+    with pytest.raises(access.RateLimitedError):
+        access.login(ADMIN_PASSWORD, clock=clock, client=visitor("fresh"))
+    assert access.login(ADMIN_PASSWORD, clock=clock, client=access.Client.from_request("tab-a", None, "192.0.2.1"))
+    local = access.Client.from_request("tab-l", None, None)
+    assert local.address == access.LOCAL and access.Client.from_request("t", None, "junk").address == "unparsable"
+
+
+def test_forged_addresses_hit_the_web_ceiling_and_the_command_line_stays_open(monkeypatch, admin_hash):
+    """Someone on the machine can forge X-Forwarded-For; past MAX_WEB_FAILURES from the web, web sign-in pauses
+    for everyone while the administrator can still promote from the command line."""
+    monkeypatch.setenv(access.HASH_ENV, admin_hash)
+    monkeypatch.setattr(access, "verify_password", lambda password, stored: password == ADMIN_PASSWORD)  # fast
+    clock = Clock()
+    for n in range(access.MAX_WEB_FAILURES):
+        with pytest.raises(access.AccessError, match="Wrong password"):
+            access.login("guess", clock=clock, client=access.Client.from_request(f"tab-{n}", None, f"10.0.{n}.1"))
+    with pytest.raises(access.RateLimitedError, match="from many clients.*imagemasknet models"):
+        access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("tab-admin", "198.51.100.7"))
+    assert access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("command-line", web=False))
+    clock.now += access.FAILURE_WINDOW_S
+    assert access.login(ADMIN_PASSWORD, clock=clock, client=access.Client("tab-admin", "198.51.100.7"))
 
 
 def test_a_flood_of_refused_sign_ins_leaves_a_few_attributed_audit_lines(monkeypatch, admin_hash):
@@ -260,6 +292,26 @@ def test_appends_from_many_processes_never_interleave(tmp_path):
     assert {e["run"] for e in log.entries} == {f"w{w}-{n}" for w in range(4) for n in range(APPENDS_PER_WORKER)}
     lines = audit_log.log_path(tmp_path).read_bytes().splitlines()
     assert all(json.loads(line)["action"] == "cancel" for line in lines)
+
+
+def test_a_log_past_its_limit_is_rotated_and_the_newest_entries_stay_readable(tmp_path, monkeypatch):
+    """Review of issue 28: a log over LOG_LIMIT was refused whole, so a flood of refused sign-ins could blank the
+    page's log; now it rotates (nothing deleted) and an oversized file still shows its newest entries."""
+    monkeypatch.setattr(audit_log, "LOG_LIMIT", 5000)
+    for n in range(40):
+        audit_log.append("login", outcome="wrong password", detail=f"attempt {n} " + "x" * 300, root=tmp_path)
+    rotated = sorted(tmp_path.glob("audit-*.jsonl"))
+    assert len(rotated) >= 2 and all(path.stat().st_size <= 5000 + 1000 for path in rotated)
+    log = audit_log.read(tmp_path)
+    assert log.unreadable_lines == 0 and log.entries[-1]["detail"].startswith("attempt 39 ")
+    kept = [json.loads(line) for path in [*rotated, audit_log.log_path(tmp_path)] for line in path.read_text().splitlines()]
+    assert [e["detail"].split()[1] for e in kept] == [str(n) for n in range(40)]  # every entry, in order
+
+    oversized = tmp_path / "big"
+    oversized.mkdir()
+    audit_log.log_path(oversized).write_bytes(b"".join(path.read_bytes() for path in [*rotated, audit_log.log_path(tmp_path)]))
+    log = audit_log.read(oversized)
+    assert log.unreadable_lines == 0 and 0 < len(log.entries) < 40 and log.entries[-1]["detail"].startswith("attempt 39 ")
 
 
 # --- the page ------------------------------------------------------------------------------------------

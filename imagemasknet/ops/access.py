@@ -10,13 +10,15 @@ under a key that lives only in this process's memory. :func:`require_admin` chec
 functions that launch, cancel, promote or roll back refuse a missing, forged, expired or outdated
 (password changed since) session themselves, not only the page that shows their buttons.
 
-Failed logins are counted per :class:`Client` (its browser session, and its network address when the server
-sees one that is not the machine itself) in a file under the runs folder, shared by every server process: after
-:data:`MAX_FAILURES` failures within :data:`FAILURE_WINDOW_S` seconds that session (or, after
-:data:`MAX_ADDRESS_FAILURES`, that address) is refused until the oldest of them is that old. Nobody else is:
-however many wrong guesses a visitor makes, the administrator signs in from their own session. Refused attempts
-reach the audit log at most once a minute per client, with a count of those left out, so a flood cannot push
-real entries out of view.
+Failed logins are counted per :class:`Client` (its browser session and its network address) in a file under the
+runs folder, shared by every server process: after :data:`MAX_FAILURES` failures within :data:`FAILURE_WINDOW_S`
+seconds that session (or, after :data:`MAX_ADDRESS_FAILURES`, that address) is refused until the oldest of them is
+that old. Nobody else is: however many wrong guesses a visitor makes, the administrator signs in from their own
+session. The app listens on the machine itself only, so a visitor's address is the last hop of the reverse proxy's
+``X-Forwarded-For``; someone on the machine could forge that header, so :data:`MAX_WEB_FAILURES` failures from
+all web clients together pause web sign-in for everyone, and the command line (which no visitor reaches) stays
+open to the administrator. Refused attempts reach the audit log at most once a minute per client, with a count
+of those left out, so a flood cannot push real entries out of view.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ MAX_PASSWORD_LENGTH = 1024
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SALT_BYTES, KEY_BYTES = 2**14, 8, 1, 16, 32
 MAX_FAILURES = 5  # per browser session
 MAX_ADDRESS_FAILURES = 20  # per network address (several people may share one)
+MAX_WEB_FAILURES = 100  # from all web clients together: the backstop for forged addresses
 FAILURE_WINDOW_S = 300.0
 AUDIT_REFUSALS_EVERY_S = 60.0  # at most one audit line of refused sign-ins per client per minute
 AUDIT_REFUSALS_PER_MINUTE = 30  # and at most this many from all clients together
@@ -65,9 +68,12 @@ class NotConfiguredError(AccessError):
 
 
 class RateLimitedError(AccessError):
-    def __init__(self, wait_s: float) -> None:
+    def __init__(self, wait_s: float, everyone: bool = False) -> None:
         self.wait_s = wait_s
-        super().__init__(f"Too many failed sign-in attempts. Try again in {max(1, round(wait_s))} s.")
+        wait = f"Try again in {max(1, round(wait_s))} s"
+        super().__init__(f"Too many failed sign-in attempts from many clients. {wait}, or promote and roll back on "
+                         "the server with `imagemasknet models`." if everyone else
+                         f"Too many failed sign-in attempts. {wait}.")
 
 
 class ConfigError(ValueError):
@@ -194,25 +200,43 @@ class AdminSession:
         return self.nonce[:8]
 
 
+LOCAL = "local"  # the address of a client on the machine itself, with no reverse proxy in between
+ALL_WEB = "web:*"  # the failure key every web client shares
+
+
 @dataclass(frozen=True)
 class Client:
-    """Who is signing in: the browser session (an id the page makes, not a secret) and the network address the
-    server saw (None when unknown; the machine itself, as behind a reverse proxy, counts as unknown)."""
+    """Who is signing in: the browser session (an id the page makes, not a secret), the network address it came
+    from, and whether it came through the web (the command line is not counted against the web's ceiling)."""
 
-    session: str = "local"
-    address: str | None = None
+    session: str = LOCAL
+    address: str = LOCAL
+    web: bool = True
+
+    @classmethod
+    def from_request(cls, session: str, peer: str | None, forwarded_for: str | None) -> "Client":
+        """The client of a web request. Streamlit reports no ``peer`` for a connection from the machine itself,
+        which is what the reverse proxy is: then the last ``X-Forwarded-For`` hop, the one the proxy added, is
+        the visitor's address, and with no such header the visitor is on the machine."""
+        if peer is None:
+            hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
+            peer = hops[-1] if hops else LOCAL
+        try:
+            address = str(ipaddress.ip_address(peer))
+        except ValueError:
+            address = LOCAL if peer == LOCAL else "unparsable"  # forged junk shares one key
+        return cls(session, address)
 
     def keys(self) -> list[str]:
-        keys = [f"session:{self.session}"]
-        try:
-            if self.address and not ipaddress.ip_address(self.address).is_loopback:
-                keys.append(f"address:{self.address}")
-        except ValueError:
-            pass  # not an address: counted by session only
-        return keys
+        """The failure counters this client's attempts go to: its session, its address, and all web clients'."""
+        if not self.web:
+            return [f"session:{self.session}"]
+        return [f"session:{self.session}", f"address:{self.address}", ALL_WEB]
 
 
 def _limit(key: str) -> int:
+    if key == ALL_WEB:
+        return MAX_WEB_FAILURES
     return MAX_ADDRESS_FAILURES if key.startswith("address:") else MAX_FAILURES
 
 
@@ -238,7 +262,7 @@ def _save(root: Path, record: dict, now: float) -> None:
 def _audit_refusal(root: Path, record: dict, client: Client, outcome: str, now: float) -> None:
     """One audit line per client (its address when known, else its session) per minute, and at most
     :data:`AUDIT_REFUSALS_PER_MINUTE` from everyone; the attempts left out are counted on the client's next line."""
-    key = client.keys()[-1]
+    key = f"address:{client.address}" if client.address != LOCAL else f"session:{client.session}"
     last, skipped = record["audited"].get(key, [0.0, 0])
     start, lines = record["audited"].get("*", [now, 0])
     if now - float(start) >= 60:
@@ -246,7 +270,7 @@ def _audit_refusal(root: Path, record: dict, client: Client, outcome: str, now: 
     if now - float(last) < AUDIT_REFUSALS_EVERY_S or lines >= AUDIT_REFUSALS_PER_MINUTE:
         record["audited"][key] = [last, int(skipped) + 1]
         return
-    detail = f"client {client.address or 'unknown'}" + (
+    detail = f"client {client.address}" + (
         f"; {int(skipped)} more refused attempts from this client since its last line" if skipped else "")
     audit_log.append("login", outcome=outcome, session=client.session, detail=detail, root=root)
     record["audited"][key] = [now, 0]
@@ -278,7 +302,7 @@ def login(password: str, root: Path | None = None, clock: Callable[[], float] = 
                 wait = max(min(recent[key]) + FAILURE_WINDOW_S - now for key in blocked)
                 _audit_refusal(root, record, client, "rate limited", now)
                 _save(root, record, now)
-                raise RateLimitedError(wait)
+                raise RateLimitedError(wait, everyone=blocked == [ALL_WEB])
             if not verify_password(password, stored):
                 for key, times in recent.items():
                     record["failures"][key] = [*times, now]
@@ -289,7 +313,8 @@ def login(password: str, root: Path | None = None, clock: Callable[[], float] = 
                     f" {left} more attempt{'s' if left != 1 else ''} before sign-in from this browser is paused for "
                     f"{FAILURE_WINDOW_S / 60:.0f} minutes." if left < 3 else ""))
             for key in client.keys():
-                record["failures"].pop(key, None)
+                if key != ALL_WEB:  # one success does not forgive everybody's failures
+                    record["failures"].pop(key, None)
             _save(root, record, now)
     except AccessError:
         raise
@@ -297,7 +322,7 @@ def login(password: str, root: Path | None = None, clock: Callable[[], float] = 
         raise _unwritable(root, error) from error
     nonce = secrets.token_hex(16)
     session = AdminSession(now, now + SESSION_LIFETIME_S, nonce, _sign(now, now + SESSION_LIFETIME_S, nonce, stored))
-    audit_log.append("login", outcome="ok", session=session, detail=f"client {client.address or 'unknown'}", root=root)
+    audit_log.append("login", outcome="ok", session=session, detail=f"client {client.address}", root=root)
     return session
 
 

@@ -4,7 +4,9 @@ roll backs and sign-ins, one JSON object per line in ``audit.jsonl`` under the r
 Each entry is written with one ``write`` on a descriptor opened with ``O_APPEND``, under an
 exclusive ``flock`` and then fsynced, so entries never interleave and earlier lines are never
 rewritten. A crash mid-write can at worst leave the last line cut off: the next append starts on a
-fresh line, and :func:`read` skips (and counts) lines that do not parse.
+fresh line, and :func:`read` skips (and counts) lines that do not parse. A log that passes :data:`LOG_LIMIT`
+is renamed ``audit-TIME.jsonl`` (kept, never deleted) and a new one begins, so however long a flood of
+refused sign-ins, the page always shows the newest entries.
 """
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagemasknet.core.files import file_sha256, now, read_regular
+from imagemasknet.core.files import file_sha256, now, read_tail
 from imagemasknet.core.paths import runs_root
 
 LOG_NAME = "audit.jsonl"
-LOG_LIMIT = 64 * 2**20  # bytes read at most (about 200,000 entries)
+LOG_LIMIT = 64 * 2**20  # bytes read at most, and the size at which the log is rotated (about 200,000 entries)
 ACTIONS = ("launch", "cancel", "finish", "failure", "promote", "rollback", "login")
 
 
@@ -56,21 +58,35 @@ def append(action: str, *, run: str | None = None, outcome: str = "ok", session:
     if detail:
         entry["detail"] = str(detail)[:2000]
     line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
-    fd = os.open(log_path(root), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    path = log_path(root)
+    fd = _open_locked(path)
     try:
-        # Without the lock another process's write in progress can show a size that ends mid-line,
-        # and this entry would then start with a needless newline.
-        fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # a line cut off by a crash stays on its own
         written = os.write(fd, line)
         if written != len(line):
-            raise OSError(f"short write to {log_path(root)} ({written} of {len(line)} bytes)")
+            raise OSError(f"short write to {path} ({written} of {len(line)} bytes)")
         os.fsync(fd)
+        if size + written > LOG_LIMIT:
+            os.rename(path, path.with_name(f"audit-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}.jsonl"))
     finally:
         os.close(fd)
     return entry
+
+
+def _open_locked(path: Path) -> int:
+    """The log, opened for appending and exclusively locked. Without the lock another process's write in progress
+    can show a size that ends mid-line; and a log rotated while this process waited for it is opened anew."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -80,14 +96,17 @@ class AuditLog:
 
 
 def read(root: Path | None = None) -> AuditLog:
-    """Every entry, oldest first; lines that do not parse (a write cut off by a crash) are counted."""
+    """Every entry of the current log (its newest :data:`LOG_LIMIT` bytes), oldest first; lines that do not parse
+    (a write cut off by a crash) are counted."""
     entries, bad = [], 0
     try:
-        raw = read_regular(log_path(root), LOG_LIMIT)
+        raw = read_tail(log_path(root), LOG_LIMIT + 1)
     except FileNotFoundError:
         return AuditLog([], 0)
     except OSError:
-        return AuditLog([], 1)  # a link or an oversized file: not read, counted as one unreadable line
+        return AuditLog([], 1)  # a link or not a regular file: not read, counted as one unreadable line
+    if len(raw) > LOG_LIMIT:
+        raw = raw.partition(b"\n")[2]  # the oldest line read may be cut off
     for line in raw.splitlines():
         if not line.strip():
             continue
