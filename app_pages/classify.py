@@ -131,11 +131,6 @@ def canvas_component():
 
 
 # ------------------------------------------------------------------------------------------------
-# Small helpers
-# ------------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------------
 # Page sections
 # ------------------------------------------------------------------------------------------------
 def model_controls() -> tuple[str, bool]:
@@ -362,7 +357,7 @@ def typed_scale(item: Item) -> None:
                                 value=0.0, step=0.01, format="%.3f", key=f"scale-{item.digest[:16]}",
                                 help="Read it off the scanner's depth ruler: millimetres per image pixel.")
         if scale > 0:
-            prediction.lesion_axes_mm = lesion_axes_mm(outline, (scale, scale))
+            prediction.lesion_axes_mm = lesion_axes_mm(outline, item.scan.working_spacing(scale))
             st.caption("Measured with the pixel size you typed.")
         else:
             st.caption("Type the pixel size to measure the " + ("marked lesion." if prediction.mode == "mask"

@@ -220,7 +220,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         point = r.get("operating_point") or {}
         if point.get("threshold") is not None:
             specificity = "n/a" if point["specificity"] is None else f"{point['specificity']:.1%}"
-            print(f"{mode}: P(malignant) >= {point['threshold']:.4f} flags {point['sensitivity']:.1%} of "
+            print(f"{mode}: {point['footing']} >= {point['threshold']:.4f} flags {point['sensitivity']:.1%} of "
                   f"{point['n_malignant']} malignant scans (target {point['target_sensitivity']:.0%}); "
                   f"specificity on {point['n_benign']} benign: {specificity}")
             if point.get("note"):
@@ -348,7 +348,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.grad_cam:
-        Path(args.grad_cam).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(args.grad_cam).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"error: cannot save Grad-CAM overlays in {args.grad_cam} ({error.strerror or error}); choose a "
+                  "folder you can write", file=sys.stderr)
+            return 2
     bar = tqdm(total=len(files), desc="predicting", unit="scan", disable=args.no_progress)
     if args.out:  # streamed to a file as records come; memory stays flat however many files
         summary = predict_to_file(predictor, files, args.out, resume=args.resume, masks=masks, workers=args.workers,
@@ -388,7 +393,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from imagemasknet.core.paths import WEIGHTS_DIR
     from imagemasknet.ops.release import release, release_manifest
 
     external = {}
@@ -401,8 +405,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     if args.unseen_hospital and args.unseen_hospital not in external:
         print(f"error: --unseen-hospital {args.unseen_hospital} names no --external set", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else WEIGHTS_DIR / (args.name or Path(args.all_data).name)
-    bundle = release([Path(f) for f in args.folds], Path(args.all_data), out, args.name, external,
+    bundle = release([Path(f) for f in args.folds], Path(args.all_data), args.out and Path(args.out), args.name, external,
                      args.unseen_hospital, args.version)
     print(f"released {bundle.card.name} {bundle.card.version} to {bundle.folder}")
     for name, digest in release_manifest(bundle).items():
@@ -417,7 +420,7 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
     try:
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("Administrator password: ")
-        session = access.login(password, client=access.Client("command-line"))
+        session = access.login(password, client=access.Client("command-line", web=False))
         if args.action == "rollback":
             card = promotion.rollback(admin=session)
             print(f"rolled back: {card.version if card else 'the shipped model'} is the active model")
@@ -575,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "external sets are reported on only.")
     release.add_argument("--folds", nargs="+", required=True, metavar="RUN", help="the fold runs (each tested on its fold)")
     release.add_argument("--all-data", required=True, metavar="RUN", help="the run trained on all data: its weights ship")
-    release.add_argument("--name", help="the bundle's name (default: the architecture)")
+    release.add_argument("--name", help="the bundle's name (default: the architecture's registered name)")
     release.add_argument("--out", help="the bundle folder (default: weights/NAME)")
     release.add_argument("--version", help="the bundle's version (default: today's date)")
     release.add_argument("--external", action="append", metavar="NAME=LABELS.csv",

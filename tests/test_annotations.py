@@ -55,3 +55,33 @@ def test_grad_cam_without_marks_points_at_tissue_and_peaks_at_one():
     kept = without_marks(heat, marks)
     assert kept[marks].max() == 0 and kept.max() == 1.0 and kept[35, 35] == 1.0
     assert not without_marks(np.zeros((4, 4), np.float32), np.ones((4, 4), bool)).any()
+
+
+def test_the_app_paints_out_on_a_colour_scan_what_training_paints_out():
+    """Review of issue 24: the app found marks on a colour scan's colour copy (its coloured pixels too) while
+    training finds them on the grey pixels, so a model trained with painted-out marks saw other inputs in the
+    app. The model's input is now prepared from the grey pixels, as training prepares it."""
+    import dataclasses
+
+    import torch
+
+    from imagemasknet.data.decode import resize_pair
+    from imagemasknet.data.scans import Scan
+    from imagemasknet.data.transforms import model_input
+    from imagemasknet.inference.predictor import Predictor
+
+    grey = read_grey(SCAN)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    rgb[300:312, 20:80] = (255, 255, 0)  # a yellow label on tissue
+    scan = Scan(grey, rgb, "colour.png", "PNG")
+    assert scan.is_colour and find_annotations(rgb)[300:312, 20:80].all()
+    predictor = Predictor.shipped(device="cpu")
+    predictor.card = dataclasses.replace(predictor.card, preprocessing={**predictor.card.preprocessing,
+                                                                        "paint_out_annotations": True})
+    image, _ = predictor._inputs(scan, None)
+    pixels, small = resize_pair(paint_out(grey, find_annotations(grey)), np.zeros(grey.shape, bool),
+                                predictor.image_size)
+    trained, _ = model_input(predictor.spec, torch.from_numpy(np.array(pixels))[None, None],
+                             torch.from_numpy(np.array(small))[None, None], "image", predictor.device)
+    assert torch.equal(image, trained)
+    assert predictor.predict(scan).annotations[300:312, 20:80].all()  # the outline and Grad-CAM still skip it

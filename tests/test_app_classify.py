@@ -348,7 +348,7 @@ def test_batch_with_corrupt_file(app, predictor):
     assert list(table["Verdict"])[1] == "not classified"
     assert list(table["Trust"]) == [first.trust, "", second.trust]
     assert table["P(malignant)"][0] == pytest.approx(first.probabilities["malignant"])
-    assert "damaged" in table["Notes"][1] or "not" in table["Notes"][1]
+    assert "looks like a PNG file but is damaged or incomplete" in table["Notes"][1]
     assert "Download results (CSV)" in [b.label for b in app.get("download_button")]
     assert any(SCAN.name in shown(c.value) and SECOND.name in shown(c.value) for c in app.caption)  # every name
 
@@ -403,6 +403,18 @@ def test_html_report_is_self_contained_and_escaped():
                  "Research use only", "mask mode"):
         assert text in page
     assert "strongly coloured" in page
+
+
+def test_the_report_never_calls_an_unfamiliar_scan_familiar():
+    """Review of issue 25: with no other warning an unfamiliar scan's report said "the scan looks like the
+    training data" while its trust line said "Unfamiliar scanner"."""
+    scan = scans.Scan(np.full((80, 100), 90, np.uint8), np.full((80, 100, 3), 90, np.uint8), "x.png", "PNG", [])
+    familiar, unfamiliar = _prediction(), _prediction()
+    familiar.familiarity = unfamiliar.familiarity = 1.0
+    unfamiliar.unfamiliar = True
+    assert "No warnings: the scan looks like the training data" in html_report(scan, familiar, {}, "m", "v")
+    page = html_report(scan, unfamiliar, {}, "m", "v")
+    assert "looks like the training data" not in page and "Unfamiliar scanner or view: the scan is unlike" in page
 
 
 def test_results_csv():
@@ -523,8 +535,9 @@ def test_a_lesion_drawn_on_a_normal_scan_is_benign_or_malignant_and_a_disagreeme
     assert expected.predicted_class in ("benign", "malignant")
     assert answer(app) == expected_answer(expected)
     assert any(m.value.startswith("Most likely") and "if the marked lesion is real" in m.value for m in app.markdown)
+    assert expected.model_sees_no_lesion  # on its own the model calls this normal scan normal: they disagree
     kind, text = verdict_box(app)
-    assert ("The model itself sees no lesion here" in text) == expected.model_sees_no_lesion
+    assert "The model itself sees no lesion here" in text and kind != "success"  # never green against the model
 
 
 def test_mask_mode_off_and_on_keeps_the_chosen_mask_source(app):

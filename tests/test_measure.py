@@ -92,3 +92,19 @@ def test_a_dicom_without_spacing_and_a_png_are_not_measured():
     assert read_scan(dicom_bytes(png.pixels, "none"), name="x.dcm").pixel_spacing_mm is None
     prediction = Predictor.shipped(device="cpu").predict(png, read_case_mask((MASK,), png.pixels.shape))
     assert prediction.lesion_axes_mm is None and prediction.record("x")["lesion_axes_mm"] is None
+
+
+def test_a_typed_pixel_size_of_a_shrunk_scan_measures_in_the_files_own_millimetres():
+    """Review of issue 25: a reader types the millimetres per pixel of the file, but a scan over 1024 px is
+    measured at working size, so the typed value must grow by the shrink factor."""
+    from PIL import Image
+
+    picture = np.random.default_rng(0).integers(0, 255, (2400, 3000), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "PNG")
+    scan = read_scan(buffer.getvalue(), name="large.png")
+    factor = 3000 / max(scan.pixels.shape)
+    assert factor > 2 and scan.working_spacing(0.1) == pytest.approx((0.1 * factor, 0.1 * factor))
+    outline = ellipse(scan.pixels.shape, (400, 500), (300 / factor, 150 / factor))  # 600 × 300 file pixels
+    long_axis, short_axis = lesion_axes_mm(outline, scan.working_spacing(0.1))
+    assert long_axis == pytest.approx(60, rel=0.02) and short_axis == pytest.approx(30, rel=0.02)

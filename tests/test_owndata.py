@@ -27,9 +27,11 @@ from imagemasknet.data.owndata import load_dataset
 from imagemasknet.data.owndata import OWN_SOURCE
 from imagemasknet.data.sources import load_training_set
 from imagemasknet.data.splits import inner_validation, load_folds, resolve_split
+from imagemasknet.evaluation.decision import GIVEN_LESION, malignant_given_lesion
 from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.evaluation.metrics import softmax
-from imagemasknet.evaluation.site_threshold import (choose_threshold, load_site_threshold, site_threshold_for,
+from imagemasknet.inference.predictor import Predictor
+from imagemasknet.evaluation.site_threshold import (choose_threshold, load_site_threshold, site_operating_point,
                                                     site_threshold_mismatch)
 from imagemasknet.models import get_spec
 from imagemasknet.models.weights import load_model
@@ -37,6 +39,11 @@ from imagemasknet.models.weights import load_model
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights" / "lesion-resunet" / "model.safetensors"
 N_EACH = 8
+
+
+def threshold_of(*args, **kwargs) -> float | None:
+    point = site_operating_point(*args, **kwargs)
+    return point and point["threshold"]
 
 
 # --------------------------------------------------------------------------- building own data
@@ -155,15 +162,19 @@ def test_evaluate_own_data_end_to_end(own_data, tmp_path, isolated_env, monkeypa
         assert point["target_sensitivity"] == 0.95 and point["n_malignant"] == N_EACH and point["n_benign"] == N_EACH
         # Recomputed here from the model's calibrated probabilities: the threshold reaches the
         # sensitivity on the data it was chosen on, and the specificity is what it costs there.
+        # In mask mode on the footing the app applies there, P(malignant | a lesion).
         predictions = predict_arrays(model, get_spec("lesion-resunet"), arrays, mode, "cpu")
-        p = softmax(predictions.logits, card["temperature"][mode])[:, CLASSES.index("malignant")]
-        malignant = predictions.labels == CLASSES.index("malignant")
+        calibrated = softmax(predictions.logits, card["temperature"][mode])
+        p = malignant_given_lesion(calibrated) if mode == "mask" else calibrated[:, CLASSES.index("malignant")]
+        lesion = predictions.labels != CLASSES.index("normal")
+        p, malignant = p[lesion], predictions.labels[lesion] == CLASSES.index("malignant")
+        assert point["footing"] == (GIVEN_LESION if mode == "mask" else "P(malignant)")
         assert (p[malignant] >= point["threshold"]).mean() >= 0.95
         assert point["sensitivity"] == pytest.approx((p[malignant] >= point["threshold"]).mean())
         assert point["specificity"] == pytest.approx((p[~malignant] < point["threshold"]).mean())
         # ... and it is the highest such threshold: just above it, a malignant scan is missed.
         assert (p[malignant] >= np.nextafter(point["threshold"], 2)).mean() < 0.95
-        assert f"{mode}: P(malignant) >= {point['threshold']:.4f}" in printed.out
+        assert f"{mode}: {point['footing']} >= {point['threshold']:.4f}" in printed.out
 
     # The report is also a folder the Training page lists, like a run.
     (folder,) = [p for p in runs_root().iterdir() if p.is_dir()]
@@ -183,13 +194,19 @@ def test_evaluate_own_data_end_to_end(own_data, tmp_path, isolated_env, monkeypa
     assert site["threshold"] == image_point["threshold"] and site["mode"] == "image"
     assert {"threshold", "sensitivity", "specificity", "data", "model", "date"} <= set(site)
     assert site["data"] == str(path) and site["model"] == "lesion-resunet"
-    assert site_threshold_for("mask") == result["modes"]["mask"]["operating_point"]["threshold"]
+    assert threshold_of("mask") == result["modes"]["mask"]["operating_point"]["threshold"]
+    # Each mode quotes its own footing, the sensitivity reached in that mode and the target, not image mode's.
+    predictor = Predictor.shipped("lesion-resunet", device="cpu")
+    for mode, point in ((m, result["modes"][m]["operating_point"]) for m in ("image", "mask")):
+        threshold, source, target = predictor.malignancy_threshold(mode)
+        assert (threshold, target) == (point["threshold"], 0.95) and "never lower" not in source
+        assert predictor.trust_figures(mode)["tested"] == point["sensitivity"]
     # It applies to the weights it was chosen for, and to no others.
     assert site["weights_sha256"] == file_sha256(WEIGHTS)
-    assert site_threshold_for("image", "lesion-resunet", weights_sha256=file_sha256(WEIGHTS)) == site["threshold"]
-    assert site_threshold_for("image", "imagemasknet2") is None
+    assert threshold_of("image", "lesion-resunet", weights_sha256=file_sha256(WEIGHTS)) == site["threshold"]
+    assert threshold_of("image", "imagemasknet2") is None
     assert "the model lesion-resunet" in site_threshold_mismatch(site, "imagemasknet2")
-    assert site_threshold_for("image", "lesion-resunet", weights_sha256="0" * 64) is None
+    assert threshold_of("image", "lesion-resunet", weights_sha256="0" * 64) is None
     assert "other weights" in site_threshold_mismatch(site, "lesion-resunet", "0" * 64)
 
 
@@ -246,9 +263,9 @@ def test_choose_threshold_edge_cases():
 
 
 def test_a_missing_or_damaged_site_threshold_is_none(isolated_env):
-    assert load_site_threshold() is None and site_threshold_for("image") is None
+    assert load_site_threshold() is None and threshold_of("image") is None
     (isolated_env.runs / "site_threshold.json").write_text("{not json")
-    assert load_site_threshold() is None and site_threshold_for("image") is None
+    assert load_site_threshold() is None and threshold_of("image") is None
 
 
 # --------------------------------------------------------------------------- training on own data
@@ -279,7 +296,6 @@ def test_replace_builds_patient_aware_folds_on_the_fly(busi_root, tmp_path):
     manifest = busi_csv(busi_root, tmp_path / "site", own_case_ids())
     data = load_training_set(data=str(manifest), mode="replace")
     patient = {c.id: c.patient for c in data.cases}
-    labels = {c.id: c.label for c in data.cases}
     tests = []
     for fold in range(5):
         train_ids, test_ids = resolve_split(data, fold, None)

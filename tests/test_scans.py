@@ -550,6 +550,14 @@ def test_a_mask_at_the_scan_files_own_size_follows_the_shrunk_scan():
         read_mask(to_bytes(Image.fromarray(big[:1000]), "PNG"), scan.pixels.shape, original_hw=scan.original_hw)
 
 
+def test_a_mask_of_the_wrong_size_is_refused_from_its_header_before_decoding():
+    """Review of issue 28: masks were decoded at full size (up to 50 MP, as float64) before their size was
+    compared with the scan's. A 7000 × 7000 header whose pixels are missing is refused for its size, not as a
+    damaged file: nothing was decoded."""
+    with pytest.raises(MaskError, match="is 7000 × 7000 pixels but the scan is 300 × 200"):
+        read_mask(png_header(7000, 7000, tail=PNG_BODY), (200, 300), name="huge.png")
+
+
 @pytest.mark.parametrize("data", [
     b"", b"not a mask at all", _REAL_PNG[:200], png_header(100_000, 100_000, tail=PNG_BODY), _multi_tiff(), dicom_bytes(_SMALL),
 ], ids=["empty", "text", "truncated", "bomb", "multi-page", "dicom"])

@@ -77,6 +77,18 @@ def test_a_marked_lesion_is_benign_or_malignant_and_a_disagreement_is_said():
     assert any("P(· | a lesion)" in line and "normal 76.0%" in line for line in how_decided(case))
 
 
+def test_in_mask_mode_trust_is_the_models_own_answer_and_a_disagreement_is_never_green():
+    """Review of issue 25: the renormalised pair's top is always at least 0.5, so judged on it a normal 0.90 answer
+    became a tested benign 0.8 and a green "Not flagged"."""
+    sure_normal = {"normal": 0.90, "benign": 0.08, "malignant": 0.02}
+    case = prediction(given_lesion(sure_normal), mode="mask", own=sure_normal)
+    assert case.predicted_class == "benign" and case.confidence == pytest.approx(0.8) and case.trust == "tested"
+    assert verdict(case).title == "Not flagged for malignancy" and verdict(case).tone == "neutral"
+    unsure = {"normal": 0.45, "benign": 0.40, "malignant": 0.15}
+    assert prediction(given_lesion(unsure), mode="mask", own=unsure).trust == "low confidence"
+    assert verdict(prediction(given_lesion(BENIGN), mode="mask", own=BENIGN)).tone == "reassuring"
+
+
 def test_how_decided_states_each_threshold():
     lines = " ".join(how_decided(prediction(NORMAL_SURE)))
     assert "30.0%" in lines and "40.0%" in lines and "97%" in lines

@@ -178,6 +178,12 @@ class Scan:
         """Whether the display copy has colour (overlays, Doppler) rather than grey in all three channels."""
         return self._colour
 
+    def working_spacing(self, file_spacing_mm: float) -> tuple[float, float]:
+        """The (row, column) spacing of ``pixels`` for a pixel size in mm of the file's own pixels (what a reader
+        reads off the scanner's ruler): larger, by the shrink factor, when the scan was shrunk to working size."""
+        factor = max(self.original_hw) / max(self.pixels.shape[:2])
+        return (file_spacing_mm * factor, file_spacing_mm * factor)
+
 
 # --------------------------------------------------------------------------------------------
 # Public API
@@ -272,35 +278,55 @@ def read_mask(data: Any, size_hw: tuple[int, int], name: str | None = None,
     """
     height, width = _check_size_hw(size_hw)
     original = _check_size_hw(original_hw) if original_hw is not None else (height, width)
-    lesion = decode_mask(data, name)
     subject = _subject(name or _name_of(data), "The mask file", prefix="The mask ")
-    if lesion.shape not in ((height, width), original):
-        mask_h, mask_w = lesion.shape
-        shape = "size and shape" if abs(mask_w / mask_h - original[1] / original[0]) > 0.01 else "size"
-        raise MaskError(f"{subject} is {mask_w} × {mask_h} pixels but the scan is {original[1]} × {original[0]}; a "
-                        f"mask must have the scan's {shape}, so it was not used. Upload the mask made for this scan.")
-    return check_lesion(_resize_bool(lesion, height, width), subject)
+    return check_lesion(decode_mask(data, name, fits=((height, width), original)), subject)
 
 
-def decode_mask(data: Any, name: str | None = None) -> np.ndarray:
-    """A mask file as bool at its own size (a pixel is lesion above the midpoint of its darkest and brightest
-    values, or where it is not transparent); :class:`MaskError` for a file that is no black-and-white mask.
-    Training reads its masks with this too, so a site's masks mean the same in training as in the app."""
+def decode_mask(data: Any, name: str | None = None,
+                fits: tuple[tuple[int, int], tuple[int, int]] | None = None) -> np.ndarray:
+    """A mask file as bool (a pixel is lesion above the midpoint of its darkest and brightest values, or where it
+    is not transparent); :class:`MaskError` for a file that is no black-and-white mask. Training reads its masks
+    with this too, so a site's masks mean the same in training as in the app.
+
+    With ``fits`` (the working size and the scan file's own size, each height × width) a mask of neither size is
+    refused from its header, before a pixel is decoded, and one is returned at the working size: a large mask is
+    shrunk (nearest) before any array exists, as a large scan is."""
     raw, name = _read_input(data, name, error=MaskError)
     subject = _subject(name, "The mask file", prefix="The mask ")
     if not raw:
         raise MaskError(f"{subject} is empty (0 bytes).")
     try:
-        with _guard(subject):
+        with DECODING, _guard(subject):
             if _is_dicom(raw):
                 raise NotAnImageError(f"{subject} is a DICOM file; please upload the mask as a PNG image.")
             image, _ = _open_pil(raw, subject, check_geometry=False, what="mask")
+            if fits is not None:
+                _check_mask_size(_oriented_hw(image), fits[1], fits, subject)
             image = _load_oriented(image, subject, [])
+            if fits is not None and image.size != (fits[0][1], fits[0][0]):
+                image = image.resize((fits[0][1], fits[0][0]), Image.Resampling.NEAREST)
             return _mask_from_image(image, subject).astype(bool, copy=False)
     except MaskError:
         raise
     except ScanError as exc:
         raise MaskError(str(exc)) from exc
+
+
+def _oriented_hw(image: Image.Image) -> tuple[int, int]:
+    """The picture's height and width once its EXIF orientation is applied, read from the header alone."""
+    try:
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap width and height
+    except Exception:  # noqa: BLE001 - broken EXIF is shown as stored, as _load_oriented does
+        turned = False
+    return (image.width, image.height) if turned else (image.height, image.width)
+
+
+def _check_mask_size(mask_hw: tuple[int, int], scan_hw: tuple[int, int], allowed, subject: str) -> None:
+    if mask_hw in allowed:
+        return
+    shape = "size and shape" if abs(mask_hw[1] / mask_hw[0] - scan_hw[1] / scan_hw[0]) > 0.01 else "size"
+    raise MaskError(f"{subject} is {mask_hw[1]} × {mask_hw[0]} pixels but the scan is {scan_hw[1]} × {scan_hw[0]}; "
+                    f"a mask must have the scan's {shape}, so it was not used. Upload the mask made for this scan.")
 
 
 def _name_of(data: Any) -> str | None:
@@ -634,18 +660,18 @@ def _mask_from_image(image: Image.Image, subject: str) -> np.ndarray:
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = np.asarray(image.convert("RGBA"))
         alpha = rgba[..., 3]
-        value = rgba[..., :3].max(axis=2).astype(np.float64)
+        value = rgba[..., :3].max(axis=2).astype(np.float32)
     elif mode.startswith("I") or mode == "F":
         try:
-            value = np.asarray(image).astype(np.float64)
+            value = np.asarray(image).astype(np.float32)
             if value.ndim != 2:
                 raise TypeError
         except (TypeError, ValueError):
-            value = np.asarray(image.convert("F"), dtype=np.float64)
+            value = np.asarray(image.convert("F"), dtype=np.float32)
     elif mode in ("1", "L"):
-        value = np.asarray(image.convert("L"), dtype=np.float64)
+        value = np.asarray(image.convert("L"), dtype=np.float32)
     else:
-        value = np.asarray(image.convert("RGB")).max(axis=2).astype(np.float64)
+        value = np.asarray(image.convert("RGB")).max(axis=2).astype(np.float32)
     if not np.isfinite(value).all() or (value < 0).any():
         raise MaskError(f"{subject} holds values that are not brightness (negative or not a number), so it was not "
                         "used; save the mask as a black-and-white PNG.")

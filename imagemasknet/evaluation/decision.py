@@ -42,12 +42,18 @@ def is_low_confidence(probabilities: dict[str, float] | np.ndarray) -> bool:
     return max(float(v) for v in values) < LOW_CONFIDENCE_BELOW
 
 
+def malignant_given_lesion(probabilities: np.ndarray) -> np.ndarray:
+    """P(malignant | a lesion) of calibrated probabilities (N, 3): P(malignant) / (P(benign) + P(malignant)), and
+    0.5 where the model gives a lesion no chance at all."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    lesion = p[:, 1] + p[:, 2]
+    return np.divide(p[:, 2], lesion, out=np.full(len(p), 0.5), where=lesion > 0)
+
+
 def given_lesion(probabilities: dict[str, float]) -> dict[str, float]:
     """P(class | a lesion): benign and malignant renormalised to sum to one, normal 0."""
-    lesion = probabilities["benign"] + probabilities["malignant"]
-    if lesion <= 0:
-        return {"normal": 0.0, "benign": 0.5, "malignant": 0.5}
-    return {"normal": 0.0, "benign": probabilities["benign"] / lesion, "malignant": probabilities["malignant"] / lesion}
+    malignant = float(malignant_given_lesion(np.array([[probabilities[c] for c in CLASSES]]))[0])
+    return {"normal": 0.0, "benign": 1.0 - malignant, "malignant": malignant}
 
 
 def is_reassured(probabilities: dict[str, float], threshold: float | None) -> bool:
@@ -149,7 +155,7 @@ def decision_rules(rows: list[dict], modes: list[str], unfamiliar_above: float |
         probabilities = np.array([[r["probabilities"][mode][c] for c in CLASSES] for r in rows])
         p, keep, footing = probabilities[:, 2], np.ones(len(rows), bool), "P(malignant)"
         if mode == "mask":
-            p = probabilities[:, 2] / np.maximum(probabilities[:, 1] + probabilities[:, 2], 1e-12)
+            p = malignant_given_lesion(probabilities)
             keep, footing = labels != CLASSES.index("normal"), GIVEN_LESION
         threshold = sensitivity_threshold(malignant[keep], p[keep])
         entry = {"threshold": threshold, "footing": footing,
@@ -160,7 +166,7 @@ def decision_rules(rows: list[dict], modes: list[str], unfamiliar_above: float |
             entry["cross_validated"] = flag_figures(labels[keep], p[keep], nested, resamples)
         if external is not None and mode in external["probabilities"]:
             outside = np.asarray(external["probabilities"][mode])
-            q = outside[:, 2] / np.maximum(outside[:, 1] + outside[:, 2], 1e-12) if mode == "mask" else outside[:, 2]
+            q = malignant_given_lesion(outside) if mode == "mask" else outside[:, 2]
             entry[external["name"]] = flag_figures(external["labels"], q, q >= threshold, resamples)
         flag["modes"][mode] = entry
     image = np.array([[r["probabilities"]["image"][c] for c in CLASSES] for r in rows])

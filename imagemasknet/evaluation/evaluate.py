@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from imagemasknet.data.dataset import CLASSES, Arrays
 from imagemasknet.data.transforms import model_input
-from imagemasknet.evaluation.metrics import (bootstrap, confusion, dice, expected_calibration_error, point_metrics,
-                                             reliability, roc_auc, roc_curve, softmax)
+from imagemasknet.evaluation.metrics import (bootstrap, confusion, dice, expected_calibration_error, mean_sd,
+                                             point_metrics, reliability, roc_auc, roc_curve, softmax)
 from imagemasknet.evaluation.site_threshold import operating_point
 from imagemasknet.models import ModelSpec
 
@@ -125,14 +125,14 @@ def lesion_summary(predictions: Predictions, temperature: float = 1.0) -> dict:
 def evaluate_model(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, modes: list[str],
                    temperatures: dict[str, float], device: torch.device, clusters: np.ndarray | None = None,
                    resamples: int = 1000, sensitivity: float | None = 0.95) -> dict[str, dict]:
-    """A full report per mode, with the lesion summary and (unless ``sensitivity`` is None) the
-    P(malignant) operating point that reaches that malignant sensitivity on these scans. Scans of several
+    """A full report per mode, with the lesion summary and (unless ``sensitivity`` is None) the operating point
+    that reaches that malignant sensitivity on these scans, on the footing the app applies in that mode. Scans of several
     sources are also reported per source (``by_source``)."""
     reports = {}
     for mode in modes:
         predictions = predict_arrays(model, spec, arrays, mode, device)
         temperature = temperatures.get(mode, 1.0)
-        reports[mode] = _full_report(predictions, temperature, clusters, resamples, sensitivity)
+        reports[mode] = _full_report(predictions, temperature, clusters, resamples, sensitivity, mode)
         sources = list(dict.fromkeys(arrays.sources.tolist()))
         if len(sources) > 1:
             reports[mode]["by_source"] = {}
@@ -140,18 +140,18 @@ def evaluate_model(model: torch.nn.Module, spec: ModelSpec, arrays: Arrays, mode
                 rows = arrays.sources == source
                 reports[mode]["by_source"][source] = _full_report(
                     predictions.subset(rows), temperature, None if clusters is None else clusters[rows], resamples,
-                    sensitivity)
+                    sensitivity, mode)
     return reports
 
 
 def _full_report(predictions: Predictions, temperature: float, clusters: np.ndarray | None, resamples: int,
-                 sensitivity: float | None) -> dict:
+                 sensitivity: float | None, mode: str) -> dict:
     result = report(predictions, temperature, resamples=resamples, clusters=clusters)
     result["lesions"] = lesion_summary(predictions, temperature)
     result["uncalibrated_ece"] = expected_calibration_error(softmax(predictions.logits), predictions.labels)
     if sensitivity is not None:
         result["operating_point"] = operating_point(predictions.labels, softmax(predictions.logits, temperature),
-                                                    sensitivity)
+                                                    sensitivity, mode)
     return result
 
 
@@ -192,8 +192,7 @@ def cross_validation_report(folds: list[dict], resamples: int = 1000) -> dict:
             values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
             values = values[~np.isnan(values)]
             if len(values):
-                summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                                "folds": int(len(values))}
+                summary[key] = {**mean_sd(values), "folds": int(len(values))}
         pooled = Predictions([i for p in calibrated for i in p.ids], np.concatenate([p.labels for p in calibrated]),
                              np.concatenate([p.logits for p in calibrated]), np.concatenate([p.dice for p in calibrated]))
         result["modes"][mode] = {"per_fold": rows, "mean_sd": summary,

@@ -6,6 +6,12 @@ import numpy as np
 from imagemasknet.data.dataset import CLASSES
 
 
+def mean_sd(values) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value): how the docs report figures over folds."""
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(CLASSES)) -> np.ndarray:
     matrix = np.zeros((n, n), dtype=np.int64)
     np.add.at(matrix, (y_true, y_pred), 1)

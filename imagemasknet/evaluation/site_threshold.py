@@ -2,11 +2,12 @@
 and own-data evaluations as folders the Training page lists like runs.
 
 The *operating point* is chosen on lesion scans (benign and malignant): the highest threshold on the
-calibrated P(malignant) — the probability the app shows — at which at least the target share of the
+probability the app compares with it (the calibrated P(malignant) in image mode, P(malignant | a lesion) in
+mask mode) at which at least the target share of the
 malignant scans is flagged, and the share of benign scans left unflagged there (the specificity it
 costs). ``imagemasknet evaluate --data … --save-threshold`` writes it to
 ``runs_root()/site_threshold.json`` with the sha256 of the weights it was chosen for;
-:func:`load_site_threshold` and :func:`site_threshold_for` read it for the app, which applies it only
+:func:`load_site_threshold` and :func:`site_operating_point` read it for the app, which applies it only
 to those weights: a retrained, promoted or updated model has other probabilities and needs its own.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from imagemasknet.core.files import file_sha256, now, read_json, write_json
 from imagemasknet.core.paths import runs_root
 from imagemasknet.core.run_folder import RunFolder, new_run_name
 from imagemasknet.data.dataset import CLASSES
-from imagemasknet.evaluation.decision import sensitivity_threshold
+from imagemasknet.evaluation.decision import GIVEN_LESION, malignant_given_lesion, sensitivity_threshold
 
 SITE_THRESHOLD_FILE = "site_threshold.json"
 
@@ -55,16 +56,21 @@ def choose_threshold(is_malignant: np.ndarray, p_malignant: np.ndarray, sensitiv
     return result
 
 
-def operating_point(labels: np.ndarray, probabilities: np.ndarray, sensitivity: float = 0.95) -> dict:
-    """:func:`choose_threshold` on the lesion scans (benign and malignant) of calibrated probabilities
-    (N, 3); with normal scans present, also the share of all non-malignant scans left unflagged."""
+def operating_point(labels: np.ndarray, probabilities: np.ndarray, sensitivity: float = 0.95,
+                    mode: str = "image") -> dict:
+    """:func:`choose_threshold` on the lesion scans (benign and malignant) of calibrated probabilities (N, 3), on
+    the footing the app applies in ``mode``: P(malignant) in image mode, P(malignant | a lesion) in mask mode;
+    in image mode with normal scans present, also the share of all non-malignant scans left unflagged."""
     labels = np.asarray(labels)
     normal, malignant = CLASSES.index("normal"), CLASSES.index("malignant")
     lesion = labels != normal
-    result = choose_threshold(labels[lesion] == malignant, probabilities[lesion, malignant], sensitivity)
-    if result["threshold"] is not None and (labels == normal).any():
+    given = mode == "mask"
+    p = malignant_given_lesion(probabilities) if given else np.asarray(probabilities)[:, malignant]
+    result = {**choose_threshold(labels[lesion] == malignant, p[lesion], sensitivity),
+              "footing": GIVEN_LESION if given else "P(malignant)"}
+    if not given and result["threshold"] is not None and (labels == normal).any():
         others = labels != malignant
-        result["specificity_all_non_malignant"] = float((probabilities[others, malignant] < result["threshold"]).mean())
+        result["specificity_all_non_malignant"] = float((p[others] < result["threshold"]).mean())
     return result
 
 
@@ -95,7 +101,8 @@ def site_threshold_record(result: dict, data: str, model: str, weights: str | No
         "date": now(),
         "n_malignant": top["n_malignant"],
         "n_benign": top["n_benign"],
-        "modes": {m: {k: p.get(k) for k in ("threshold", "sensitivity", "specificity", "n_malignant", "n_benign")}
+        "modes": {m: {k: p.get(k) for k in ("threshold", "footing", "sensitivity", "target_sensitivity", "specificity",
+                                             "n_malignant", "n_benign")}
                   for m, p in points.items()},
     }
 
@@ -125,17 +132,26 @@ def site_threshold_mismatch(site: dict, model: str | None = None, weights_sha256
     return None
 
 
-def site_threshold_for(mode: str = "image", model: str | None = None, site: dict | None = None,
-                       weights_sha256: str | None = None) -> float | None:
-    """The site's threshold for ``mode``; None when none is saved, it was chosen for another model or
-    other weights (:func:`site_threshold_mismatch`), or it has no value for that mode."""
+def site_operating_point(mode: str = "image", model: str | None = None, site: dict | None = None,
+                         weights_sha256: str | None = None) -> dict | None:
+    """The site's operating point for ``mode`` (``threshold``, ``footing``, ``sensitivity`` reached on the site's
+    scans, ``target_sensitivity``); None when none is saved, it was chosen for another model or other weights
+    (:func:`site_threshold_mismatch`), or it has no threshold (or no sensitivity) for that mode. Files saved before footings were
+    recorded chose every mode's threshold on P(malignant)."""
     site = site if site is not None else load_site_threshold()
     if not site or site_threshold_mismatch(site, model, weights_sha256):
         return None
-    value = (site.get("modes") or {}).get(mode, {}).get("threshold")
-    if value is None and site.get("mode", "image") == mode:
-        value = site.get("threshold")
-    return float(value) if isinstance(value, (int, float)) else None
+    point = dict((site.get("modes") or {}).get(mode) or {})
+    if not point and site.get("mode", "image") == mode:
+        point = {k: site.get(k) for k in ("threshold", "sensitivity")}
+    if not isinstance(point.get("threshold"), (int, float)):
+        return None
+    point["footing"] = point.get("footing") or "P(malignant)"
+    point["target_sensitivity"] = (point.get("target_sensitivity") or site.get("target_sensitivity")
+                                   or point.get("sensitivity"))
+    if not isinstance(point["target_sensitivity"], (int, float)):
+        return None  # not a record --save-threshold wrote: what it was set to catch is unknown
+    return point
 
 
 # --------------------------------------------------------------------------- own-data report folders

@@ -29,7 +29,7 @@ from imagemasknet.data.verify import DataIntegrityError
 from imagemasknet.data.transforms import model_input
 from imagemasknet.evaluation.decision import GIVEN_LESION, given_lesion, is_low_confidence, is_reassured, is_suspicious
 from imagemasknet.evaluation.metrics import softmax
-from imagemasknet.evaluation.site_threshold import load_site_threshold, site_threshold_for
+from imagemasknet.evaluation.site_threshold import load_site_threshold, site_operating_point
 from imagemasknet.inference.explain import grad_cam
 from imagemasknet.inference.familiarity import Familiarity
 from imagemasknet.inference.measure import lesion_axes_mm
@@ -64,7 +64,9 @@ class Prediction:
 
     @property
     def low_confidence(self) -> bool:
-        return is_low_confidence(self.probabilities)
+        """Judged on the model's own three-class answer: in mask mode the renormalised pair always has a top of at
+        least 0.5, which says nothing about how sure the model is."""
+        return is_low_confidence(self.model_probabilities or self.probabilities)
 
     @property
     def suspicious_for_malignancy(self) -> bool | None:
@@ -194,32 +196,38 @@ class Predictor:
         """Names these exact weights (a saved site threshold applies only to them)."""
         return file_sha256(self.weights)
 
+    def _site_point(self, mode: str) -> dict | None:
+        site = load_site_threshold()
+        return site_operating_point(mode, self.name, site, self.weights_sha256) if site else None
+
     def malignancy_threshold(self, mode: str) -> tuple[float | None, str, float | None]:
         """The flag's threshold in ``mode``, where it comes from, and the share of cancers it was set to flag: a
         site threshold saved for these exact weights, else the model card's (set on the cross-validation's
         out-of-fold predictions)."""
-        site = load_site_threshold()
-        value = site_threshold_for(mode, self.name, site, self.weights_sha256) if site else None
-        if value is not None:
-            target = float(site.get("sensitivity", 0))
-            return value, (f"{target:.0%} sensitivity on the site's own scans "
-                           f"({Path(str(site.get('data', 'site data'))).name}; the saved site threshold)"), target
+        never_lower = (f"; set on P(malignant) and applied to {GIVEN_LESION}, which is never lower, so it flags at "
+                       "least as often")
+        if (site := self._site_point(mode)) is not None:
+            target = float(site["target_sensitivity"])
+            source = (f"{target:.0%} sensitivity on the site's own scans "
+                      f"({Path(str(load_site_threshold().get('data', 'site data'))).name}; the saved site threshold)")
+            if mode == "mask" and site["footing"] != GIVEN_LESION:
+                source += never_lower
+            return float(site["threshold"]), source, target
         if mode in self.card.flag_thresholds:
             source = f"{self.card.flag_target:.0%} sensitivity on training scans the model's cross-validation never trained on"
             if mode == "mask" and self.card.flag_footing(mode) != GIVEN_LESION:
-                source += (f"; set on P(malignant) and applied to {GIVEN_LESION}, which is never lower, so it flags "
-                           "at least as often")
+                source += never_lower
             return self.card.flag_thresholds[mode], source, self.card.flag_target
         return None, "this model has no sensitivity-set threshold", None
 
     def trust_figures(self, mode: str) -> dict[str, float]:
-        """The flag's measured sensitivity each trust level quotes: ``tested`` (out of fold, or the site's own),
-        ``unfamiliar`` (at a hospital the model never trained on)."""
+        """The flag's measured sensitivity each trust level quotes: ``tested`` (out of fold, or reached on the
+        site's own scans in this mode), ``unfamiliar`` (at a hospital the model never trained on)."""
         figures = {}
-        site = load_site_threshold()
-        if site and site_threshold_for(mode, self.name, site, self.weights_sha256) is not None:
-            figures["tested"] = float(site.get("sensitivity", 0))
-        elif (tested := self.card.flag_sensitivity(mode)) is not None:
+        site = self._site_point(mode)
+        if site is not None and isinstance(site.get("sensitivity"), (int, float)):
+            figures["tested"] = float(site["sensitivity"])
+        elif site is None and (tested := self.card.flag_sensitivity(mode)) is not None:
             figures["tested"] = tested
         if (unseen := self.card.unseen_hospital(mode)) is not None:
             figures["unfamiliar"] = unseen
@@ -234,13 +242,17 @@ class Predictor:
             raise MaskError(f"The model '{self.name}' takes no mask; switch mask mode off.")
         return "mask"
 
-    def _inputs(self, scan: Scan, mask: np.ndarray | None, marks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The scan (and mask) prepared exactly as training and evaluation do: burnt-in ``marks`` painted out when
-        the model trained so, resized, normalised."""
+    def _inputs(self, scan: Scan, mask: np.ndarray | None,
+                grey_marks: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scan (and mask) prepared exactly as training and evaluation do: burnt-in marks, found on the grey
+        pixels as training finds them (``grey_marks`` when already found), painted out when the model trained so,
+        resized, normalised."""
         if mask is not None and mask.shape != scan.pixels.shape:
             raise MaskError(f"The mask is {mask.shape[1]} × {mask.shape[0]} pixels but the scan is "
                             f"{scan.pixels.shape[1]} × {scan.pixels.shape[0]}; a mask must have the scan's size.")
-        pixels = paint_out(scan.pixels, marks) if self.card.paint_out_annotations else scan.pixels
+        pixels = scan.pixels
+        if self.card.paint_out_annotations:
+            pixels = paint_out(pixels, grey_marks if grey_marks is not None else find_annotations(pixels))
         pixels, small = resize_pair(pixels, mask if mask is not None else np.zeros(scan.pixels.shape, bool),
                                     self.image_size)
         return model_input(self.spec, torch.from_numpy(np.array(pixels))[None, None],
@@ -251,8 +263,8 @@ class Predictor:
         """Classify one scan; with a mask (bool, the scan's size) in mask mode. Raises
         :class:`NotUltrasoundError` for a picture the model cannot judge."""
         mode = self.resolve_mode(mask)
-        marks = find_annotations(scan.rgb if scan.is_colour else scan.pixels)
-        image, mask_tensor = self._inputs(scan, mask, marks)
+        marks = find_annotations(scan.rgb if scan.is_colour else scan.pixels)  # coloured marks too, for the outline
+        image, mask_tensor = self._inputs(scan, mask, None if scan.is_colour else marks)
         with self._lock, torch.no_grad():
             output = self.model(image, mask_tensor)
         warnings = list(scan.warnings)
@@ -297,8 +309,7 @@ class Predictor:
         scan's size, scaled to [0, 1] (all zeros when nothing supports the class)."""
         target = CLASSES.index(target_class) if isinstance(target_class, str) else int(target_class)
         self.resolve_mode(mask)
-        marks = find_annotations(scan.rgb if scan.is_colour else scan.pixels) if self.card.paint_out_annotations else None
-        image, mask_tensor = self._inputs(scan, mask, marks)
+        image, mask_tensor = self._inputs(scan, mask)
         with self._lock:
             return grad_cam(self.model, image, mask_tensor, target, scan.pixels.shape)
 

@@ -73,7 +73,9 @@ def html_report(scan, prediction, overlays: dict[str, np.ndarray], model_name: s
         f'{_bar(prediction.probabilities[c], c == prediction.predicted_class)}</td></tr>'
         for c in CLASSES if c in prediction.probabilities
     )
-    warnings = "".join(f"<li>{esc(w)}</li>" for w in prediction.warnings)
+    unfamiliar = (["Unfamiliar scanner or view: the scan is unlike the scans the model trained on, so its tested "
+                   "figures may not hold here."] if prediction.unfamiliar else [])
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in [*unfamiliar, *prediction.warnings])
     familiar = ("the scan looks like the training data" if prediction.familiarity is not None
                 else "this model has no familiarity reference, so how far the scan is from the training data was not measured")
     warnings_block = (f'<section class="warn"><h2>Warnings</h2><ul>{warnings}</ul></section>' if warnings

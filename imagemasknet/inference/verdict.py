@@ -5,11 +5,12 @@ carries no thresholds, scores or model names; :func:`how_decided` says those, fo
 decided" expander and the report's details.
 
 * **Tone**: ``alarm`` (suspicious for malignancy), ``reassuring`` only when the result is not flagged, its
-  trust level is ``tested`` and, if it is normal, a lesion is excluded; ``neutral`` otherwise. A result that
+  trust level is ``tested``, in mask mode the model itself sees the lesion, and, if it is normal, a lesion is
+  excluded; ``neutral`` otherwise. A result that
   is not shown to be safe never gets the reassuring colour.
 * **Trust**: ``tested`` (a familiar scan, a confident answer: the flag's tested sensitivity), ``unfamiliar``
   (the flag's sensitivity at a hospital the model never trained on, when the card has it), ``low confidence``
-  (no class reaches 60 %).
+  (no class reaches 60 % in the model's own three-class answer, in mask mode too).
 """
 from __future__ import annotations
 
@@ -73,9 +74,10 @@ def verdict(prediction) -> Verdict:
         return Verdict(f"{prediction.predicted_class.capitalize()} lesion, no malignancy flag", "neutral",
                        "This model has no flag set for sensitivity, so nothing here rules out cancer.",
                        trust_line(prediction), disagreement)
-    return Verdict("Not flagged for malignancy", "reassuring" if trusted else "neutral",
+    safe = trusted and not prediction.model_sees_no_lesion
+    return Verdict("Not flagged for malignancy", "reassuring" if safe else "neutral",
                    f"A {prediction.predicted_class} lesion is the most likely answer, and the chance of malignancy "
-                   "stays below the level set to catch most cancers." if trusted else
+                   "stays below the level set to catch most cancers." if safe else
                    f"A {prediction.predicted_class} lesion is the most likely answer; not shown to be safe here.",
                    trust_line(prediction), disagreement)
 
