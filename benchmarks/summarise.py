@@ -15,6 +15,7 @@ import numpy as np
 from imagemasknet.core.files import read_json, write_json
 from imagemasknet.core.paths import WEIGHTS_DIR
 from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.evaluation.metrics import mean_sd
 from imagemasknet.inference.predictor import Predictor
 from imagemasknet.models import get_spec
 from imagemasknet.ops.release import release
@@ -109,18 +110,17 @@ def summarise(results: Path, folds: list[int]) -> dict:
             entry: dict = {"folds": per_fold}
             if per_fold:
                 for key in [k for k, _ in COLUMNS]:
-                    values = np.array([r[key]["value"] for r in per_fold])
-                    entry[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+                    entry[key] = mean_sd([r[key]["value"] for r in per_fold])
                 for key in ("lesion_dice", "busbra_auc", "busbra_called_normal", "uncalibrated_ece", "inner_validation_loss"):
-                    values = np.array([r[key] for r in per_fold if r.get(key) is not None], dtype=float)
-                    if len(values):
-                        entry[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+                    values = [r[key] for r in per_fold if r.get(key) is not None]
+                    if values:
+                        entry[key] = mean_sd(values)
                 rules = sorted(set.intersection(*(set(r["checkpoint_rules"]) for r in per_fold)))
                 if rules:
-                    entry["checkpoint_rules"] = {rule: _mean_sd([r["checkpoint_rules"][rule] for r in per_fold]) for rule in rules}
+                    entry["checkpoint_rules"] = {rule: mean_sd([r["checkpoint_rules"][rule] for r in per_fold]) for rule in rules}
                 if all("average_checkpoint" in r for r in per_fold):
                     keys = set.intersection(*(set(r["average_checkpoint"]) for r in per_fold))
-                    entry["average_checkpoint"] = {key: _mean_sd([r["average_checkpoint"][key] for r in per_fold])
+                    entry["average_checkpoint"] = {key: mean_sd([r["average_checkpoint"][key] for r in per_fold])
                                                    for key in sorted(keys) if all(r["average_checkpoint"][key] is not None for r in per_fold)}
             own = _mode_metrics(results / f"{preset}-all" / "metrics-study-protocol.json", mode)
             external = _mode_metrics(results / f"{preset}-all" / "metrics-busbra.json", mode)
@@ -130,11 +130,6 @@ def summarise(results: Path, folds: list[int]) -> dict:
                 entry["all_data_busbra"] = external["lesions"] | {"metrics": {k: external["metrics"][k] for k in ("accuracy",)}}
             summary.setdefault(preset, {})[mode] = entry
     return summary
-
-
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    values = np.array(values, dtype=float)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
 def _pm(entry: dict, key: str, percent: bool = False) -> str:

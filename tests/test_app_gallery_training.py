@@ -445,6 +445,8 @@ def test_training_page_reads_only_folders_under_the_results_root(runs_folder, mo
         assert run_folder.results_folder(root, sneaky) is None
     assert run_folder.scan_runs(root / "escape-link", inside=root) == []
     assert [r.name for r in run_folder.scan_runs(root, inside=root)] == ["tiny-fold1"]
+    (root / "inner-link").symlink_to(root / "tiny-fold1")  # a link is no run folder, even one leading inside
+    assert [r.name for r in run_folder.scan_runs(root)] == ["tiny-fold1"]
 
 
 def test_training_page_on_a_fresh_clone_shows_the_shipped_model_without_an_error(monkeypatch, tmp_path):

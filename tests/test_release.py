@@ -4,9 +4,10 @@ alone, and which a second release from the same runs reproduces."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 from imagemasknet import cli
 from imagemasknet.core.run_folder import RunFolder
@@ -14,6 +15,7 @@ from imagemasknet.data.scans import read_scan
 from imagemasknet.data.splits import load_folds
 from imagemasknet.inference.predictor import Predictor
 from imagemasknet.models.bundle import Bundle
+from imagemasknet.ops import release as release_module
 
 pytestmark = pytest.mark.slow
 QUICK = ["--arch", "lesion-resunet", "--epochs", "1", "--image-size", "64", "--batch-size", "8", "--device", "cpu",
@@ -40,10 +42,12 @@ def runs(tmp_path_factory, busi_root, shared_cache_dir):
         yield root
 
 
-def release(runs, out) -> Bundle:
+def release(runs, out=None) -> Bundle:
+    """A release of the quick runs into ``out`` named "quick"; with no ``out``, where the command puts it unasked."""
+    where = ["--out", str(out), "--name", "quick"] if out else []
     assert cli.main(["release", "--folds", str(runs / "quick-fold0"), str(runs / "quick-fold1"), "--all-data",
-                     str(runs / "quick-all"), "--out", str(out), "--name", "quick", "--version", "test"]) == 0
-    return Bundle.read(out)
+                     str(runs / "quick-all"), *where, "--version", "test"]) == 0
+    return Bundle.read(out or release_module.WEIGHTS_DIR / "lesion-resunet")
 
 
 def test_a_release_is_a_complete_bundle_set_on_out_of_fold_predictions(runs, tmp_path, isolated_env, shared_cache_dir,
@@ -76,13 +80,23 @@ def test_a_second_release_from_the_same_runs_reproduces_the_first(runs, tmp_path
     first, second = release(runs, tmp_path / "a"), release(runs, tmp_path / "b")
     assert first.out_of_fold.read_bytes() == second.out_of_fold.read_bytes()
     assert first.history.read_bytes() == second.history.read_bytes()
-    a, b = load_file(first.weights), load_file(second.weights)
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    a, b = load_file(first.familiarity), load_file(second.familiarity)
-    assert all((a[k] == b[k]).all() for k in a)
+    # byte for byte: the safetensors header's order no longer changes from process to process
+    assert first.weights.read_bytes() == second.weights.read_bytes()
+    assert first.familiarity.read_bytes() == second.familiarity.read_bytes()
     one, two = json.loads(first.folder.joinpath("model.json").read_text()), json.loads(second.folder.joinpath("model.json").read_text())
     one.pop("date"), two.pop("date")
     assert one == two
+
+
+def test_unasked_a_release_goes_where_the_app_looks_for_its_model(runs, tmp_path, isolated_env, shared_cache_dir,
+                                                                  monkeypatch):
+    """Review of issue 26: without --out and --name the bundle went to weights/<all-data run folder>, which no
+    model name points to; it goes to weights/<the architecture's registered name>."""
+    monkeypatch.setenv("IMAGEMASKNET_CACHE", str(shared_cache_dir))
+    monkeypatch.setattr(release_module, "WEIGHTS_DIR", tmp_path / "weights")
+    bundle = release(runs)
+    assert bundle.folder == tmp_path / "weights" / "lesion-resunet" and bundle.card.name == "lesion-resunet"
+    assert not bundle.missing
 
 
 def test_a_released_card_and_the_runs_it_came_from_hold_what_docs_architecture_md_says(runs, tmp_path, isolated_env,
@@ -99,3 +113,29 @@ def test_a_released_card_and_the_runs_it_came_from_hold_what_docs_architecture_m
     assert set(card["preprocessing"]) == {"image_size", "channels", "normalisation", "decoding", "paint_out_annotations"}
     written = {p.name for p in (runs / "quick-fold0").iterdir()}
     assert written <= set(documented("The run folder")) | {"metrics-test.json"}
+
+
+def test_releasing_over_a_bundle_swaps_it_whole_or_leaves_the_old_one(runs, tmp_path, isolated_env, shared_cache_dir,
+                                                                       monkeypatch):
+    """Review of issue 26: between its two renames a release left no bundle at all, and a failed second rename
+    left the old one hidden. The swap is one step; where the system cannot swap, a failure puts the old one back."""
+    monkeypatch.setenv("IMAGEMASKNET_CACHE", str(shared_cache_dir))
+    out = tmp_path / "quick"
+    before = release(runs, out).weights.read_bytes()
+    assert release(runs, out).weights.read_bytes() == before  # swapped in one step, nothing left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quick"]
+
+    real_replace = os.replace
+
+    def fails_into_place(source, target):
+        if Path(target) == out and Path(source).name.endswith(".tmp"):  # the new bundle, not the old one put back
+            raise OSError(5, "Input/output error")
+        real_replace(source, target)
+
+    monkeypatch.setattr(release_module, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(release_module.os, "replace", fails_into_place)
+    with pytest.raises(OSError):
+        release(runs, out)
+    monkeypatch.setattr(release_module.os, "replace", real_replace)
+    assert Bundle.read(out).weights.read_bytes() == before and not Bundle.read(out).missing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quick"]

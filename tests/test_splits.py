@@ -142,6 +142,18 @@ def test_pooled_fold_is_each_sources_fold(pooled, split_spec):
         assert sorted(train + test) == sorted(pooled.ids)
 
 
+def test_scans_a_committed_split_leaves_out_are_refused_not_trained_on_in_every_fold(busi):
+    """Review of issue 24: a scan the committed split did not name was in no test fold, so every fold trained on
+    it and none tested it."""
+    import dataclasses
+
+
+    extra = dataclasses.replace(busi.cases[0], id="benign (9999)")
+    grown = dataclasses.replace(busi, cases=[*busi.cases, extra])
+    with pytest.raises(SplitError, match=r"1 busi scans are in no fold .*benign \(9999\).*data split --source busi"):
+        resolve_split(grown, 0, None)
+
+
 def test_inner_validation_is_stratified_by_source_and_class_and_keeps_patients(pooled):
     train, _ = resolve_split(pooled, 1, None)
     fit, val = inner_validation(train, pooled, 0.1, seed=0)

@@ -106,6 +106,38 @@ def test_csv_output_and_file_list(busi_root, predictor, tmp_path, capsys):
     assert printed[0] == CSV_FIELDS and [r[0] for r in printed[1:]] == files[:2]
 
 
+def test_formula_like_names_resume_and_same_named_scans_keep_their_own_grad_cam(busi_root, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Review of issue 28: a CSV --resume compared raw names with the quoted ones the CSV holds ("'-scan.png"), so
+    such files were predicted again on every resume; overlays of same-named scans overwrote each other; and one
+    overlay that could not be saved ended the whole batch."""
+    source = busi_scans(busi_root, 2)
+    for folder, scan in zip(("a", "b"), source):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "-scan.png").symlink_to(scan)
+    out, overlays = tmp_path / "out.csv", tmp_path / "cams"
+    assert cli.main(["predict", str(tmp_path / "in"), "--out", str(out), "--grad-cam", str(overlays), "--no-progress"]) == 0
+    assert sorted(p.relative_to(overlays).as_posix() for p in overlays.rglob("*.png")) == [
+        "a/-scan.gradcam.png", "b/-scan.gradcam.png"]
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "in"), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "0 predicted, 0 unreadable, 2 already in the file" in capsys.readouterr().err
+
+    from imagemasknet.inference import stream
+
+    def disk_full(path, write, mode=None):
+        if "/b/" in str(path):
+            raise OSError(28, "No space left on device")
+        write(tmp_path / "scratch.png")
+
+    monkeypatch.setattr(stream, "atomic_write", disk_full)
+    assert cli.main(["predict", str(tmp_path / "in"), "--json", "--grad-cam", str(overlays), "--no-progress"]) == 0
+    first, second = json.loads(capsys.readouterr().out)
+    assert "error" not in first and second["error"]["type"] == "OSError" and "No space left" in second["error"]["message"]
+    assert cli.main(["predict", str(tmp_path / "in"), "--json", "--grad-cam", str(out), "--no-progress"]) == 2
+    assert "cannot save Grad-CAM overlays" in capsys.readouterr().err
+
+
 def test_predict_refuses_resume_without_out_and_an_empty_input(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), "--resume", "--no-progress"]) == 2
     assert "--out" in capsys.readouterr().err

@@ -6,7 +6,7 @@ the ``metrics*.json`` once, when first asked for it, and never raises for a miss
 ``problems`` says in sentences what is missing or broken (truncated JSON, an empty history, a run whose
 process is gone, a report of the wrong shape). Anything a visitor's page may show is read without following
 symbolic links and with a size cap (:func:`~imagemasknet.core.files.read_regular`), so a link planted in a run
-folder shows a sentence, never the file it points to. Make a new one to see the folder as it is now.
+folder shows a sentence, never the file it points to; and :func:`scan_runs` lists no folder that is itself a link. Make a new one to see the folder as it is now.
 """
 from __future__ import annotations
 
@@ -305,15 +305,14 @@ def looks_like_run(path: Path) -> bool:
 
 
 def scan_runs(root: str | Path, inside: str | Path | None = None) -> list[RunFolder]:
-    """Every run folder directly under ``root`` (or ``root`` itself when it is one), by name. With ``inside``,
-    a folder that resolves outside it (a symbolic link leading out) is left unread."""
+    """Every run folder directly under ``root`` (or ``root`` itself when it is one), by name. A symbolic link is
+    no run folder, wherever it leads; with ``inside``, a ``root`` that resolves outside it is left unread."""
     root = Path(root)
     if not root.is_dir() or (inside is not None and not _within(root, inside)):
         return []
     if looks_like_run(root) and (root / CONFIG).exists():
         return [RunFolder(root)]
-    folders = [p for p in root.iterdir() if not p.name.startswith(".") and (inside is None or _within(p, inside))
-               and looks_like_run(p)]
+    folders = [p for p in root.iterdir() if not p.name.startswith(".") and not p.is_symlink() and looks_like_run(p)]
     return [RunFolder(p) for p in sorted(folders, key=lambda p: _natural(p.name))]
 
 

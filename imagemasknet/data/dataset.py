@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from imagemasknet.core.files import atomic_write
 from imagemasknet.core.paths import cache_dir
 from imagemasknet.data.annotations import find_annotations, paint_out
 from imagemasknet.data.decode import read_case_mask, read_grey, resize_pair
@@ -192,7 +192,9 @@ def load_arrays(data: Dataset, size: int = 256, progress: bool = False, paint_ou
         # Not cached: the next load should try those files again.
         data.cases = [c for c in data.cases if str(c.image_path) not in unreadable]
         return arrays.take(data.ids)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, ids=json.dumps(arrays.ids), labels=labels, images=images, masks=masks)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a handle: given a name, NumPy would append ".npz" to it
+            np.savez(handle, ids=json.dumps(arrays.ids), labels=labels, images=images, masks=masks)
+
+    atomic_write(path, write)  # a temporary file of its own: runs decoding at once never share one
     return arrays

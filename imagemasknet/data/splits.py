@@ -123,8 +123,9 @@ def committed_groups() -> dict[str, str]:
 
 
 def source_folds(data: Dataset) -> list[list[str]]:
-    """Five folds of ``data``: per source, the committed split that names its scans, else folds built here
-    (grouped, stratified by class); fold K is the union of the sources' folds K."""
+    """Five folds of ``data``: per source, the committed split that names its scans (:class:`SplitError` when it
+    leaves some out), else folds built here (grouped, stratified by class); fold K is the union of the sources'
+    folds K."""
     folds: list[list[str]] = [[] for _ in range(FOLDS)]
     committed = {path: {i for f in load_folds(path) for i in f} for path in committed_split_files()}
     for source in data.sources:
@@ -132,6 +133,10 @@ def source_folds(data: Dataset) -> list[list[str]]:
         ids = set(part.ids)
         path = next((p for p, named in committed.items() if ids & named), None)
         if path is not None:
+            if unnamed := sorted(ids - committed[path]):
+                raise SplitError(f"{len(unnamed)} {source} scans are in no fold of {path} (e.g. {unnamed[:3]}), so "
+                                 "they would be trained on in every fold and never tested; rebuild the split with "
+                                 f"`imagemasknet data split --source {source}`.")
             part_folds = [[i for i in fold if i in ids] for fold in load_folds(path)]
         else:
             labels = {c.id: c.label for c in part.cases}

@@ -31,10 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from imagemasknet.core.files import atomic_write
-from imagemasknet.models.weights import WeightsError
+from imagemasknet.models.weights import WeightsError, write_safetensors
 
 COMPONENTS = 32  # principal components kept (BUSI's fold-0 texture statistics: a steep spectrum, flat after ~30)
 UNFAMILIAR_PERCENTILE = 95.0
@@ -101,7 +99,7 @@ class Familiarity:
                 tensors[f"{kind}.{name}"] = torch.from_numpy(np.asarray(getattr(reference, name), dtype=np.float32)).contiguous()
             for name in ("residual_scale", "threshold"):
                 metadata[f"{kind}.{name}"] = repr(float(getattr(reference, name)))
-        atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        write_safetensors(Path(path), tensors, metadata)
 
     @classmethod
     def load(cls, path: Path) -> "Familiarity":

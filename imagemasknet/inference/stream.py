@@ -26,6 +26,7 @@ from typing import IO, Callable, Iterable, Iterator
 import torch
 from PIL import Image
 
+from imagemasknet.core.files import atomic_write
 from imagemasknet.data.dataset import CLASSES
 from imagemasknet.data.scans import ScanError, read_mask, read_scan
 from imagemasknet.inference.explain import heatmap_overlay
@@ -110,13 +111,15 @@ def _worker_init(_: int) -> None:
 
 def iter_records(predictor, files: list[str], masks: list[str] | None = None, workers: int = 0,
                  grad_cam_dir: str | os.PathLike | None = None) -> Iterator[dict]:
-    """A record per file, in input order, as each is ready (scans read by ``workers`` processes)."""
+    """A record per file, in input order, as each is ready (scans read by ``workers`` processes). A Grad-CAM
+    overlay that cannot be saved makes that file's record an error, not the end of the batch."""
     if not files:
         return
     loader = torch.utils.data.DataLoader(
         ScanFiles(files, masks), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
         worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
     )
+    base = _common_folder(files)
     for item in loader:
         if item["error"] is not None:
             yield {"file": item["file"], "error": item["error"]}
@@ -126,11 +129,22 @@ def iter_records(predictor, files: list[str], masks: list[str] | None = None, wo
             prediction = predictor.predict(scan, mask)
             if grad_cam_dir is not None:
                 heat = predictor.grad_cam(scan, prediction.predicted_class, mask)
-                Image.fromarray(heatmap_overlay(scan.rgb, heat)).save(
-                    Path(grad_cam_dir) / f"{Path(item['file']).stem}.gradcam.png")
+                overlay = Image.fromarray(heatmap_overlay(scan.rgb, heat))
+                atomic_write(grad_cam_path(grad_cam_dir, item["file"], base), lambda tmp: overlay.save(tmp, "PNG"))
             yield prediction.record(item["file"])
-        except ScanError as error:
+        except (ScanError, OSError) as error:
             yield error_record(item["file"], error)
+
+
+def _common_folder(files: list[str]) -> Path:
+    return Path(os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
+
+
+def grad_cam_path(grad_cam_dir: str | os.PathLike, file: str, base: Path) -> Path:
+    """Where a file's Grad-CAM overlay goes: its path below the input files' common folder, kept, so scans of
+    the same name in different folders never overwrite each other's overlay."""
+    relative = Path(os.path.abspath(file)).relative_to(base)
+    return Path(grad_cam_dir) / relative.parent / f"{relative.stem}.gradcam.png"
 
 
 # --- output files -------------------------------------------------------------------------------------
@@ -145,15 +159,18 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).splitlines())
 
 
+def csv_text(value) -> str:
+    """Text as a CSV cell holds it: on one line, printable, and with a leading ``'`` where a spreadsheet would
+    run it as a formula."""
+    value = printable(_one_line("" if value is None else str(value)))
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def csv_row(record: dict) -> list[str]:
     """The CSV columns of a record (:data:`CSV_FIELDS`): every field on one line, so one record is one line,
     and text a spreadsheet would run as a formula gets a leading ``'`` (a file named ``=cmd()`` stays text)."""
     p = record.get("probabilities") or {}
     error = record.get("error") or {}
-
-    def text(value) -> str:
-        value = printable(_one_line("" if value is None else str(value)))
-        return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
     def number(value, digits: int = 6) -> str:
         return "" if value is None else f"{value:.{digits}f}"
@@ -162,13 +179,13 @@ def csv_row(record: dict) -> list[str]:
         return "" if value is None else str(bool(value)).lower()
 
     axes = record.get("lesion_axes_mm") or (None, None)
-    return [text(record["file"]), record.get("predicted_class", ""), *(number(p.get(c)) for c in CLASSES),
+    return [csv_text(record["file"]), record.get("predicted_class", ""), *(number(p.get(c)) for c in CLASSES),
             flag(record.get("suspicious_for_malignancy")), number(record.get("malignancy_threshold")),
             flag(record.get("lesion_not_excluded")), record.get("trust", ""),
             flag(record.get("low_confidence")), flag(record.get("unfamiliar")), number(record.get("familiarity_score"), 3),
-            text(record.get("in_training_data")), number(axes[0], 1), number(axes[1], 1),
+            csv_text(record.get("in_training_data")), number(axes[0], 1), number(axes[1], 1),
             record.get("mode", ""), record.get("model", ""),
-            text(" | ".join(record.get("warnings", []))), error.get("type", ""), text(error.get("message", ""))]
+            csv_text(" | ".join(record.get("warnings", []))), error.get("type", ""), csv_text(error.get("message", ""))]
 
 
 def not_utf8(record: dict) -> bool:
@@ -275,7 +292,7 @@ def predict_to_file(predictor, files: list[str], out: str | os.PathLike, *, resu
         raise FileExistsError(f"{out} already exists; pass --resume to continue it, or choose another file")
     done = done_files(out, fmt) if resume else {}
     if done:
-        written = (lambda f: printable(f)) if (fmt or format_for(out)) == "csv" else (lambda f: f)
+        written = csv_text if (fmt or format_for(out)) == "csv" else (lambda f: f)
         keep = [n for n, f in enumerate(files) if written(f) not in done]
         summary.skipped = len(files) - len(keep)
         summary.predicted_before = sum(1 for f in files if done.get(written(f)))

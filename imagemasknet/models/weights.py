@@ -2,11 +2,12 @@
 beside a run's last checkpoint, and building a registered model from a file."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from imagemasknet.core.files import atomic_write
 from imagemasknet.models import build_model
@@ -20,7 +21,19 @@ def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | 
     if half:
         statistics = ("running_mean", "running_var")
         state = {k: v.half() if v.dtype == torch.float32 and not k.endswith(statistics) else v for k, v in state.items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={**(metadata or {}), **({"storage": "float16"} if half else {})}))
+    write_safetensors(path, state, {**(metadata or {}), **({"storage": "float16"} if half else {})})
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Tensors to a safetensors file, atomically and with the same bytes for the same content every time: the
+    library writes its header in an order that changes from process to process, so the header is rewritten with
+    sorted keys (a release's checksums then repeat)."""
+    raw = save(tensors, metadata=metadata)
+    length = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads its header with spaces to a multiple of 8 bytes
+    canonical = len(header).to_bytes(8, "little") + header + raw[8 + length:]
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(canonical))
 
 
 def save_state(path: Path, state: dict) -> None:

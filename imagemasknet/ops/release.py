@@ -15,7 +15,9 @@ External data sets given by name (``--external busbra=labels.csv``) are only rep
 """
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import errno
 import hashlib
 import os
 import shutil
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from imagemasknet.core.files import file_sha256, write_json
+from imagemasknet.core.paths import WEIGHTS_DIR
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.dataset import CLASSES, Arrays, content_fingerprint, load_arrays
 from imagemasknet.data.owndata import load_dataset
@@ -35,7 +38,7 @@ from imagemasknet.data.splits import split_file_for
 from imagemasknet.data.transforms import augment_pair, build_augmentation
 from imagemasknet.evaluation.decision import LOW_CONFIDENCE_BELOW, decision_rules, is_low_confidence
 from imagemasknet.evaluation.evaluate import predict_arrays
-from imagemasknet.evaluation.metrics import roc_auc, softmax
+from imagemasknet.evaluation.metrics import mean_sd, roc_auc, softmax
 from imagemasknet.inference.familiarity import Familiarity
 from imagemasknet.inference.predictor import Predictor
 from imagemasknet.models import count_parameters, get_spec
@@ -118,11 +121,6 @@ def _fold_figure(report: dict, mode: str) -> dict | None:
     return row
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    values = np.array(values, dtype=float)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-
-
 def cross_validation_summary(fold_runs: list[Path], modes: tuple[str, ...]) -> dict:
     """mode → metric → mean ± SD over the folds' test evaluations (``metrics-test.json``), with each fold's
     figures, pooled and per source."""
@@ -144,11 +142,11 @@ def cross_validation_summary(fold_runs: list[Path], modes: tuple[str, ...]) -> d
         for key in ("accuracy", "macro_auc", "recall_malignant", "macro_f1", "ece"):
             values = [f[key]["value"] for f in folds if key in f]
             if values:
-                entry[key] = _mean_sd(values)
+                entry[key] = mean_sd(values)
         dice = [f["lesion_dice"] for f in folds if f.get("lesion_dice") is not None]
         if dice:
-            entry["lesion_dice"] = _mean_sd(dice)
-        entry["by_source"] = {source: {key: _mean_sd([f[key]["value"] for f in rows if key in f])
+            entry["lesion_dice"] = mean_sd(dice)
+        entry["by_source"] = {source: {key: mean_sd([f[key]["value"] for f in rows if key in f])
                                        for key in ("accuracy", "macro_auc", "recall_malignant")
                                        if any(key in f for f in rows)}
                               for source, rows in by_source.items()}
@@ -189,8 +187,8 @@ def trained_on(config: dict) -> dict:
 
 
 def _stage(out: Path, fill) -> Bundle:
-    """Write a bundle into a fresh folder beside ``out`` and put it in place with one rename: a crash leaves the
-    old bundle or the new one, never half of either."""
+    """Write a bundle into a fresh folder beside ``out`` and swap it into place in one step: a crash leaves the old
+    bundle or the new one, never half of either, and never neither."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".tmp", dir=out.parent))
@@ -198,28 +196,48 @@ def _stage(out: Path, fill) -> Bundle:
         fill(staging)
         readable_by_all(staging)
         Bundle.read(staging)
-        if out.exists():
+        if not out.exists():
+            os.replace(staging, out)
+        elif not _exchange(staging, out):  # a system without the swap: move aside, put back on failure
             retired = out.with_name(f".{out.name}-old-{os.getpid()}")
             os.replace(out, retired)
-            os.replace(staging, out)
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(retired, out)
+                raise
             shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # what was left unplaced, or the old bundle after the swap
     return Bundle.read(out)
 
 
-def release(fold_runs: list[Path], all_run: Path, out: Path, name: str | None = None,
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where the system has no
+    such call."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2  # AT_FDCWD and RENAME_EXCHANGE from <fcntl.h> and <linux/fs.h>
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def release(fold_runs: list[Path], all_run: Path, out: Path | None = None, name: str | None = None,
             external: dict[str, str] | None = None, unseen_hospital: str | None = None, version: str | None = None,
             resamples: int = 1000) -> Bundle:
     """The bundle of ``all_run``'s kept weights (stored float16), with every threshold set on the fold runs'
     out-of-fold predictions. ``external``: name → labels CSV, reported on only; ``unseen_hospital``: the external
-    set whose flag sensitivity the "unfamiliar" trust line quotes (a hospital the model never trained on)."""
+    set whose flag sensitivity the "unfamiliar" trust line quotes (a hospital the model never trained on). ``name``
+    defaults to the architecture's registered name and ``out`` to ``weights/NAME``, where the app looks for it."""
     all_data = RunFolder(all_run)
     config, spec = all_data.config, get_spec(all_data.config["arch"])
     name = name or spec.name
+    out = Path(out) if out is not None else WEIGHTS_DIR / name
     predictor = Predictor(Bundle.of_run(all_data), device="cpu", check_training_data=False)
     rows = out_of_fold(fold_runs)
     arrays, split = run_arrays(all_data), all_data.split
