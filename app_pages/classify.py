@@ -464,7 +464,8 @@ def result_panel(item: Item, model: str) -> st.delta_generator.DeltaGenerator | 
             site = load_site_threshold()
             if site and (reason := site_threshold_mismatch(site, model, predictor.weights_sha256)):
                 st.markdown(f"- The saved site threshold is not applied: {md(reason)}. Choose one for this model "
-                            "with `imagemasknet evaluate --data SITE_SCANS --save-threshold`.")
+                            "with:")
+                st.code(predictor.site_threshold_command, language="bash")
     return report_box
 
 

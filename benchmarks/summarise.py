@@ -26,6 +26,19 @@ COLUMNS = [("accuracy", "accuracy"), ("macro_auc", "macro AUC"), ("recall_malign
            ("macro_f1", "macro F1"), ("ece", "ECE")]
 
 
+SOURCE_FIGURES = ("accuracy", "macro_auc", "recall_malignant", "benign_vs_malignant_auc", "lesions_called_normal")
+
+
+def source_figures(part: dict) -> dict[str, float | None]:
+    """One source's figures in a fold's test report (its ``by_source`` entry)."""
+    return {**{key: part["metrics"][key]["value"] for key in ("accuracy", "macro_auc", "recall_malignant")},
+            **{key: part["lesions"].get(key) for key in ("benign_vs_malignant_auc", "lesions_called_normal")}}
+
+
+def _finite(value) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
 def _mode_metrics(path: Path, mode: str) -> dict | None:
     report = read_json(path)
     return report and report["modes"].get(mode)
@@ -106,6 +119,8 @@ def summarise(results: Path, folds: list[int]) -> dict:
                 if external:
                     row["busbra_auc"] = external["lesions"]["benign_vs_malignant_auc"]
                     row["busbra_called_normal"] = external["lesions"]["lesions_called_normal"]
+                if test.get("by_source"):
+                    row["by_source"] = {source: source_figures(part) for source, part in test["by_source"].items()}
                 per_fold.append(row)
             entry: dict = {"folds": per_fold}
             if per_fold:
@@ -115,6 +130,11 @@ def summarise(results: Path, folds: list[int]) -> dict:
                     values = [r[key] for r in per_fold if r.get(key) is not None]
                     if values:
                         entry[key] = mean_sd(values)
+                sources = [r["by_source"] for r in per_fold if "by_source" in r]
+                if len(sources) == len(per_fold):
+                    entry["by_source"] = {source: {key: mean_sd([f[source][key] for f in sources])
+                                                   for key in SOURCE_FIGURES if all(_finite(f[source][key]) for f in sources)}
+                                          for source in sources[0]}
                 rules = sorted(set.intersection(*(set(r["checkpoint_rules"]) for r in per_fold)))
                 if rules:
                     entry["checkpoint_rules"] = {rule: mean_sd([r["checkpoint_rules"][rule] for r in per_fold]) for rule in rules}

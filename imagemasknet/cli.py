@@ -153,12 +153,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         arch, image_size = config["arch"], config["image_size"]
         weights = run_dir / f"{args.checkpoint}.safetensors"
         temperatures = run_folder.temperatures
+        paint_out = bool(config.get("paint_out_annotations", False))
+    elif args.model:
+        from imagemasknet.models.bundle import BundleError, ModelStore
+
+        try:
+            bundle = ModelStore().shipped(args.model)
+        except (BundleError, KeyError) as error:
+            raise SystemExit(f"error: {error}") from None
+        arch, image_size, weights = bundle.card.arch, bundle.card.image_size, Path(bundle.weights)
+        temperatures, paint_out = bundle.card.temperature, bundle.card.paint_out_annotations
     else:
         if not (args.weights and args.arch):
-            raise SystemExit("give --run DIR, or --weights FILE with --arch NAME")
+            raise SystemExit("give --run DIR, --model NAME, or --weights FILE with --arch NAME")
         arch, image_size, weights = args.arch, args.image_size, Path(args.weights)
         card_path = weights.with_suffix(".json")  # a card beside the weights calibrates them
         temperatures = ModelCard.read(card_path).temperature if card_path.exists() else {}
+        paint_out = False
     if args.uncalibrated:
         temperatures = {}
     spec = get_spec(arch)
@@ -186,8 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif unmasked:
             print(f"warning: {len(unmasked)} lesion scans have no mask (e.g. {unmasked[0]}); their mask-mode "
                   "figures are not meaningful", file=sys.stderr)
-    arrays = load_arrays(data, image_size, progress=True,
-                         paint_out_annotations=bool(args.run and config.get("paint_out_annotations", False)))
+    arrays = load_arrays(data, image_size, progress=True, paint_out_annotations=paint_out)
     if args.data:
         ids, source = data.ids, f"data {args.data}"
     elif args.split_file or args.fold is not None:
@@ -237,7 +247,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from imagemasknet.evaluation.site_threshold import save_site_threshold, site_threshold_record
 
         record = site_threshold_record(result, Path(args.data).resolve() if args.data else source, arch, str(weights))
-        print(f"site threshold ({record['mode']} mode, P(malignant) >= {record['threshold']:.4f}) saved to "
+        print(f"site threshold ({record['mode']} mode, {record['modes'][record['mode']]['footing']} >= "
+              f"{record['threshold']:.4f}) saved to "
               f"{save_site_threshold(record, args.save_threshold or None)}")
     return 0
 
@@ -393,7 +404,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from imagemasknet.ops.release import release, release_manifest
+    from imagemasknet.ops.release import ReleaseError, release, release_manifest
 
     external = {}
     for item in args.external or []:
@@ -405,8 +416,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     if args.unseen_hospital and args.unseen_hospital not in external:
         print(f"error: --unseen-hospital {args.unseen_hospital} names no --external set", file=sys.stderr)
         return 2
-    bundle = release([Path(f) for f in args.folds], Path(args.all_data), args.out and Path(args.out), args.name, external,
-                     args.unseen_hospital, args.version)
+    try:
+        bundle = release([Path(f) for f in args.folds], Path(args.all_data), args.out and Path(args.out), args.name,
+                         external, args.unseen_hospital, args.version)
+    except ReleaseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"released {bundle.card.name} {bundle.card.version} to {bundle.folder}")
     for name, digest in release_manifest(bundle).items():
         print(f"  {digest[:16]}  {name}")
@@ -470,14 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="metrics with bootstrap CIs for a run or weights",
-                                   description="Evaluate a run folder or a weights file; prints a table, writes JSON.")
+    evaluate = commands.add_parser("evaluate", help="metrics with bootstrap CIs for a run, a model or weights",
+                                   description="Evaluate a run folder, a shipped model or a weights file; prints a "
+                                               "table, writes JSON.")
     source = evaluate.add_argument_group("model")
     source.add_argument("--run", help="run folder")
     source.add_argument("--cv", nargs="+", metavar="RUN", help="cross-validation fold runs (e.g. trained as separate "
                         "jobs with --fold K): each is evaluated on its own test split, merged into one report")
     source.add_argument("--checkpoint", default="best", choices=("best", "last", "average"),
                         help="which checkpoint of the run: best (the one its checkpoint rule kept), last, or average (of the last epochs, where kept)")
+    source.add_argument("--model", help="a shipped model bundle by name (weights/NAME), calibrated by its card")
     source.add_argument("--weights", help="a .safetensors file (with --arch)")
     source.add_argument("--arch", help="registered model name for --weights")
     source.add_argument("--image-size", type=int, default=256)

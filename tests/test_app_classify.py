@@ -161,6 +161,8 @@ def test_site_threshold_chosen_for_other_weights_is_not_applied(predictor, isola
     assert answer(at)
     assert not any("the saved site threshold" in shown(m) for m in markdown(at))
     assert any("site threshold is not applied" in m and "other weights" in shown(m) for m in markdown(at))
+    assert any(c.value == f"imagemasknet evaluate --model {predictor.name} --data SITE_SCANS --save-threshold"
+               for c in at.code)  # a command that runs as shown
 
 
 def test_one_scan_image_only(app, predictor):
@@ -485,10 +487,12 @@ def test_no_model_outline_on_a_scan_it_calls_normal_unless_asked(app, predictor)
     assert any("although it calls the scan normal" in m.value for m in app.markdown)
 
 
-def test_a_training_scan_says_its_result_is_not_a_test(app):
+def test_a_training_scan_says_its_result_is_not_a_test_and_is_never_green(app):
     upload(app, SECOND)
     assert any("is BUSI's 'benign (1)', in the training data: its result is not a test" in shown(w.value)
                for w in app.warning)
+    kind, text = verdict_box(app)
+    assert "Not a test: the model trained on this scan" in text and kind != "success"
 
 
 def test_a_mask_of_another_size_is_refused_naming_both_sizes(app):

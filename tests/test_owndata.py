@@ -226,6 +226,21 @@ def test_evaluate_own_data_without_masks_leaves_mask_mode_out(busbra_root, tmp_p
     assert load_site_threshold() is None  # the default place was left alone
 
 
+def test_evaluate_a_shipped_model_by_name_uses_its_bundle_and_card(busbra_root, tmp_path):
+    """`evaluate --model NAME` scores the bundle the app uses, calibrated by its card, with no paths to type."""
+    root = class_folders(busbra_root, tmp_path / "scans")
+    by_name, by_file = tmp_path / "by-name.json", tmp_path / "by-file.json"
+    common = ["--data", str(root), "--resamples", "20", "--device", "cpu", "--mode", "image"]
+    assert cli.main(["evaluate", "--model", "lesion-resunet", "--json", str(by_name), *common]) == 0
+    assert cli.main(["evaluate", "--weights", str(WEIGHTS), "--arch", "lesion-resunet", "--json", str(by_file), *common]) == 0
+    named, filed = json.loads(by_name.read_text()), json.loads(by_file.read_text())
+    assert Path(named["weights"]) == WEIGHTS and named["modes"]["image"]["temperature"] == read_json(
+        WEIGHTS.with_suffix(".json"))["temperature"]["image"]
+    assert named["modes"] == filed["modes"]
+    with pytest.raises(SystemExit, match="no-such-model"):
+        cli.main(["evaluate", "--model", "no-such-model", *common])
+
+
 # --------------------------------------------------------------------------- choosing the threshold
 
 def test_choose_threshold_reaches_the_sensitivity_at_the_highest_threshold():

@@ -139,3 +139,22 @@ def test_releasing_over_a_bundle_swaps_it_whole_or_leaves_the_old_one(runs, tmp_
     monkeypatch.setattr(release_module.os, "replace", real_replace)
     assert Bundle.read(out).weights.read_bytes() == before and not Bundle.read(out).missing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quick"]
+
+
+def test_runs_a_release_cannot_be_honest_from_are_refused_in_one_sentence(runs, tmp_path, capsys):
+    """Review of issue 26: fold runs without their test evaluation gave a card with empty cross-validation
+    figures and no word; a fold run as the all-data run would ship a model that never saw its test fold."""
+    import shutil
+
+    untested = tmp_path / "untested-fold0"
+    shutil.copytree(runs / "quick-fold0", untested)
+    (untested / "metrics-test.json").unlink()
+    common = ["release", "--all-data", str(runs / "quick-all"), "--out", str(tmp_path / "out")]
+    assert cli.main([*common, "--folds", str(untested), str(runs / "quick-fold1")]) == 2
+    assert f"the fold run {untested} has no metrics-test.json; evaluate it first" in capsys.readouterr().err
+    assert cli.main(["release", "--folds", str(runs / "quick-fold0"), "--all-data", str(runs / "quick-fold1"),
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "held out a test fold" in capsys.readouterr().err
+    assert cli.main([*common, "--folds", str(tmp_path / "nowhere")]) == 2
+    assert "is not a finished run folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

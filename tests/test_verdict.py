@@ -89,6 +89,14 @@ def test_in_mask_mode_trust_is_the_models_own_answer_and_a_disagreement_is_never
     assert verdict(prediction(given_lesion(BENIGN), mode="mask", own=BENIGN)).tone == "reassuring"
 
 
+def test_a_scan_the_model_trained_on_is_never_green_and_says_it_is_not_a_test():
+    for probabilities in (BENIGN, NORMAL_SURE):
+        seen = prediction(probabilities)
+        assert verdict(seen).tone == "reassuring"
+        seen.training_match = "busi:benign (4)"
+        assert verdict(seen).tone == "neutral" and verdict(seen).trust_line.startswith("Not a test")
+
+
 def test_how_decided_states_each_threshold():
     lines = " ".join(how_decided(prediction(NORMAL_SURE)))
     assert "30.0%" in lines and "40.0%" in lines and "97%" in lines

@@ -9,13 +9,13 @@ scanner renders them). A :class:`FamiliarityReference` standardises them by a se
 projects each scan on their top principal components, and scores the length of what that projection leaves
 out, divided by those scans' average: a scan like them scores about 1.
 
-Two references, each with a threshold set from BUSI's **out-of-fold** scores (each cross-validation fold's
-model scoring its own test fold against its own training scans, so no score comes from a scan the model
-trained on), never from external scans:
+Two references, each with a threshold set from the training sources' **out-of-fold** scores (each
+cross-validation fold's model scoring its own test fold against its own training scans, so no score comes from a
+scan the model trained on), never from external scans:
 
 * ``unfamiliar``: fitted on the training scans as they are. Above the 95th percentile of the out-of-fold
-  scores a result says "unfamiliar scanner or view: accuracy not validated here" (by construction it fires
-  on about 5 % of new BUSI scans, and on most scans of other scanners).
+  scores a result's trust level is ``unfamiliar`` (by construction on about 5 % of new scans from the training
+  hospitals, and on most scans of other scanners).
 * ``refusal``: fitted on the training scans together with copies under the training augmentation (other
   gains, contrast curves, speckle, blur, resolution, burnt-in marks): the variations the model was trained to
   read. Above 1.5 × the largest out-of-fold score the scan is refused as not a breast ultrasound

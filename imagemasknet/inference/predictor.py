@@ -196,6 +196,13 @@ class Predictor:
         """Names these exact weights (a saved site threshold applies only to them)."""
         return file_sha256(self.weights)
 
+    @property
+    def site_threshold_command(self) -> str:
+        """The command that chooses a site threshold for these exact weights on a site's labelled scans."""
+        shipped = self.bundle.folder is not None and Path(self.bundle.folder) == ModelStore().shipped_folder(self.name)
+        which = f"--model {self.name}" if shipped else f"--weights {self.weights} --arch {self.name}"
+        return f"imagemasknet evaluate {which} --data SITE_SCANS --save-threshold"
+
     def _site_point(self, mode: str) -> dict | None:
         site = load_site_threshold()
         return site_operating_point(mode, self.name, site, self.weights_sha256) if site else None

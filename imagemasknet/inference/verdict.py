@@ -5,8 +5,8 @@ carries no thresholds, scores or model names; :func:`how_decided` says those, fo
 decided" expander and the report's details.
 
 * **Tone**: ``alarm`` (suspicious for malignancy), ``reassuring`` only when the result is not flagged, its
-  trust level is ``tested``, in mask mode the model itself sees the lesion, and, if it is normal, a lesion is
-  excluded; ``neutral`` otherwise. A result that
+  trust level is ``tested``, the scan is not one the model trained on, in mask mode the model itself sees the
+  lesion, and, if it is normal, a lesion is excluded; ``neutral`` otherwise. A result that
   is not shown to be safe never gets the reassuring colour.
 * **Trust**: ``tested`` (a familiar scan, a confident answer: the flag's tested sensitivity), ``unfamiliar``
   (the flag's sensitivity at a hospital the model never trained on, when the card has it), ``low confidence``
@@ -42,6 +42,8 @@ def trust_line(prediction) -> str:
     if prediction.trust == "low confidence":
         return (f"Low confidence: no answer reaches {_percent(LOW_CONFIDENCE_BELOW)}, so read the probabilities, "
                 "not the answer.")
+    if prediction.training_match is not None:
+        return "Not a test: the model trained on this scan, so the answer says nothing about new scans."
     if figure is None:
         return "Tested: scans like this were in the model's validation."
     return f"Tested: on scans like this the flag caught {_percent(figure)} of cancers."
@@ -51,6 +53,7 @@ def verdict(prediction) -> Verdict:
     """The verdict of a :class:`~imagemasknet.inference.predictor.Prediction`."""
     flagged = prediction.suspicious_for_malignancy
     trusted = prediction.trust == "tested"
+    earned = trusted and prediction.training_match is None  # a training scan's answer reassures nobody
     disagreement = None
     if prediction.model_sees_no_lesion:
         own = prediction.model_probabilities["normal"]
@@ -67,14 +70,14 @@ def verdict(prediction) -> Verdict:
         return Verdict("A lesion cannot be excluded", "neutral", f"Normal tissue is the most likely answer, but {why}.",
                        trust_line(prediction), disagreement)
     if prediction.predicted_class == "normal":
-        return Verdict("No lesion seen", "reassuring",
+        return Verdict("No lesion seen", "reassuring" if earned else "neutral",
                        f"Normal tissue, with the certainty the model needs to miss at most "
                        f"{_percent(1 - EXCLUSION_TARGET)} of lesions.", trust_line(prediction), disagreement)
     if flagged is None:
         return Verdict(f"{prediction.predicted_class.capitalize()} lesion, no malignancy flag", "neutral",
                        "This model has no flag set for sensitivity, so nothing here rules out cancer.",
                        trust_line(prediction), disagreement)
-    safe = trusted and not prediction.model_sees_no_lesion
+    safe = earned and not prediction.model_sees_no_lesion
     return Verdict("Not flagged for malignancy", "reassuring" if safe else "neutral",
                    f"A {prediction.predicted_class} lesion is the most likely answer, and the chance of malignancy "
                    "stays below the level set to catch most cancers." if safe else

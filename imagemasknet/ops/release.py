@@ -29,7 +29,7 @@ import torch
 
 from imagemasknet.core.files import file_sha256, write_json
 from imagemasknet.core.paths import WEIGHTS_DIR
-from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.core.run_folder import BEST, RunFolder
 from imagemasknet.data.dataset import CLASSES, Arrays, content_fingerprint, load_arrays
 from imagemasknet.data.owndata import load_dataset
 from imagemasknet.data.scans import read_scan
@@ -119,6 +119,28 @@ def _fold_figure(report: dict, mode: str) -> dict | None:
     if "lesion_dice" in result:
         row["lesion_dice"] = result["lesion_dice"]["mean"]
     return row
+
+
+class ReleaseError(ValueError):
+    """Runs that cannot make a bundle; the message names the run and the fix."""
+
+
+def check_runs(fold_runs: list[Path], all_run: Path) -> None:
+    """Refuse runs a release cannot be honest from: a folder that is no finished run, a fold run without its
+    test evaluation (the card's cross-validation figures would be silently empty), an all-data run that held out
+    a test fold."""
+    for path in [*fold_runs, all_run]:
+        run = RunFolder(path)
+        if not run.config or not (Path(path) / BEST).is_file():
+            raise ReleaseError(f"{path} is not a finished run folder (no config.json or {BEST}); "
+                               "train it first or name the right folder.")
+    for path in fold_runs:
+        if RunFolder(path).metrics.get("metrics-test") is None:
+            raise ReleaseError(f"the fold run {path} has no metrics-test.json; evaluate it first: imagemasknet "
+                               f"evaluate --run {path} --on test --json {Path(path) / 'metrics-test.json'}")
+    if RunFolder(all_run).split.get("test"):
+        raise ReleaseError(f"{all_run} held out a test fold; the shipped model trains on every scan "
+                           "(train it with --fold none).")
 
 
 def cross_validation_summary(fold_runs: list[Path], modes: tuple[str, ...]) -> dict:
@@ -234,6 +256,7 @@ def release(fold_runs: list[Path], all_run: Path, out: Path | None = None, name:
     out-of-fold predictions. ``external``: name → labels CSV, reported on only; ``unseen_hospital``: the external
     set whose flag sensitivity the "unfamiliar" trust line quotes (a hospital the model never trained on). ``name``
     defaults to the architecture's registered name and ``out`` to ``weights/NAME``, where the app looks for it."""
+    check_runs(fold_runs, all_run)
     all_data = RunFolder(all_run)
     config, spec = all_data.config, get_spec(all_data.config["arch"])
     name = name or spec.name

@@ -1,0 +1,79 @@
+"""The two-hospital screening (docs/training.md, "Choosing a recipe"): each candidate's image-mode
+inner-validation loss on pooled folds 0 and 1, judged against the baseline by the rule written before the first
+run. It reads run histories only: no test fold, no BUS-BRA evaluation scan.
+
+    python benchmarks/screening.py results --json benchmarks/results/screening.json
+
+``results/screen-A`` is the baseline; every other ``results/screen-X`` is a candidate.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from summarise import inner_validation_loss
+
+from imagemasknet.core.files import write_json
+from imagemasknet.core.run_folder import RunFolder
+
+PRESET = "lesion-effnet-lite0"
+FOLDS = (0, 1)
+MARGIN = 0.01  # a candidate's mean must be this much lower than the baseline's, and lower on both folds
+RULE = ("The rule, written before the first run: on pooled folds 0 and 1, a candidate beats the baseline (A) when "
+        f"its mean image-mode inner-validation loss is lower by at least {MARGIN} and it is lower on both folds; the "
+        "candidate that beats A by the most is confirmed on five folds, and A ships if none does.")
+# What each option of TrainConfig means in words, for the candidates' differences from the baseline.
+OPTIONS = {"epochs": "{} epochs", "normal_crops": "lesion-free squares of lesion scans as normal examples ({} per scan per epoch)",
+           "paint_out_annotations": "burnt-in marks painted out", "source_balanced": "sources drawn equally often"}
+SAME_IN_EVERY_RUN = ("fold", "out_dir", "seed", "num_workers", "device")
+
+
+def recipe(config: dict, baseline: dict) -> str:
+    changed = {k: v for k, v in config.items() if k not in SAME_IN_EVERY_RUN and baseline.get(k) != v}
+    if not changed:
+        return "the default recipe on both sources"
+    return "; ".join(OPTIONS.get(k, f"{k} {{}}").format(v) if not isinstance(v, bool) else OPTIONS.get(k, k)
+                     for k, v in sorted(changed.items()))
+
+
+def screen(results: Path) -> dict:
+    folders = sorted(p for p in results.glob("screen-*") if p.is_dir())
+    runs = {p.name.removeprefix("screen-"): [p / f"{PRESET}-fold{k}" for k in FOLDS] for p in folders}
+    losses = {name: [inner_validation_loss(run, "image") for run in folds] for name, folds in runs.items()}
+    complete = {name: values for name, values in losses.items() if all(v is not None for v in values)}
+    if "A" not in complete:
+        raise SystemExit(f"the baseline {results / 'screen-A'} has no finished folds {FOLDS}")
+    baseline_config = RunFolder(runs["A"][0]).config
+    base = complete["A"]
+    candidates = {}
+    for name, values in complete.items():
+        gain = sum(base) / len(base) - sum(values) / len(values)
+        beats = name != "A" and gain >= MARGIN and all(v < b for v, b in zip(values, base))
+        candidates[name] = {"recipe": recipe(RunFolder(runs[name][0]).config, baseline_config),
+                            "inner_validation_loss": values, "gain_over_A": gain,
+                            "verdict": "the baseline" if name == "A" else "beats A" if beats else "does not beat A"}
+    beaters = [n for n, c in candidates.items() if c["verdict"] == "beats A"]
+    winner = max(beaters, key=lambda n: candidates[n]["gain_over_A"]) if beaters else "A"
+    return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "winner": winner,
+            "not_finished": sorted(set(losses) - set(complete))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="the folder holding screen-A, screen-B, …")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    result = screen(args.results)
+    for name, c in result["candidates"].items():
+        print(f"{name}: {c['recipe']}: " + ", ".join(f"{v:.4f}" for v in c["inner_validation_loss"])
+              + f" -> {c['verdict']}")
+    print(f"winner: {result['winner']}" + (f" (not finished: {', '.join(result['not_finished'])})"
+                                           if result["not_finished"] else ""))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
