@@ -1,8 +1,9 @@
-"""Write docs/results.md from the figures under benchmarks/results/: every table on that page comes from a JSON
-file here, named beside it with the command that made it, so the page cannot drift from the measurements.
+"""Write docs/results.md, and the README's results summary, from the figures under benchmarks/results/: every
+table comes from a JSON file here, named beside it with the command that made it, so no page can drift from the
+measurements.
 
-    python benchmarks/results_page.py           # rewrite docs/results.md
-    python benchmarks/results_page.py --check   # exit 1 when the committed page differs (tests/test_docs.py)
+    python benchmarks/results_page.py           # rewrite docs/results.md and the README's summary
+    python benchmarks/results_page.py --check   # exit 1 when either differs (tests/test_docs.py)
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 PAGE = REPO / "docs" / "results.md"
+README = REPO / "README.md"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- results summary: written by benchmarks/results_page.py -->", "<!-- end of results summary -->"
 BUSBRA = "../shared/datasets/busbra/labels.csv"
 
 
@@ -374,6 +377,7 @@ def speed() -> str:
             + "\n" + APP_LOAD.cite())
 
 
+STUDY_TITLE = "The study's reproduction"
 SECTIONS = [
     ("Against the targets", targets),
     ("The default model: cross-validation on both hospitals", lambda: cross_validation(
@@ -387,7 +391,7 @@ SECTIONS = [
     ("Before: trained at one hospital", lambda: cross_validation(
         BUSI_CV, DEFAULT, "The earlier default, trained on BUSI alone, on BUSI's five folds.") + "\n" + held_out(
         BUSI_BUSBRA, BUSI_SAFETY, BUSI_PROXY, "That model on BUS-BRA's evaluation half, a hospital it never saw:")),
-    ("The study's reproduction", study),
+    (STUDY_TITLE, study),
     ("Recipes compared", recipes),
     ("Fold ensembles", ensembles),
     ("Refusing what is not ultrasound", refusals),
@@ -406,6 +410,46 @@ def render() -> str:
     return "\n".join(parts)
 
 
+def readme_summary() -> list[str]:
+    """At most ten lines for the README, each linking to its section here."""
+    cv, external, safety, backward = DEFAULT_CV.load(), DEFAULT_BUSBRA.load(), DEFAULT_SAFETY.load(), BUSBRA_TO_BUSI.load()
+    forward, study, latency = BUSI_BUSBRA.load(), STUDY.load(), LATENCY.load()
+    link = lambda title: f"docs/results.md#{anchor(title)}"  # noqa: E731
+    lines = []
+    if cv is not None:
+        image = cv[DEFAULT]["image"]
+        busi = image.get("by_source", {}).get("busi", {})
+        lines.append(f"- **Cross-validation on both hospitals** (image only, 5 folds): accuracy {pm(image['accuracy'])}, "
+                     f"macro AUC {pm(image['macro_auc'])}; on BUSI's part {pm(busi.get('accuracy'))} and "
+                     f"{pm(busi.get('macro_auc'))} ([details]({link('The default model: cross-validation on both hospitals')})).")
+    if external is not None:
+        lesions = external["modes"]["image"]["lesions"]
+        flag = (safety or {}).get("summary", {}).get("flag_sensitivity", {}).get("image")
+        details = link("The default model on BUS-BRA's held-out patients")
+        lines.append(f"- **BUS-BRA's held-out patients** (image only): AUC {num(lesions['benign_vs_malignant_auc'])} benign "
+                     f"vs malignant, {pct(lesions['lesions_called_normal'])} of lesions called normal, the malignancy "
+                     f"flag catches {pct(flag, 0)} of cancers ([details]({details})).")
+    lines.append(f"- **Leave one hospital out**: trained on BUSI alone, AUC "
+                 f"{num(forward['modes']['image']['lesions']['benign_vs_malignant_auc']) if forward else '–'} on BUS-BRA; "
+                 f"on BUS-BRA alone, {num(backward['modes']['image']['lesions']['benign_vs_malignant_auc']) if backward else '–'} "
+                 f"on BUSI ([details]({link('Leave one source out')})).")
+    m1, m2 = study["study-m1"]["mask"], study["study-m2"]["image"]
+    lines.append(f"- **The study's reproduction**: its Model 1 scores {pct(m1['study_protocol']['accuracy']['value'])} on "
+                 f"the images it trained on (the paper: 98.7 %) and {pct(m1['accuracy']['mean'])} on held-out folds; "
+                 f"Model 2 on the image alone {pct(m2['accuracy']['mean'])} ([details]({link(STUDY_TITLE)})).")
+    lines.append(f"- **Speed**: {num(latency['median_ms'][DEFAULT]['predict_ms'], 1)} ms a scan on 2 CPU cores, the app's "
+                 f"whole prediction ([details]({link('Speed')})).")
+    return lines
+
+
+def with_readme_summary(readme: str) -> str:
+    head, begin, rest = readme.partition(SUMMARY_BEGIN)
+    _, end, tail = rest.partition(SUMMARY_END)
+    if not begin or not end:
+        raise SystemExit(f"{README} has no results summary markers ({SUMMARY_BEGIN} … {SUMMARY_END})")
+    return head + SUMMARY_BEGIN + "\n" + "\n".join(readme_summary()) + "\n" + SUMMARY_END + tail
+
+
 def anchor(title: str) -> str:
     """GitHub's anchor for a heading."""
     kept = "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -_")
@@ -416,14 +460,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare with the committed page instead of writing it")
     args = parser.parse_args()
-    page = render()
+    readme = README.read_text(encoding="utf-8")
+    pages = {PAGE: render(), README: with_readme_summary(readme)}
     if args.check:
-        if not PAGE.is_file() or PAGE.read_text(encoding="utf-8") != page:
-            print(f"{PAGE} is out of date: run python benchmarks/results_page.py", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(page, encoding="utf-8")
-    print(f"wrote {PAGE}")
+        stale = [path for path, text in pages.items() if not path.is_file() or path.read_text(encoding="utf-8") != text]
+        for path in stale:
+            print(f"{path} is out of date: run python benchmarks/results_page.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in pages.items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 
