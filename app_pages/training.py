@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_pages import md
 from imagemasknet.app import charts, tables
 from imagemasknet.core import run_folder
 from imagemasknet.core.paths import runs_root
@@ -75,9 +76,14 @@ with st.container(border=True, key="model_card"):
             st.markdown("  \n".join(f"**{k}:** {v}" for k, v in facts.items()))
         card_table = tables.card_rows(card)
         if card_table:
-            st.markdown("**5-fold cross-validation on BUSI** (duplicate-aware folds; mean ± std over folds)")
+            st.markdown(f"**5-fold cross-validation on {md(tables.card_sources(card))}** (folds keep near-duplicates "
+                        "and patients together; mean ± std over folds)")
             st.dataframe(highlighted(pd.DataFrame(card_table).rename(columns={"metric": "cross-validation metric"})),
                          hide_index=True, width="stretch")
+        by_source = tables.card_source_rows(card)
+        if by_source:
+            st.markdown("**The same folds, per training source**")
+            st.dataframe(pd.DataFrame(by_source), hide_index=True, width="stretch")
         protocol = tables.card_protocol_rows(card)
         external = tables.card_external_rows(card)
         if protocol:  # one under the other: side by side, their columns did not fit a 1280-px window
@@ -103,8 +109,8 @@ if shipped_history:
         left.plotly_chart(charts.curves_figure(histories, "loss", ["train", "validation"]), config=PLOT_CONFIG, key="s_loss")
         right.plotly_chart(charts.curves_figure(histories, "accuracy", ["train", "validation"]), config=PLOT_CONFIG,
                            key="s_accuracy")
-        st.caption("Trained on all BUSI scans but a duplicate-aware 10 % validation split, which these curves also "
-                   "show; its test figures are the cross-validation's above.")
+        st.caption(f"Trained on all of {md(tables.card_sources(card)) if card else 'its training data'} but a 10 % "
+                   "validation split, which these curves also show; its test figures are the cross-validation's above.")
 
 # --- audit log ---------------------------------------------------------------------------------------
 try:
@@ -230,6 +236,9 @@ def show_runs(runs: list[run_folder.RunFolder]) -> None:
         report = run.metrics[report_name]
         st.caption(f"{report.get('n', '?')} scans; 95 % bootstrap confidence intervals in brackets.")
         st.dataframe(pd.DataFrame(tables.metrics_wide(report)), hide_index=True)
+        if per_source := tables.report_source_rows(report):
+            st.markdown("**Per source**")
+            st.dataframe(pd.DataFrame(per_source), hide_index=True, width="stretch")
         for mode, result in report.get("modes", {}).items():
             st.markdown(f"**Mode: {mode}**" + (f" — temperature {result['temperature']:.2f}"
                                                if isinstance(result.get("temperature"), (int, float)) else ""))

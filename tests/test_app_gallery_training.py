@@ -538,3 +538,35 @@ def test_the_duplicate_audit_runs_once_at_a_time_and_once_per_copy(busi_subset, 
     first = g.run_audit(busi)
     assert first is not None and runs == [1]
     assert json.dumps(g.run_audit(busi)) == json.dumps(first) and runs == [1]  # cached: not run again
+
+
+def test_pooled_figures_are_tabled_per_training_source(shared_cache_dir, monkeypatch):
+    """Issue 24: every figure is reported per source as well as pooled; the Training page's tables say which
+    hospital each row is."""
+    import dataclasses
+
+    from imagemasknet.data.dataset import load_arrays
+    from imagemasknet.data.sources import load_training_set
+    from imagemasknet.evaluation.evaluate import evaluate_model
+    from imagemasknet.evaluation.metrics import mean_sd
+    from imagemasknet.inference.predictor import Predictor
+
+    monkeypatch.setenv("IMAGEMASKNET_CACHE", str(shared_cache_dir))
+    data = load_training_set("busi+busbra-train")
+    ids = [c.id for c in data.cases if c.source == "busi"][::100] + [c.id for c in data.cases if c.source != "busi"][::120]
+    predictor = Predictor.shipped("lesion-resunet", device="cpu")
+    arrays = load_arrays(data.subset(ids), predictor.image_size)
+    report = {"modes": evaluate_model(predictor.model, predictor.spec, arrays, ["image"], predictor.temperatures,
+                                      predictor.device, resamples=20)}
+    rows = tables.report_source_rows(report)
+    assert [r["source"] for r in rows] == ["BUSI", "BUS-BRA (training half)"]
+    busi = report["modes"]["image"]["by_source"]["busi"]
+    assert rows[0]["scans"] == busi["n"] == len([i for i in ids if ":" not in i])
+    assert rows[0]["accuracy"].startswith(f"{busi['metrics']['accuracy']['value']:.3f} (")
+
+    card = dataclasses.replace(predictor.card, config={**predictor.card.config, "sources": "busi+busbra-train"},
+                               cross_validation={"image": {"by_source": {"busbra-train": {"accuracy": mean_sd([0.8, 0.9])}}}})
+    assert tables.card_sources(card) == "BUSI and BUS-BRA (training half)"
+    assert tables.card_source_rows(card) == [{"source": "BUS-BRA (training half)", "mode": "image",
+                                              "accuracy": "0.850 ± 0.071"}]
+    assert tables.card_sources(predictor.card) == "BUSI"  # a card from before sources existed

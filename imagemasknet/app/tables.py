@@ -6,6 +6,7 @@ import math
 from typing import Any, Iterable
 
 from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.data.sources import SOURCES, parse_sources
 from imagemasknet.models.card import ModelCard
 
 METRIC_NAMES = {
@@ -169,6 +170,54 @@ def card_rows(card: ModelCard) -> list[dict]:
                 continue
             table.setdefault(name, {"metric": plain(name)})[mode] = text
     return list(table.values())
+
+
+def source_name(source: str) -> str:
+    return SOURCES[source].short if source in SOURCES else source
+
+
+def card_sources(card: ModelCard) -> str:
+    """The bundled sources the model trained on, in words (models from before sources existed trained on BUSI)."""
+    sources = card.config.get("sources", "busi")
+    try:
+        names = parse_sources(sources) if isinstance(sources, str) else ["busi"]
+    except ValueError:
+        names = [str(sources)]
+    return " and ".join(source_name(n) for n in names)
+
+
+def card_source_rows(card: ModelCard) -> list[dict]:
+    """The card's cross-validation per training source: one row per source and mode, "mean ± std"."""
+    rows = []
+    for mode, metrics in card.cross_validation.items():
+        by_source = metrics.get("by_source") if isinstance(metrics, dict) else None
+        for source, figures in (by_source or {}).items():
+            row = {"source": source_name(source), "mode": mode}
+            for key in ("accuracy", "macro_auc", "recall_malignant"):
+                entry = figures.get(key) if isinstance(figures, dict) else None
+                if isinstance(entry, dict) and value_of(entry.get("mean")) is not None:
+                    row[plain(key)] = f"{entry['mean']:.3f} ± {value_of(entry.get('std')) or 0:.3f}"
+            rows.append(row)
+    return rows
+
+
+def report_source_rows(report: dict) -> list[dict]:
+    """An evaluation's figures per source (its ``by_source``): one row per source and mode, with 95 % CIs."""
+    rows = []
+    for mode, result in (report.get("modes") or {}).items():
+        for source, part in (result.get("by_source") or {}).items():
+            metrics, lesions = part.get("metrics") or {}, part.get("lesions") or {}
+            row = {"source": source_name(source), "mode": mode, "scans": part.get("n")}
+            for key in ("accuracy", "macro_auc", "recall_malignant"):
+                entry = metrics.get(key)
+                if isinstance(entry, dict):
+                    row[plain(key)] = _format(value_of(entry), value_of(entry.get("ci_low")), value_of(entry.get("ci_high")))
+            for key, title in (("benign_vs_malignant_auc", "benign vs malignant AUC"),
+                               ("lesions_called_normal", "lesions called normal")):
+                if value_of(lesions.get(key)) is not None:
+                    row[title] = round(value_of(lesions[key]), 3)
+            rows.append(row)
+    return rows
 
 
 def card_protocol_rows(card: ModelCard, key: str = "study_protocol") -> list[dict]:
