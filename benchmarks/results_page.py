@@ -49,6 +49,10 @@ DEFAULT_SAFETY = Figures("safety-busbra-two-hospitals.json", f"""\
 python benchmarks/safety_report.py --data {BUSBRA} --json benchmarks/results/safety-busbra-two-hospitals.json""")
 DEFAULT_PROXY = Figures("normal-proxy-busbra-two-hospitals.json", f"""\
 python benchmarks/normal_proxy.py --data {BUSBRA} --json benchmarks/results/normal-proxy-busbra-two-hospitals.json""")
+DEFAULT_RULES = Figures("decision-rules-two-hospitals.json", f"""\
+imagemasknet release --folds results/screen-A/{DEFAULT}-fold{{0,1,2,3,4}} --all-data results/screen-A/{DEFAULT}-all \\
+    --external busbra={BUSBRA}
+python benchmarks/decision_rules.py --json benchmarks/results/decision-rules-two-hospitals.json""")
 SCREENING = Figures("screening.json", """\
 python benchmarks/screening.py results --json benchmarks/results/screening.json""")
 
@@ -64,6 +68,9 @@ BUSI_SAFETY = Figures("safety-busbra-lite0-busi.json", f"""\
 python benchmarks/safety_report.py --data {BUSBRA} --json benchmarks/results/safety-busbra-lite0-busi.json""")
 BUSI_PROXY = Figures("normal-proxy-busbra-lite0-busi.json", f"""\
 python benchmarks/normal_proxy.py --data {BUSBRA} --json benchmarks/results/normal-proxy-busbra-lite0-busi.json""")
+BUSI_RULES = Figures("decision-rules-lite0-busi.json", f"""\
+python benchmarks/summarise.py results/cv-lite0 --ship {DEFAULT} --busbra {BUSBRA} --unseen-hospital
+python benchmarks/decision_rules.py --json benchmarks/results/decision-rules-lite0-busi.json""")
 BUSBRA_TO_BUSI = Figures("loso-busbra-train-to-busi.json", f"""\
 python -m imagemasknet train --preset {DEFAULT} --sources busbra-train --fold none --precision bf16 \\
     --out-dir results/loso/{DEFAULT}-busbra-train-all
@@ -131,6 +138,8 @@ TARGETS = [
     ("Leave one source out, BUS-BRA → BUSI: AUC (image only)", "≥ 0.85", 0.85, "ge"),
 ]
 SOURCE_NAMES = {"busi": "BUSI (Cairo)", "busbra-train": "BUS-BRA training half (Rio de Janeiro)"}
+MEASURED_ON = {"out_of_fold": "out of fold", "cross_validated": "cross-validated",
+               "busbra": "BUS-BRA's evaluation half (report only)"}
 
 
 # --- formatting ------------------------------------------------------------------------------------------------------
@@ -153,8 +162,10 @@ def pm(entry: dict | None, percent: bool = False) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                      *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]) + "\n"
 
 
 def missing(figures: Figures) -> str:
@@ -210,6 +221,50 @@ def held_out(figures: Figures, safety: Figures, proxy: Figures, what: str) -> st
                  f"squares cut from these scans. Called normal: {pct(crops['called_normal'])}; reassured as normal: "
                  f"{pct(crops['reassured_as_normal'])}.\n\n" + proxy.cite())
     return text
+
+
+def ci(entry: dict | None, percent: bool = True) -> str:
+    """A value with its 95 % CI, from a ``{"value", "ci_low", "ci_high"}`` entry."""
+    if not entry or entry.get("value") is None or entry["value"] != entry["value"]:
+        return "–"
+    show = pct if percent else num
+    return f"{show(entry['value'])} [{show(entry['ci_low'])}, {show(entry['ci_high'])}]"
+
+
+def decision_rules(figures: Figures) -> str:
+    data = figures.load()
+    if data is None:
+        return missing(figures)
+    flag, exclusion, low = data["malignancy_flag"], data["lesion_exclusion"], data["low_confidence"]
+    known = ("threshold", "footing", "out_of_fold", "cross_validated")
+    flag_rows = []
+    for mode, entry in flag["modes"].items():
+        for where in ("out_of_fold", "cross_validated", *(k for k in entry if k not in known)):
+            figure = entry.get(where) or {}
+            flag_rows.append([mode, f"{entry['footing']} ≥ {num(entry['threshold'])}", MEASURED_ON.get(where, where),
+                              str(figure.get("n_malignant", "–")), ci(figure.get("sensitivity")),
+                              ci(figure.get("specificity_benign"))])
+    exclusion_rows = [[MEASURED_ON.get(where, where), ci(figure.get("lesions_reassured")), ci(figure.get("normals_reassured"))]
+                      for where, figure in exclusion.items() if isinstance(figure, dict) and "lesions_reassured" in figure]
+    low_rows = [[mode, pct(f["share_low"]), pct(f["accuracy_low"]), pct(f["accuracy_confident"])]
+                for mode, f in low["out_of_fold"].items()]
+    familiarity = data.get("familiarity") or {}
+    return (f"The rules {data['model']} (version {data['version']}) carries, set on its cross-validation's "
+            "out-of-fold predictions: each scan judged by the fold model that never trained on it. "
+            "\"Cross-validated\" sets each fold's threshold on the other folds.\n\n"
+            f"**The malignancy flag**, set to catch {pct(flag['target_sensitivity'], 0)} of cancers:\n\n"
+            + table(["mode", "flagged when", "measured on", "malignant scans", "sensitivity [95 % CI]",
+                     "specificity on benign [95 % CI]"], flag_rows)
+            + f"\n**Lesion exclusion**: a normal answer reassures only when P(normal) exceeds "
+            f"{num(exclusion['threshold'])}, set so that at least {pct(exclusion['target'], 0)} of lesion scans are "
+            "not reassured, and only on a tested result.\n\n"
+            + table(["measured on", "lesion scans reassured [95 % CI]", "normal scans reassured [95 % CI]"], exclusion_rows)
+            + f"\n**Low confidence** ({low['rule']}), out of fold:\n\n"
+            + table(["mode", "share of scans", "accuracy when low", "accuracy otherwise"], low_rows)
+            + (f"\n**Familiarity**: unfamiliar above a texture score of {num(familiarity['unfamiliar_above'], 2)}, "
+               f"refused as not an ultrasound above {num(familiarity['refuse_above'], 2)}.\n"
+               if familiarity.get("unfamiliar_above") is not None else "")
+            + "\n" + figures.cite())
 
 
 def leave_one_source_out() -> str:
@@ -386,11 +441,13 @@ SECTIONS = [
     ("The default model on BUS-BRA's held-out patients", lambda: held_out(
         DEFAULT_BUSBRA, DEFAULT_SAFETY, DEFAULT_PROXY, "The shipped default on BUS-BRA's evaluation half: patients "
         "of a training hospital that no training, tuning or threshold ever saw.")),
+    ("The default model's decision rules", lambda: decision_rules(DEFAULT_RULES)),
     ("Choosing the two-hospital recipe", screening),
     ("Leave one source out", leave_one_source_out),
     ("Before: trained at one hospital", lambda: cross_validation(
         BUSI_CV, DEFAULT, "The earlier default, trained on BUSI alone, on BUSI's five folds.") + "\n" + held_out(
-        BUSI_BUSBRA, BUSI_SAFETY, BUSI_PROXY, "That model on BUS-BRA's evaluation half, a hospital it never saw:")),
+        BUSI_BUSBRA, BUSI_SAFETY, BUSI_PROXY, "That model on BUS-BRA's evaluation half, a hospital it never saw:")
+        + "\n" + decision_rules(BUSI_RULES)),
     (STUDY_TITLE, study),
     ("Recipes compared", recipes),
     ("Fold ensembles", ensembles),
