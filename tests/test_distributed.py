@@ -24,7 +24,8 @@ from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.models import build_model, get_spec
 from imagemasknet.models.weights import load_model, load_state
 from imagemasknet.training import distributed
-from imagemasknet.training.checkpoint import EMA_FILE, STATE_FILE
+from imagemasknet.core.run_folder import STATE
+from imagemasknet.training.checkpoint import EMA_FILE
 from imagemasknet.training.config import TrainConfig
 from imagemasknet.training.step import TrainingStep, heldout_metrics
 
@@ -110,7 +111,7 @@ def test_two_rank_run_writes_one_valid_run_folder(two_rank_run, busi_root):
         assert 0 <= entry["heldout"]["image"]["accuracy"] <= 1 and np.isfinite(entry["train"]["loss"])
     for name in ("best.safetensors", "last.safetensors"):
         load_model("lesion-resunet", two_rank_run / name, image_size=SIZE)
-    state = load_state(two_rank_run / STATE_FILE)
+    state = load_state(two_rank_run / STATE)
     assert state["epoch"] == EPOCHS and state["world_size"] == 2
     assert set(read_json(two_rank_run / "calibration.json")["temperature"]) == {"image", "mask"}
     assert not list(two_rank_run.glob(".*.tmp"))
@@ -238,7 +239,7 @@ def test_killed_rank_fails_the_job_clearly_and_resume_finishes_it(two_rank_run, 
     assert "failed: " in (run_dir / "log.txt").read_text()
     assert len(read_json(run_dir / "history.json")) == 1
     load_model("lesion-resunet", run_dir / "last.safetensors", image_size=SIZE)  # whole and loadable
-    assert load_state(run_dir / STATE_FILE)["epoch"] == 1
+    assert load_state(run_dir / STATE)["epoch"] == 1
     assert RunFolder(run_dir).state == "failed"
 
     resumed = torchrun(["--resume", str(run_dir), "--no-progress"], dist_env)
