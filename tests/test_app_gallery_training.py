@@ -561,8 +561,8 @@ def test_pooled_figures_are_tabled_per_training_source(shared_cache_dir, monkeyp
     rows = tables.report_source_rows(report)
     assert [r["source"] for r in rows] == ["BUSI", "BUS-BRA (training half)"]
     busi = report["modes"]["image"]["by_source"]["busi"]
-    assert rows[0]["scans"] == busi["n"] == len([i for i in ids if ":" not in i])
-    assert rows[0]["accuracy"].startswith(f"{busi['metrics']['accuracy']['value']:.3f} (")
+    assert busi["n"] == len([i for i in ids if ":" not in i])
+    assert rows[0]["accuracy"] == round(busi["metrics"]["accuracy"]["value"], 3)
 
     card = dataclasses.replace(predictor.card, config={**predictor.card.config, "sources": "busi+busbra-train"},
                                cross_validation={"image": {"by_source": {"busbra-train": {"accuracy": mean_sd([0.8, 0.9])}}}})

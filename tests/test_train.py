@@ -264,17 +264,23 @@ def test_cli_rejects_a_bad_config_value(capsys):
 def test_interrupt_while_writing_a_checkpoint_leaves_a_consistent_cancelled_run(
         busi_root, shared_cache, monkeypatch, tmp_path, capsys):
     """Ctrl-C arrives while best.safetensors is half written (the second weights write of the run)."""
-    real_save = weights_module.save_file
+    real_write = weights_module.atomic_write
     calls = []
 
-    def save_then_interrupt(state, filename, metadata=None):
-        calls.append(filename)
+    def write_then_interrupt(path, write, mode=None):
+        if not str(path).endswith(".safetensors"):
+            return real_write(path, write, mode)
+        calls.append(path)
         if len(calls) == 1:
-            return real_save(state, filename, metadata=metadata)
-        Path(filename).write_bytes(b"half a checkpoint")
-        raise KeyboardInterrupt
+            return real_write(path, write, mode)
 
-    monkeypatch.setattr(weights_module, "save_file", save_then_interrupt)
+        def half(tmp):
+            Path(tmp).write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt
+
+        return real_write(path, half, mode)
+
+    monkeypatch.setattr(weights_module, "atomic_write", write_then_interrupt)
     run_dir = tmp_path / "cancelled"
     code = cli.main(["train", "--arch", "lesion-resunet", "--epochs", "1", "--limit", str(LIMIT), "--fold", "0",
                      "--image-size", str(SIZE), "--data", str(busi_root), "--out-dir", str(run_dir),

@@ -202,16 +202,16 @@ def card_source_rows(card: ModelCard) -> list[dict]:
 
 
 def report_source_rows(report: dict) -> list[dict]:
-    """An evaluation's figures per source (its ``by_source``): one row per source and mode, with 95 % CIs."""
+    """An evaluation's figures per source (its ``by_source``): one row per source and mode (point values, to fit
+    a 1280-px window; the CIs are in the report and in the pooled table)."""
     rows = []
     for mode, result in (report.get("modes") or {}).items():
         for source, part in (result.get("by_source") or {}).items():
             metrics, lesions = part.get("metrics") or {}, part.get("lesions") or {}
-            row = {"source": source_name(source), "mode": mode, "scans": part.get("n")}
+            row = {"source": source_name(source), "mode": mode}
             for key in ("accuracy", "macro_auc", "recall_malignant"):
-                entry = metrics.get(key)
-                if isinstance(entry, dict):
-                    row[plain(key)] = _format(value_of(entry), value_of(entry.get("ci_low")), value_of(entry.get("ci_high")))
+                if value_of(metrics.get(key)) is not None:
+                    row[plain(key)] = round(value_of(metrics[key]), 3)
             for key, title in (("benign_vs_malignant_auc", "benign vs malignant AUC"),
                                ("lesions_called_normal", "lesions called normal")):
                 if value_of(lesions.get(key)) is not None:

@@ -281,6 +281,9 @@ def _fit(config: TrainConfig, spec: ModelSpec, device: torch.device, data: Datas
         epochs.set_postfix(loss=f"{train_entry['loss']:.3f}", **{f"acc_{m}": a for m, a in summary.items()})
         report.status.write("running", epoch=epoch + 1, epochs=config.epochs, batch=len(loop.loader),
                             batches=len(loop.loader))
+        # Every rank waits for the epoch's checkpoint: a rank that dies early in the next epoch would otherwise
+        # have the main process killed between writing the weights and the state, and nothing could resume.
+        distributed.barrier()
     calibration = _calibrate(loop.parts.model, spec, device, val_arrays, checkpointer.run_dir) if world.is_main else {}
     report.log(f"finished; temperature {calibration or 'not fitted (no validation split)'}")
     report.status.write("finished", epoch=config.epochs, epochs=config.epochs, batch=len(loop.loader),
