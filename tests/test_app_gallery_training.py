@@ -489,8 +489,9 @@ def test_run_reader_reports_what_is_wrong(runs_folder):
 def test_out_of_fold_marks_apply_only_to_the_very_files_judged(busi_subset, tmp_path):
     """The Gallery's marks come from the cross-validation's out-of-fold file, matched by file hash: a scan
     whose file differs (another copy under the same name) gets no mark from it."""
-    from imagemasknet.core.files import file_sha256, write_json
+    from imagemasknet.core.files import file_sha256
     from imagemasknet.data.busi import load_busi
+    from imagemasknet.models.bundle import write_out_of_fold
 
     busi = load_busi(busi_subset)
     first, second = busi.cases[:2]
@@ -498,7 +499,7 @@ def test_out_of_fold_marks_apply_only_to_the_very_files_judged(busi_subset, tmp_
              "probabilities": {"image": {"normal": 0.1, "benign": 0.2, "malignant": 0.7},
                                "mask": {"normal": 0.3, "benign": 0.3, "malignant": 0.4}}} for case in (first, second)]
     rows[1]["sha256"] = "0" * 16  # judged on other pixels
-    write_json(tmp_path / "oof.json", {"model": "m", "predictions": rows})
+    write_out_of_fold(tmp_path / "oof.json", "m", rows)
     marks = g.out_of_fold(tmp_path / "oof.json", busi)
     assert set(marks) == {"image", "mask"}
     assert set(marks["image"]) == {first.id}

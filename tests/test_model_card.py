@@ -10,7 +10,7 @@ import pytest
 
 from imagemasknet.core.files import write_json
 from imagemasknet.core.run_folder import RunFolder
-from imagemasknet.models.bundle import Bundle, BundleError, ModelStore
+from imagemasknet.models.bundle import Bundle, BundleError, ModelStore, read_out_of_fold, write_out_of_fold
 from imagemasknet.models.card import ModelCard, ModelCardError
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -102,3 +102,20 @@ def test_the_shipped_bundles_are_complete_and_the_store_resolves_the_active_one(
     assert store.active().folder == promoted and store.active_key() == "active:run-1" and store.previous() is None
     (promoted / "model.json").write_text("{")  # a damaged promotion: the shipped model serves
     assert store.active() == shipped
+
+
+def test_out_of_fold_rows_survive_the_table_layout_and_a_damaged_table_is_refused(tmp_path):
+    rows = [{"id": f"scan {n}", "source": "busi", "sha256": "0" * 16, "label": "benign", "fold": n % 5,
+             "familiarity": 1.25, "refusal_score": 0.5,
+             "probabilities": {"image": {"normal": 0.1, "benign": 0.7, "malignant": 0.2},
+                               "mask": {"normal": 0.0, "benign": 0.9, "malignant": 0.1}}} for n in range(3)]
+    path = tmp_path / "oof.json"
+    write_out_of_fold(path, "m", rows)
+    assert read_out_of_fold(path) == rows
+    records_size = len(json.dumps({"predictions": rows}, separators=(",", ":")))
+    assert path.stat().st_size < records_size  # the point of the table: the weights' 10 MB budget
+    stored = json.loads(path.read_text())
+    stored["rows"][1] = stored["rows"][1][:-1]  # one value short
+    path.write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="no out-of-fold table"):
+        read_out_of_fold(path)

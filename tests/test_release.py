@@ -14,7 +14,7 @@ from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.scans import read_scan
 from imagemasknet.data.splits import load_folds
 from imagemasknet.inference.predictor import Predictor
-from imagemasknet.models.bundle import Bundle
+from imagemasknet.models.bundle import Bundle, read_out_of_fold
 from imagemasknet.ops import release as release_module
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_a_release_is_a_complete_bundle_set_on_out_of_fold_predictions(runs, tmp
     bundle = release(runs, tmp_path / "quick")
     assert not bundle.missing and bundle.familiarity and bundle.out_of_fold and bundle.history
     card = bundle.card
-    rows = json.loads(bundle.out_of_fold.read_text())["predictions"]
+    rows = read_out_of_fold(bundle.out_of_fold)
     tested = [i for f in ("quick-fold0", "quick-fold1") for i in RunFolder(runs / f).split["test"]]
     assert sorted(r["id"] for r in rows) == sorted(tested)  # each scan once, judged by the model that never saw it
     assert set(card.flag_thresholds) == {"image", "mask"} and card.exclusion_threshold is not None

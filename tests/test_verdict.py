@@ -13,6 +13,7 @@ from imagemasknet.evaluation.decision import (EXCLUSION_TARGET, decision_rules, 
 from imagemasknet.inference.predictor import TRUST_LEVELS, Prediction
 from imagemasknet.inference.verdict import how_decided, trust_line, verdict
 from imagemasknet.models import DEFAULT_MODEL
+from imagemasknet.models.bundle import read_out_of_fold
 
 FIGURES = {"tested": 0.9, "unfamiliar": 0.62}
 
@@ -116,7 +117,7 @@ def test_the_exclusion_threshold_keeps_97_percent_of_lesions_under_it():
 
 def test_the_shipped_models_rules_are_what_its_out_of_fold_predictions_give():
     card = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / "model.json").read_text())
-    oof = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / "oof.json").read_text())["predictions"]
+    oof = read_out_of_fold(WEIGHTS_DIR / DEFAULT_MODEL / "oof.json")
     rules = decision_rules(oof, ["image", "mask"], card["familiarity"]["unfamiliar_above"], resamples=50)
     assert card["lesion_exclusion"]["threshold"] == pytest.approx(rules["lesion_exclusion"]["threshold"])
     for mode in ("image", "mask"):

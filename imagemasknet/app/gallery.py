@@ -35,6 +35,7 @@ from imagemasknet.evaluation.decision import is_low_confidence
 from imagemasknet.evaluation.evaluate import predict_arrays
 from imagemasknet.evaluation.metrics import softmax
 from imagemasknet.inference.explain import fill, outline
+from imagemasknet.models.bundle import read_out_of_fold
 
 THUMB_SIZE = 192
 PER_PAGE = 24
@@ -232,8 +233,7 @@ def out_of_fold(path: Path | None, busi: Dataset) -> dict[str, dict[str, dict[st
     if path is None:
         return None
     try:
-        stored = json.loads(Path(path).read_text(encoding="utf-8"))
-        rows = {row["id"]: row for row in stored["predictions"]}
+        rows = {row["id"]: row for row in read_out_of_fold(path)}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -17,10 +17,12 @@ link pointing at it. :class:`ModelStore` is the one place that resolves them.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagemasknet.core.files import write_json
 from imagemasknet.core.paths import ACTIVE_NAME, WEIGHTS_DIR, runs_root
 from imagemasknet.models.card import ModelCard, ModelCardError
 from imagemasknet.models import DEFAULT_MODEL, get_spec, list_models
@@ -30,6 +32,43 @@ WEIGHTS, CARD, FAMILIARITY, OUT_OF_FOLD, HISTORY = (
 FILES = (WEIGHTS, CARD, FAMILIARITY, OUT_OF_FOLD, HISTORY)
 MODELS_DIR = ".models"  # promoted bundles, under the runs folder
 PREVIOUS = "previous"  # inside a promoted bundle: the bundle it replaced (what a roll back restores)
+
+
+OUT_OF_FOLD_FIELDS = ("id", "source", "sha256", "label", "fold", "familiarity", "refusal_score")
+
+
+def write_out_of_fold(path: Path, model: str, rows: list[dict]) -> None:
+    """The out-of-fold rows as one table (a column list, then one list of values per scan): the file ships within
+    the weights' 10 MB budget, and a record per scan spelled out every key again (about 260 bytes a scan)."""
+    modes = list(rows[0]["probabilities"]) if rows else []
+    classes = {m: list(rows[0]["probabilities"][m]) for m in modes}
+    columns = [*OUT_OF_FOLD_FIELDS, *(f"{m}:{c}" for m in modes for c in classes[m])]
+    table = [[row.get(f) for f in OUT_OF_FOLD_FIELDS] + [row["probabilities"][m][c] for m in modes for c in classes[m]]
+             for row in rows]
+    write_json(path, {"model": model, "note": "each scan's prediction by the cross-validation fold model that never "
+                      "trained on it, calibrated by that fold's temperature; familiarity against that model's "
+                      "training scans", "columns": columns, "rows": table}, compact=True)
+
+
+def read_out_of_fold(path: Path) -> list[dict]:
+    """The rows :func:`write_out_of_fold` wrote, one dict per scan with ``probabilities`` as mode → class → value.
+    Raises OSError or ValueError (a damaged file; callers decide what that costs)."""
+    stored = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        columns, table = list(stored["columns"]), stored["rows"]
+        rows = []
+        for values in table:
+            record = dict(zip(columns, values, strict=True))
+            row = {f: record[f] for f in OUT_OF_FOLD_FIELDS if f in record}
+            row["probabilities"] = {}
+            for column in columns:
+                if ":" in column:
+                    mode, name = column.split(":", 1)
+                    row["probabilities"].setdefault(mode, {})[name] = float(record[column])
+            rows.append(row)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is no out-of-fold table ({error})") from error
+    return rows
 
 
 class BundleError(ValueError):

@@ -42,7 +42,7 @@ from imagemasknet.evaluation.metrics import mean_sd, roc_auc, softmax
 from imagemasknet.inference.familiarity import Familiarity
 from imagemasknet.inference.predictor import Predictor
 from imagemasknet.models import count_parameters, get_spec
-from imagemasknet.models.bundle import CARD, FAMILIARITY, HISTORY, OUT_OF_FOLD, WEIGHTS, Bundle, readable_by_all
+from imagemasknet.models.bundle import CARD, FAMILIARITY, HISTORY, OUT_OF_FOLD, WEIGHTS, Bundle, readable_by_all, write_out_of_fold
 from imagemasknet.models.card import SCHEMA_VERSION, ModelCard, preprocessing_of
 from imagemasknet.models.weights import save_weights
 
@@ -335,10 +335,7 @@ def release(fold_runs: list[Path], all_run: Path, out: Path | None = None, name:
         save_weights(folder / WEIGHTS, predictor.model, {"arch": spec.name, "run": all_data.name}, half=True)
         card.write(folder / CARD)
         reference.save(folder / FAMILIARITY)
-        write_json(folder / OUT_OF_FOLD, {"model": name, "note": "each scan's prediction by the cross-validation fold "
-                                          "model that never trained on it, calibrated by that fold's temperature; "
-                                          "familiarity against that model's training scans", "predictions": rows},
-                   compact=True)
+        write_out_of_fold(folder / OUT_OF_FOLD, name, rows)
         write_json(folder / HISTORY, all_data.history, compact=True)
 
     return _stage(out, fill)
