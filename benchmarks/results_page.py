@@ -312,11 +312,13 @@ def screening() -> str:
     rows = [[name, entry["recipe"], ", ".join(num(v) for v in entry["inner_validation_loss"]),
              num(sum(entry["inner_validation_loss"]) / len(entry["inner_validation_loss"])), entry["verdict"]]
             for name, entry in data["candidates"].items()]
-    unfinished = (f" Not finished when this was written: {', '.join(data['not_finished'])}."
-                  if data["not_finished"] else "")
+    rows += [[name, what, "not run yet", "–", "–"] for name, what in data.get("not_run", {}).items()]
+    waiting = [*data["not_finished"], *data.get("not_run", {})]
+    chosen = (f"Not screened yet: {', '.join(waiting)}. Until they are, {data['winner']} ships: the choice is not "
+              "made." if waiting else f"Chosen: {data['winner']}.")
     return (f"{data['rule']}\n\n" + table(["candidate", "recipe", "inner-validation loss, folds 0 and 1", "mean",
                                           "by the rule"], rows)
-            + f"\nChosen: {data['winner']}.{unfinished}\n\n" + SCREENING.cite())
+            + f"\n{chosen}\n\n" + SCREENING.cite())
 
 
 def study() -> str:

@@ -27,6 +27,9 @@ RULE = ("The rule, written before the first run: on pooled folds 0 and 1, a cand
 OPTIONS = {"epochs": "{} epochs", "normal_crops": "lesion-free squares of lesion scans as normal examples ({} per scan per epoch)",
            "paint_out_annotations": "burnt-in marks painted out", "source_balanced": "sources drawn equally often"}
 SAME_IN_EVERY_RUN = ("fold", "out_dir", "seed", "num_workers", "device")
+# The plan written before the first run (docs/training.md, "Choosing a recipe"); C was dropped before any result.
+PLANNED = {"B": "a longer schedule (25 epochs)", "D": "lesion-free squares of lesion scans as normal examples",
+           "E": "burnt-in marks painted out"}
 
 
 def recipe(config: dict, baseline: dict) -> str:
@@ -56,7 +59,8 @@ def screen(results: Path) -> dict:
     beaters = [n for n, c in candidates.items() if c["verdict"] == "beats A"]
     winner = max(beaters, key=lambda n: candidates[n]["gain_over_A"]) if beaters else "A"
     return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "winner": winner,
-            "not_finished": sorted(set(losses) - set(complete))}
+            "not_finished": sorted(set(losses) - set(complete)),
+            "not_run": {name: what for name, what in PLANNED.items() if name not in losses}}
 
 
 def main() -> int:
@@ -68,8 +72,8 @@ def main() -> int:
     for name, c in result["candidates"].items():
         print(f"{name}: {c['recipe']}: " + ", ".join(f"{v:.4f}" for v in c["inner_validation_loss"])
               + f" -> {c['verdict']}")
-    print(f"winner: {result['winner']}" + (f" (not finished: {', '.join(result['not_finished'])})"
-                                           if result["not_finished"] else ""))
+    waiting = [*result["not_finished"], *result["not_run"]]
+    print(f"winner: {result['winner']}" + (f" (not screened yet: {', '.join(waiting)})" if waiting else ""))
     if args.json:
         write_json(args.json, result)
     return 0

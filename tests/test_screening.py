@@ -1,0 +1,47 @@
+"""benchmarks/screening.py applies the rule written before the first run: a candidate beats the baseline only
+with a mean inner-validation loss lower by at least 0.01 and lower on both folds, and a planned candidate that has
+not run is said to be missing rather than lost."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagemasknet.core.files import write_json
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import screening  # noqa: E402
+
+BASELINE = {"arch": "lesion-effnet-lite0", "epochs": 15, "checkpoint": "last", "seed": 0}
+
+
+def _runs(results: Path, name: str, losses: list[float], **changes) -> None:
+    for fold, loss in zip(screening.FOLDS, losses):
+        run = results / f"screen-{name}" / f"{screening.PRESET}-fold{fold}"
+        run.mkdir(parents=True)
+        write_json(run / "config.json", {**BASELINE, **changes, "fold": fold, "out_dir": str(run)})
+        write_json(run / "history.json", [{"epoch": 1, "validation": {"image": {"loss": loss + 0.2}}},
+                                          {"epoch": 2, "validation": {"image": {"loss": loss}}}])
+
+
+def test_a_candidate_must_be_lower_on_both_folds_by_the_margin(tmp_path):
+    _runs(tmp_path, "A", [0.45, 0.37])
+    _runs(tmp_path, "B", [0.40, 0.38], epochs=25)  # mean 0.02 lower, but higher on fold 1
+    _runs(tmp_path, "D", [0.435, 0.355], normal_crops=0.15)  # lower on both, by 0.015
+    _runs(tmp_path, "E", [0.445, 0.365], paint_out_annotations=True)  # lower on both, by less than the margin
+    result = screening.screen(tmp_path)
+    verdicts = {name: c["verdict"] for name, c in result["candidates"].items()}
+    assert verdicts == {"A": "the baseline", "B": "does not beat A", "D": "beats A", "E": "does not beat A"}
+    assert result["winner"] == "D" and result["not_run"] == {}
+    assert result["candidates"]["B"]["recipe"] == "25 epochs"
+    assert result["candidates"]["E"]["recipe"] == "burnt-in marks painted out"
+
+
+def test_candidates_not_run_are_named_and_the_baseline_is_needed(tmp_path):
+    with pytest.raises(SystemExit, match="screen-A"):
+        screening.screen(tmp_path)
+    _runs(tmp_path, "A", [0.45, 0.37])
+    result = screening.screen(tmp_path)
+    assert result["winner"] == "A" and set(result["not_run"]) == {"B", "D", "E"}
