@@ -8,10 +8,10 @@ import torch
 
 from imagemasknet.core.files import read_json
 from imagemasknet.core.paths import WEIGHTS_DIR
-from imagemasknet.data.busi import load_busi
 from imagemasknet.data.dataset import CLASSES
 from imagemasknet.data.scans import read_scan
-from imagemasknet.data.splits import load_folds
+from imagemasknet.data.sources import training_set_of
+from imagemasknet.data.splits import source_folds
 from imagemasknet.inference.predictor import Predictor, available_models
 from imagemasknet.models import DEFAULT_MODEL, build_model, get_spec
 
@@ -71,11 +71,12 @@ def test_outputs_have_the_right_shapes_and_ranges_in_both_modes(predictor, busi_
     assert raw.logits.shape == (2, 3) and raw.lesion_logits.shape == (2, 1, 256, 256)
 
 
-def test_reference_predictions_reproduce(predictor, card, busi_root):
+def test_reference_predictions_reproduce(predictor, card):
     """The references were computed with the float32 weights; the float16 copy shipped must give the same
-    probabilities within 0.01 (and the same class wherever the top two differ by more than that)."""
-    cases = load_busi(busi_root).by_id()
-    fold0 = set(load_folds()[0])
+    probabilities within 0.01 (and the same class wherever the top two differ by more than that). They are
+    test scans of pooled fold 0, so the fold-0 model never trained on them."""
+    data = training_set_of(card["config"])
+    cases, fold0 = data.by_id(), set(source_folds(data)[0])
     tolerance = 0.01 if card.get("storage", "").startswith("float16") else 1e-4
     assert len(card["reference_predictions"]) >= 5
     for reference in card["reference_predictions"]:
@@ -89,10 +90,10 @@ def test_reference_predictions_reproduce(predictor, card, busi_root):
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_every_shipped_model_reproduces_its_references(name, busi_root):
+def test_every_shipped_model_reproduces_its_references(name):
     card = read_json(WEIGHTS_DIR / name / "model.json")
     predictor = Predictor.shipped(name, device="cpu")
-    cases = load_busi(busi_root).by_id()
+    cases = training_set_of(card["config"]).by_id()
     tolerance = 0.01 if card.get("storage", "").startswith("float16") else 1e-4
     for reference in card["reference_predictions"]:
         prediction = predictor.predict(read_scan(cases[reference["id"]].image_path))
