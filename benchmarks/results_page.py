@@ -388,8 +388,9 @@ def refusals() -> str:
     robust = REFUSAL.load()
     robust_rows = [[name, num(r["refuse_above"]), pct(r["plain_refused"]), pct(r["strong_refused"])]
                    for name, r in robust.items() if isinstance(r, dict) and "refuse_above" in r]
-    return ("What is not a breast ultrasound is refused, not classified. Pictures that are not ultrasound, by "
-            "kind:\n\n" + table(["kind", "pictures", "refused"], rows) + f"\nNot refused: {missed}.\n\n" + scans
+    return ("What is not a breast ultrasound should be refused, not classified. The shipped default model on "
+            "pictures that are not ultrasound, by kind (a picture it does not refuse is still marked \"unfamiliar\", "
+            "never green):\n\n" + table(["kind", "pictures", "refused"], rows) + f"\nNot refused: {missed}.\n\n" + scans
             + "\n" + NOT_ULTRASOUND.cite()
             + "\nUltrasound that looks like another scanner's (BUSI held-out scans, as they are and redrawn by the "
             f"`ultrasound-strong` augmentation; {robust['n_plain']} and {robust['n_strong']} scans), against each "

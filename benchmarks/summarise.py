@@ -169,16 +169,19 @@ def tables(summary: dict) -> str:
             lines.append(f"| {PRESETS[preset]} | {mode} | {_pm(e, 'accuracy')} | {_pm(e, 'macro_auc')} | "
                          f"{_pm(e, 'recall_malignant')} | {_pm(e, 'macro_f1')} | {_pm(e, 'ece')} | {_pm(e, 'lesion_dice')} | "
                          f"{_pm(e, 'busbra_auc')} | {_pm(e, 'busbra_called_normal', percent=True)} |")
-    lines += ["", "### The study's protocol (trained and evaluated on the same 780 images) and the all-data model on BUS-BRA", "",
+    lines += ["", "### The study's protocol (each all-data model scored on its own training images) and on BUS-BRA", "",
               "| model | mode | accuracy on its own training images | BUS-BRA AUC (B vs M) | BUS-BRA lesions called normal |",
               "|---|---|---|---|---|"]
+
+    def figure(value, scale: float = 1.0, suffix: str = "") -> str:
+        return "–" if value is None else f"{scale * value:.{1 if suffix else 3}f}{suffix}"
+
     for preset, modes in summary.items():
         for mode, e in modes.items():
             own = e.get("study_protocol", {}).get("accuracy", {}).get("value")
             ext = e.get("all_data_busbra", {})
-            lines.append(f"| {PRESETS[preset]} | {mode} | {own:.3f} | {ext.get('benign_vs_malignant_auc', float('nan')):.3f} | "
-                         f"{100 * ext.get('lesions_called_normal', float('nan')):.1f} % |" if own is not None else
-                         f"| {PRESETS[preset]} | {mode} | – | – | – |")
+            lines.append(f"| {PRESETS[preset]} | {mode} | {figure(own)} | {figure(ext.get('benign_vs_malignant_auc'))} | "
+                         f"{figure(ext.get('lesions_called_normal'), 100, ' %')} |")
     return "\n".join(lines)
 
 

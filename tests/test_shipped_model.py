@@ -36,9 +36,12 @@ def test_default_model_is_shipped_and_listed_first():
 
 
 def test_card_has_every_section(card):
-    for key in ("architecture", "config", "dataset_fingerprint", "split_file", "temperature", "cross_validation",
-                "external", "date", "intended_use", "limitations", "reference_predictions"):
+    for key in ("architecture", "config", "preprocessing", "training_data", "temperature", "cross_validation",
+                "malignancy_flag", "lesion_exclusion", "familiarity", "external", "date", "intended_use",
+                "limitations", "reference_predictions"):
         assert key in card, key
+    assert [s["name"] for s in card["training_data"]["sources"]] == card["config"]["sources"].split("+")
+    assert card["training_data"]["fingerprint"] and card["training_data"]["scans"] > 0
     for mode in get_spec(DEFAULT_MODEL).modes:
         cv = card["cross_validation"][mode]
         assert len(cv["folds"]) == 5
