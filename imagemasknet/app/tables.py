@@ -201,6 +201,16 @@ def card_source_rows(card: ModelCard) -> list[dict]:
     return rows
 
 
+LESION_FIGURES = (("benign_vs_malignant_auc", "benign vs malignant AUC"),
+                  ("lesions_called_normal", "lesions called normal"))
+
+
+def lesion_figures(block: dict) -> dict:
+    """The lesion-scan figures of an evaluation block, as row cells (point values)."""
+    return {title: round(value_of(block[key]), 3) for key, title in LESION_FIGURES
+            if value_of(block.get(key)) is not None}
+
+
 def report_source_rows(report: dict) -> list[dict]:
     """An evaluation's figures per source (its ``by_source``): one row per source and mode (point values, to fit
     a 1280-px window; the CIs are in the report and in the pooled table)."""
@@ -212,11 +222,7 @@ def report_source_rows(report: dict) -> list[dict]:
             for key in ("accuracy", "macro_auc", "recall_malignant"):
                 if value_of(metrics.get(key)) is not None:
                     row[plain(key)] = round(value_of(metrics[key]), 3)
-            for key, title in (("benign_vs_malignant_auc", "benign vs malignant AUC"),
-                               ("lesions_called_normal", "lesions called normal")):
-                if value_of(lesions.get(key)) is not None:
-                    row[title] = round(value_of(lesions[key]), 3)
-            rows.append(row)
+            rows.append(row | lesion_figures(lesions))
     return rows
 
 
@@ -249,11 +255,7 @@ def card_external_rows(card: ModelCard) -> list[dict]:
             row = {"data set": dataset, "mode": mode, "lesion scans": result.get("n_lesion_scans", result.get("n"))}
             if isinstance(accuracy, dict):
                 row["accuracy"] = _format(value_of(accuracy), value_of(accuracy.get("ci_low")), value_of(accuracy.get("ci_high")))
-            for key, title in (("benign_vs_malignant_auc", "benign vs malignant AUC"),
-                               ("lesions_called_normal", "lesions called normal")):
-                if value_of(result.get(key)) is not None:
-                    row[title] = round(value_of(result[key]), 3)
-            rows.append(row)
+            rows.append(row | lesion_figures(result))
     return rows
 
 

@@ -324,8 +324,8 @@ class Predictor:
 def not_ultrasound_message(name: str, score: float, limit: float) -> str:
     subject = f"'{name}'" if name else "The file"
     return (f"{subject} does not look like a breast ultrasound scan (its image texture scores {score:.1f}, where the "
-            f"model's training scans, augmented as in training, stay far below {limit:.1f}), so it was not classified; upload a B-mode "
-            "breast ultrasound image.")
+            f"model's training scans, augmented as in training, stay far below {limit:.1f}), so it was not "
+            "classified; upload a B-mode breast ultrasound image.")
 
 
 def training_data_notice(case_id: str, exact: bool) -> str:

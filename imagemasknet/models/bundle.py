@@ -56,15 +56,14 @@ def read_out_of_fold(path: Path) -> list[dict]:
     stored = json.loads(Path(path).read_text(encoding="utf-8"))
     try:
         columns, table = list(stored["columns"]), stored["rows"]
+        probabilities = [(column, *column.split(":", 1)) for column in columns if ":" in column]
         rows = []
         for values in table:
             record = dict(zip(columns, values, strict=True))
             row = {f: record[f] for f in OUT_OF_FOLD_FIELDS if f in record}
             row["probabilities"] = {}
-            for column in columns:
-                if ":" in column:
-                    mode, name = column.split(":", 1)
-                    row["probabilities"].setdefault(mode, {})[name] = float(record[column])
+            for column, mode, name in probabilities:
+                row["probabilities"].setdefault(mode, {})[name] = float(record[column])
             rows.append(row)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path} is no out-of-fold table ({error})") from error
