@@ -43,7 +43,9 @@ def recipe(config: dict, baseline: dict) -> str:
 def screen(results: Path) -> dict:
     folders = sorted(p for p in results.glob("screen-*") if p.is_dir())
     runs = {p.name.removeprefix("screen-"): [p / f"{PRESET}-fold{k}" for k in FOLDS] for p in folders}
-    losses = {name: [inner_validation_loss(run, "image") for run in folds] for name, folds in runs.items()}
+    # A run cut short has a history too; only a finished one is screened.
+    losses = {name: [inner_validation_loss(run, "image") if RunFolder(run).complete else None for run in folds]
+              for name, folds in runs.items()}
     complete = {name: values for name, values in losses.items() if all(v is not None for v in values)}
     if "A" not in complete:
         raise SystemExit(f"the baseline {results / 'screen-A'} has no finished folds {FOLDS}")

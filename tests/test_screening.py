@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from imagemasknet.core.files import write_json
+from imagemasknet.core.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -17,13 +18,14 @@ import screening  # noqa: E402
 BASELINE = {"arch": "lesion-effnet-lite0", "epochs": 15, "checkpoint": "last", "seed": 0}
 
 
-def _runs(results: Path, name: str, losses: list[float], **changes) -> None:
+def _runs(results: Path, name: str, losses: list[float], finished: bool = True, **changes) -> None:
     for fold, loss in zip(screening.FOLDS, losses):
         run = results / f"screen-{name}" / f"{screening.PRESET}-fold{fold}"
         run.mkdir(parents=True)
         write_json(run / "config.json", {**BASELINE, **changes, "fold": fold, "out_dir": str(run)})
         write_json(run / "history.json", [{"epoch": 1, "validation": {"image": {"loss": loss + 0.2}}},
                                           {"epoch": 2, "validation": {"image": {"loss": loss}}}])
+        RunFolder(run).write_status("finished" if finished else "cancelled")
 
 
 def test_a_candidate_must_be_lower_on_both_folds_by_the_margin(tmp_path):
@@ -45,3 +47,10 @@ def test_candidates_not_run_are_named_and_the_baseline_is_needed(tmp_path):
     _runs(tmp_path, "A", [0.45, 0.37])
     result = screening.screen(tmp_path)
     assert result["winner"] == "A" and set(result["not_run"]) == {"B", "D", "E"}
+
+
+def test_a_run_cut_short_is_not_screened(tmp_path):
+    _runs(tmp_path, "A", [0.45, 0.37])
+    _runs(tmp_path, "B", [0.30, 0.30], finished=False, epochs=25)  # its last epoch so far looks better, but it stopped
+    result = screening.screen(tmp_path)
+    assert result["winner"] == "A" and result["not_finished"] == ["B"] and "B" not in result["candidates"]
