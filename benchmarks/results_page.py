@@ -312,10 +312,16 @@ def screening() -> str:
     rows = [[name, entry["recipe"], ", ".join(num(v) for v in entry["inner_validation_loss"]),
              num(sum(entry["inner_validation_loss"]) / len(entry["inner_validation_loss"])), entry["verdict"]]
             for name, entry in data["candidates"].items()]
-    rows += [[name, what, "not run yet", "–", "–"] for name, what in data.get("not_run", {}).items()]
-    waiting = [*data["not_finished"], *data.get("not_run", {})]
-    chosen = (f"Not screened yet: {', '.join(waiting)}. Until they are, {data['winner']} ships: the choice is not "
-              "made." if waiting else f"Chosen: {data['winner']}.")
+    rows += [[name, what, "not finished", "–", "–"] for name, what in data["not_finished"].items()]
+    rows += [[name, what, "not run yet", "–", "–"] for name, what in data["not_run"].items()]
+    waiting = [*data["not_finished"], *data["not_run"]]
+    winner = data["winner"]
+    if waiting:
+        chosen = f"Not screened yet: {', '.join(waiting)}. Until they are, A ships: the choice is not made."
+    elif winner == "A":
+        chosen = "No candidate beats A: A ships."
+    else:
+        chosen = f"Chosen: {winner}. It ships once its five folds confirm it; until then A ships."
     return (f"{data['rule']}\n\n" + table(["candidate", "recipe", "inner-validation loss, folds 0 and 1", "mean",
                                           "by the rule"], rows)
             + f"\n{chosen}\n\n" + SCREENING.cite())

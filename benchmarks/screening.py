@@ -22,7 +22,8 @@ FOLDS = (0, 1)
 MARGIN = 0.01  # a candidate's mean must be this much lower than the baseline's, and lower on both folds
 RULE = ("The rule, written before the first run: on pooled folds 0 and 1, a candidate beats the baseline (A) when "
         f"its mean image-mode inner-validation loss is lower by at least {MARGIN} and it is lower on both folds; the "
-        "candidate that beats A by the most is confirmed on five folds, and A ships if none does.")
+        "candidate that beats A by the most is confirmed on five folds (its mean over them again lower by at least "
+        f"{MARGIN}; this criterion added before any candidate's run finished), and A ships if none does.")
 # What each option of TrainConfig means in words, for the candidates' differences from the baseline.
 OPTIONS = {"epochs": "{} epochs", "normal_crops": "lesion-free squares of lesion scans as normal examples ({} per scan per epoch)",
            "paint_out_annotations": "burnt-in marks painted out", "source_balanced": "sources drawn equally often"}
@@ -43,6 +44,7 @@ def recipe(config: dict, baseline: dict) -> str:
 def screen(results: Path) -> dict:
     folders = sorted(p for p in results.glob("screen-*") if p.is_dir())
     runs = {p.name.removeprefix("screen-"): [p / f"{PRESET}-fold{k}" for k in FOLDS] for p in folders}
+    runs = {name: folds for name, folds in runs.items() if any(run.is_dir() for run in folds)}
     # A run cut short has a history too; only a finished one is screened.
     losses = {name: [inner_validation_loss(run, "image") if RunFolder(run).complete else None for run in folds]
               for name, folds in runs.items()}
@@ -61,7 +63,7 @@ def screen(results: Path) -> dict:
     beaters = [n for n, c in candidates.items() if c["verdict"] == "beats A"]
     winner = max(beaters, key=lambda n: candidates[n]["gain_over_A"]) if beaters else "A"
     return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "winner": winner,
-            "not_finished": sorted(set(losses) - set(complete)),
+            "not_finished": {name: PLANNED.get(name, "") for name in sorted(set(losses) - set(complete))},
             "not_run": {name: what for name, what in PLANNED.items() if name not in losses}}
 
 

@@ -45,12 +45,13 @@ def test_candidates_not_run_are_named_and_the_baseline_is_needed(tmp_path):
     with pytest.raises(SystemExit, match="screen-A"):
         screening.screen(tmp_path)
     _runs(tmp_path, "A", [0.45, 0.37])
+    (tmp_path / "screen-B").mkdir()  # made ready, nothing trained in it yet
     result = screening.screen(tmp_path)
-    assert result["winner"] == "A" and set(result["not_run"]) == {"B", "D", "E"}
+    assert result["winner"] == "A" and set(result["not_run"]) == {"B", "D", "E"} and not result["not_finished"]
 
 
 def test_a_run_cut_short_is_not_screened(tmp_path):
     _runs(tmp_path, "A", [0.45, 0.37])
     _runs(tmp_path, "B", [0.30, 0.30], finished=False, epochs=25)  # its last epoch so far looks better, but it stopped
     result = screening.screen(tmp_path)
-    assert result["winner"] == "A" and result["not_finished"] == ["B"] and "B" not in result["candidates"]
+    assert result["winner"] == "A" and list(result["not_finished"]) == ["B"] and "B" not in result["candidates"]
