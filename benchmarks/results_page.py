@@ -305,6 +305,15 @@ def targets() -> str:
             + table(["measure", "target", "measured", "met"], rows))
 
 
+def confirmed(winner: str, confirmation: dict) -> str:
+    if confirmation["verdict"] == "not finished":
+        return "It ships once its five folds confirm it; until then A ships."
+    means = {name: sum(v) / len(v) for name, v in confirmation["inner_validation_loss"].items()}
+    said = (f"On all five folds its mean inner-validation loss is {num(means[winner])} against A's "
+            f"{num(means['A'])}: ")
+    return said + ("confirmed, it ships." if confirmation["verdict"] == "confirmed" else "not confirmed, A ships.")
+
+
 def screening() -> str:
     data = SCREENING.load()
     if data is None:
@@ -321,7 +330,7 @@ def screening() -> str:
     elif winner == "A":
         chosen = "No candidate beats A: A ships."
     else:
-        chosen = f"Chosen: {winner}. It ships once its five folds confirm it; until then A ships."
+        chosen = f"Chosen: {winner}. " + confirmed(winner, data["confirmation"])
     return (f"{data['rule']}\n\n" + table(["candidate", "recipe", "inner-validation loss, folds 0 and 1", "mean",
                                           "by the rule"], rows)
             + f"\n{chosen}\n\n" + SCREENING.cite())

@@ -19,6 +19,7 @@ from imagemasknet.core.run_folder import RunFolder
 
 PRESET = "lesion-effnet-lite0"
 FOLDS = (0, 1)
+CONFIRMATION_FOLDS = (0, 1, 2, 3, 4)
 MARGIN = 0.01  # a candidate's mean must be this much lower than the baseline's, and lower on both folds
 RULE = ("The rule, written before the first run: on pooled folds 0 and 1, a candidate beats the baseline (A) when "
         f"its mean image-mode inner-validation loss is lower by at least {MARGIN} and it is lower on both folds; the "
@@ -41,13 +42,27 @@ def recipe(config: dict, baseline: dict) -> str:
                      for k, v in sorted(changed.items()))
 
 
+def finished_loss(run: Path) -> float | None:
+    """The run's figure, or None while it has not finished: a run cut short has a history too."""
+    return inner_validation_loss(run, "image") if RunFolder(run).complete else None
+
+
+def confirmation(results: Path, winner: str) -> dict:
+    """The winner against A on all five pooled folds, once both have finished them."""
+    losses = {name: [finished_loss(results / f"screen-{name}" / f"{PRESET}-fold{k}") for k in CONFIRMATION_FOLDS]
+              for name in ("A", winner)}
+    entry = {"folds": list(CONFIRMATION_FOLDS), "inner_validation_loss": losses}
+    if any(v is None for values in losses.values() for v in values):
+        return {**entry, "verdict": "not finished"}
+    gain = sum(losses["A"]) / len(losses["A"]) - sum(losses[winner]) / len(losses[winner])
+    return {**entry, "gain_over_A": gain, "verdict": "confirmed" if gain >= MARGIN else "not confirmed"}
+
+
 def screen(results: Path) -> dict:
     folders = sorted(p for p in results.glob("screen-*") if p.is_dir())
     runs = {p.name.removeprefix("screen-"): [p / f"{PRESET}-fold{k}" for k in FOLDS] for p in folders}
     runs = {name: folds for name, folds in runs.items() if any(run.is_dir() for run in folds)}
-    # A run cut short has a history too; only a finished one is screened.
-    losses = {name: [inner_validation_loss(run, "image") if RunFolder(run).complete else None for run in folds]
-              for name, folds in runs.items()}
+    losses = {name: [finished_loss(run) for run in folds] for name, folds in runs.items()}
     complete = {name: values for name, values in losses.items() if all(v is not None for v in values)}
     if "A" not in complete:
         raise SystemExit(f"the baseline {results / 'screen-A'} has no finished folds {FOLDS}")
@@ -64,7 +79,8 @@ def screen(results: Path) -> dict:
     winner = max(beaters, key=lambda n: candidates[n]["gain_over_A"]) if beaters else "A"
     return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "winner": winner,
             "not_finished": {name: PLANNED.get(name, "") for name in sorted(set(losses) - set(complete))},
-            "not_run": {name: what for name, what in PLANNED.items() if name not in losses}}
+            "not_run": {name: what for name, what in PLANNED.items() if name not in losses},
+            "confirmation": None if winner == "A" else confirmation(results, winner)}
 
 
 def main() -> int:
@@ -78,6 +94,8 @@ def main() -> int:
               + f" -> {c['verdict']}")
     waiting = [*result["not_finished"], *result["not_run"]]
     print(f"winner: {result['winner']}" + (f" (not screened yet: {', '.join(waiting)})" if waiting else ""))
+    if result["confirmation"]:
+        print(f"on five folds: {result['confirmation']['verdict']}")
     if args.json:
         write_json(args.json, result)
     return 0

@@ -18,8 +18,9 @@ import screening  # noqa: E402
 BASELINE = {"arch": "lesion-effnet-lite0", "epochs": 15, "checkpoint": "last", "seed": 0}
 
 
-def _runs(results: Path, name: str, losses: list[float], finished: bool = True, **changes) -> None:
-    for fold, loss in zip(screening.FOLDS, losses):
+def _runs(results: Path, name: str, losses: list[float], finished: bool = True, first_fold: int = 0,
+          **changes) -> None:
+    for fold, loss in enumerate(losses, start=first_fold):
         run = results / f"screen-{name}" / f"{screening.PRESET}-fold{fold}"
         run.mkdir(parents=True)
         write_json(run / "config.json", {**BASELINE, **changes, "fold": fold, "out_dir": str(run)})
@@ -55,3 +56,14 @@ def test_a_run_cut_short_is_not_screened(tmp_path):
     _runs(tmp_path, "B", [0.30, 0.30], finished=False, epochs=25)  # its last epoch so far looks better, but it stopped
     result = screening.screen(tmp_path)
     assert result["winner"] == "A" and list(result["not_finished"]) == ["B"] and "B" not in result["candidates"]
+
+
+@pytest.mark.parametrize(("later", "verdict"), [([0.40, 0.42, 0.38], "not confirmed"),  # 0.008 lower: under
+                                                 ([0.38, 0.40, 0.37], "confirmed")])  # 0.022 lower
+def test_the_winner_is_confirmed_only_by_its_five_fold_mean(tmp_path, later, verdict):
+    _runs(tmp_path, "A", [0.45, 0.37])
+    _runs(tmp_path, "D", [0.43, 0.35], normal_crops=0.15)
+    assert screening.screen(tmp_path)["confirmation"]["verdict"] == "not finished"
+    _runs(tmp_path, "A", [0.40, 0.42, 0.38], first_fold=2)
+    _runs(tmp_path, "D", later, first_fold=2, normal_crops=0.15)
+    assert screening.screen(tmp_path)["confirmation"]["verdict"] == verdict
