@@ -318,9 +318,12 @@ def screening() -> str:
     data = SCREENING.load()
     if data is None:
         return missing(SCREENING)
-    rows = [[name, entry["recipe"], ", ".join(num(v) for v in entry["inner_validation_loss"]),
-             num(sum(entry["inner_validation_loss"]) / len(entry["inner_validation_loss"])), entry["verdict"]]
-            for name, entry in data["candidates"].items()]
+    rows = []
+    for name, entry in data["candidates"].items():
+        losses = entry["inner_validation_loss"]
+        mean = None if None in losses else sum(losses) / len(losses)
+        rows.append([name, entry["recipe"], ", ".join("not needed" if v is None else num(v) for v in losses),
+                     num(mean), entry["verdict"]])
     rows += [[name, what, "not finished", "–", "–"] for name, what in data["not_finished"].items()]
     rows += [[name, what, "not run yet", "–", "–"] for name, what in data["not_run"].items()]
     waiting = [*data["not_finished"], *data["not_run"]]

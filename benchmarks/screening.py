@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from summarise import inner_validation_loss
 
 from imagemasknet.core.files import write_json
 from imagemasknet.core.run_folder import RunFolder
+from imagemasknet.training.config import TrainConfig
 
 PRESET = "lesion-effnet-lite0"
 FOLDS = (0, 1)
@@ -35,7 +37,10 @@ PLANNED = {"B": "a longer schedule (25 epochs)", "D": "lesion-free squares of le
 
 
 def recipe(config: dict, baseline: dict) -> str:
-    changed = {k: v for k, v in config.items() if k not in SAME_IN_EVERY_RUN and baseline.get(k) != v}
+    # An option newer than the baseline's run is absent from its config: it ran with the option's default.
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    changed = {k: v for k, v in config.items()
+               if k not in SAME_IN_EVERY_RUN and baseline.get(k, defaults.get(k)) != v}
     if not changed:
         return "the default recipe on both sources"
     return "; ".join(OPTIONS.get(k, f"{k} {{}}").format(v) if not isinstance(v, bool) else OPTIONS.get(k, k)
@@ -63,22 +68,32 @@ def screen(results: Path) -> dict:
     runs = {p.name.removeprefix("screen-"): [p / f"{PRESET}-fold{k}" for k in FOLDS] for p in folders}
     runs = {name: folds for name, folds in runs.items() if any(run.is_dir() for run in folds)}
     losses = {name: [finished_loss(run) for run in folds] for name, folds in runs.items()}
-    complete = {name: values for name, values in losses.items() if all(v is not None for v in values)}
-    if "A" not in complete:
+    if "A" not in losses or None in losses["A"]:
         raise SystemExit(f"the baseline {results / 'screen-A'} has no finished folds {FOLDS}")
     baseline_config = RunFolder(runs["A"][0]).config
-    base = complete["A"]
+    base = losses["A"]
     candidates = {}
-    for name, values in complete.items():
-        gain = sum(base) / len(base) - sum(values) / len(values)
-        beats = name != "A" and gain >= MARGIN and all(v < b for v, b in zip(values, base))
-        candidates[name] = {"recipe": recipe(RunFolder(runs[name][0]).config, baseline_config),
-                            "inner_validation_loss": values, "gain_over_A": gain,
-                            "verdict": "the baseline" if name == "A" else "beats A" if beats else "does not beat A"}
+    for name, values in losses.items():
+        finished = [(k, v, b) for k, v, b in zip(FOLDS, values, base) if v is not None]
+        higher = [k for k, v, b in finished if v >= b]
+        if len(finished) < len(FOLDS) and not higher:
+            continue  # undecided until its other folds finish
+        entry = {"recipe": recipe(RunFolder(runs[name][finished[0][0]]).config, baseline_config),
+                 "inner_validation_loss": values}
+        if name == "A":
+            candidates[name] = {**entry, "gain_over_A": 0.0, "verdict": "the baseline"}
+        elif len(finished) < len(FOLDS):  # the rule needs it lower on every fold: one higher fold decides
+            candidates[name] = {**entry, "gain_over_A": None,
+                                "verdict": f"does not beat A (higher on fold {higher[0]}; its other folds cannot "
+                                           "change that)"}
+        else:
+            gain = sum(base) / len(base) - sum(values) / len(values)
+            beats = gain >= MARGIN and not higher
+            candidates[name] = {**entry, "gain_over_A": gain, "verdict": "beats A" if beats else "does not beat A"}
     beaters = [n for n, c in candidates.items() if c["verdict"] == "beats A"]
     winner = max(beaters, key=lambda n: candidates[n]["gain_over_A"]) if beaters else "A"
     return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "winner": winner,
-            "not_finished": {name: PLANNED.get(name, "") for name in sorted(set(losses) - set(complete))},
+            "not_finished": {name: PLANNED.get(name, "") for name in sorted(set(losses) - set(candidates))},
             "not_run": {name: what for name, what in PLANNED.items() if name not in losses},
             "confirmation": None if winner == "A" else confirmation(results, winner)}
 
@@ -90,8 +105,8 @@ def main() -> int:
     args = parser.parse_args()
     result = screen(args.results)
     for name, c in result["candidates"].items():
-        print(f"{name}: {c['recipe']}: " + ", ".join(f"{v:.4f}" for v in c["inner_validation_loss"])
-              + f" -> {c['verdict']}")
+        losses = ", ".join("–" if v is None else f"{v:.4f}" for v in c["inner_validation_loss"])
+        print(f"{name}: {c['recipe']}: {losses} -> {c['verdict']}")
     waiting = [*result["not_finished"], *result["not_run"]]
     print(f"winner: {result['winner']}" + (f" (not screened yet: {', '.join(waiting)})" if waiting else ""))
     if result["confirmation"]:

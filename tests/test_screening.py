@@ -67,3 +67,14 @@ def test_the_winner_is_confirmed_only_by_its_five_fold_mean(tmp_path, later, ver
     _runs(tmp_path, "A", [0.40, 0.42, 0.38], first_fold=2)
     _runs(tmp_path, "D", later, first_fold=2, normal_crops=0.15)
     assert screening.screen(tmp_path)["confirmation"]["verdict"] == verdict
+
+
+def test_one_fold_higher_than_the_baseline_decides_before_the_other_finishes(tmp_path):
+    _runs(tmp_path, "A", [0.45, 0.37])
+    _runs(tmp_path, "E", [0.50], paint_out_annotations=True, normal_crops=0.0)  # fold 1 not trained: fold 0 decides
+    _runs(tmp_path, "D", [0.40], normal_crops=0.15)  # lower on fold 0: fold 1 still decides
+    result = screening.screen(tmp_path)
+    assert result["candidates"]["E"]["verdict"].startswith("does not beat A (higher on fold 0")
+    assert result["candidates"]["E"]["inner_validation_loss"] == [0.50, None]
+    assert result["candidates"]["E"]["recipe"] == "burnt-in marks painted out"
+    assert list(result["not_finished"]) == ["D"] and result["winner"] == "A"
