@@ -329,7 +329,7 @@ def screening() -> str:
     waiting = [*data["not_finished"], *data["not_run"]]
     winner = data["winner"]
     if waiting:
-        chosen = f"Not screened yet: {', '.join(waiting)}. Until they are, A ships: the choice is not made."
+        chosen = f"Not screened yet: {', '.join(waiting)}. Until every candidate is, A ships: the choice is not made."
     elif winner == "A":
         chosen = "No candidate beats A: A ships."
     else:
