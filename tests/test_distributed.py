@@ -321,3 +321,12 @@ def test_evaluate_merges_independent_fold_runs_into_one_cv_report(two_rank_run, 
     # The same fold twice would count its scans twice: refused.
     assert cli.main(["evaluate", "--cv", str(fold1), str(fold1), "--resamples", "5", "--device", "cpu"]) == 2
     assert "folds overlap" in capsys.readouterr().err
+
+
+def test_lesion_free_normals_train_under_torchrun_each_rank_its_share(dist_env, busi_root, tmp_path):
+    run_dir = tmp_path / "crops"
+    result = torchrun([*train_flags(busi_root, run_dir, epochs=1), "--normal-crops", "0.5"], dist_env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    scans_alone = len(read_json(run_dir / "split.json")["train"]) // 2 // 8 * 8  # a rank's full batches
+    ranks = read_json(run_dir / "history.json")[0]["train"]["ranks"]
+    assert ranks[0]["scans"] == ranks[1]["scans"] > scans_alone  # the crops join every rank's share

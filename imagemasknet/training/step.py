@@ -44,11 +44,13 @@ def concatenate(first: Arrays, second: Arrays) -> Arrays:
 class EpochDraw(torch.utils.data.Sampler):
     """The scans one epoch trains on, shuffled: the first ``scans`` dataset items once each (or, with
     ``source_balanced``, as many draws with each source equally likely), then ``extra`` items drawn without
-    replacement from the items after them (the lesion-free crops)."""
+    replacement from the items after them (the lesion-free crops). Under torchrun every rank makes the same
+    draw from the same seeded generator and keeps its own share, as many items on every rank."""
 
     def __init__(self, sources: np.ndarray, scans: int, extra: int, source_balanced: bool,
-                 generator: torch.Generator):
+                 generator: torch.Generator, rank: int = 0, world_size: int = 1):
         self.scans, self.extra, self.generator = scans, extra, generator
+        self.rank, self.world_size = rank, world_size
         self.pool = len(sources) - scans
         self.weights = None
         if source_balanced:
@@ -56,7 +58,7 @@ class EpochDraw(torch.utils.data.Sampler):
             self.weights = torch.from_numpy(1.0 / counts[inverse])
 
     def __len__(self) -> int:
-        return self.scans + self.extra
+        return (self.scans + self.extra) // self.world_size
 
     def __iter__(self):
         if self.weights is not None:
@@ -65,7 +67,8 @@ class EpochDraw(torch.utils.data.Sampler):
             chosen = torch.arange(self.scans)
         if self.extra:
             chosen = torch.cat([chosen, self.scans + torch.randperm(self.pool, generator=self.generator)[:self.extra]])
-        return iter(chosen[torch.randperm(len(chosen), generator=self.generator)].tolist())
+        drawn = chosen[torch.randperm(len(chosen), generator=self.generator)]
+        return iter(drawn[self.rank:len(self) * self.world_size:self.world_size].tolist())
 
 
 def segmentation_loss(lesion_logits: torch.Tensor, masks: torch.Tensor,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from imagemasknet.core.files import now
@@ -295,7 +296,7 @@ def _fit(config: TrainConfig, spec: ModelSpec, device: torch.device, data: Datas
 class _Loop:
     parts: Trainables
     loader: torch.utils.data.DataLoader
-    sampler: torch.utils.data.distributed.DistributedSampler | None
+    sampler: DistributedSampler | None  # the EpochDraw needs no epoch: it draws from the saved generator
     step: torch.nn.Module  # the TrainingStep, wrapped in DistributedDataParallel under torchrun
 
 
@@ -312,8 +313,6 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
     generator = torch.Generator().manual_seed(config.seed)
     per_rank = config.batch_size // world.world_size
     sampler = None
-    if world.enabled and (config.source_balanced or config.normal_crops):
-        raise ValueError("source_balanced and normal_crops train in one process only; run without torchrun")
     if config.source_balanced or config.normal_crops:
         extra = round(config.normal_crops * len(train_arrays.ids))
         crops = (lesion_free_crops(data.subset(train_arrays.ids), config.image_size, config.paint_out_annotations)
@@ -322,10 +321,10 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
             extra = min(extra, len(crops.ids))
             train_arrays = concatenate(train_arrays, crops)
         sampler = EpochDraw(train_arrays.sources, len(train_arrays.ids) - (len(crops.ids) if crops else 0), extra,
-                            config.source_balanced, generator)
+                            config.source_balanced, generator, world.rank, world.world_size)
     dataset = ScanDataset(train_arrays, config.augment, config.image_size)
-    if world.enabled:
-        sampler = torch.utils.data.distributed.DistributedSampler(
+    if world.enabled and sampler is None:
+        sampler = DistributedSampler(
             dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=config.seed,
             drop_last=len(dataset) >= world.world_size)  # every rank gets as many scans, so batches match
     loader = torch.utils.data.DataLoader(
@@ -355,7 +354,7 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
             step, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=not all_used)
     parts = Trainables(model, averaged, window, optimizer, scheduler, generator,
                        mask_generator=torch.Generator().manual_seed(config.seed), mask_rng=random.Random(config.seed))
-    return _Loop(parts, loader, sampler if world.enabled else None, step)
+    return _Loop(parts, loader, sampler if isinstance(sampler, DistributedSampler) else None, step)
 
 
 def _lr_factor(config: TrainConfig, batches: int):
@@ -380,6 +379,7 @@ def _train_epoch(loop: _Loop, config: TrainConfig, spec: ModelSpec, device: torc
     parts, loader = loop.parts, loop.loader
     if loop.sampler is not None:
         loop.sampler.set_epoch(epoch)
+    if world.enabled:
         # Each rank its own augmentation and dropout draws, fixed per epoch so a resumed run repeats them.
         torch.manual_seed(config.seed * 1_000_003 + 4099 * epoch + world.rank)
     loop.step.train()
