@@ -329,7 +329,9 @@ def screening() -> str:
     waiting = [*data["not_finished"], *data["not_run"]]
     winner = data["winner"]
     if waiting:
-        chosen = f"Not screened yet: {', '.join(waiting)}. Until every candidate is, A ships: the choice is not made."
+        leads = "" if data["leading"] == "A" else f"{data['leading']} leads so far. "
+        chosen = (f"Not screened yet: {', '.join(waiting)}. {leads}Until every candidate is screened, A ships: the "
+                  "choice is not made.")
     elif winner == "A":
         chosen = "No candidate beats A: A ships."
     else:

@@ -31,6 +31,7 @@ RULE = ("The rule, written before the first run: on pooled folds 0 and 1, a cand
 OPTIONS = {"epochs": "{} epochs", "normal_crops": "lesion-free squares of lesion scans as normal examples ({} per scan per epoch)",
            "paint_out_annotations": "burnt-in marks painted out", "source_balanced": "sources drawn equally often"}
 SAME_IN_EVERY_RUN = ("fold", "out_dir", "seed", "num_workers", "device")
+SAME_RECIPE = "the default recipe on both sources"
 # The plan written before the first run (docs/training.md, "Choosing a recipe"); C was dropped before any result.
 PLANNED = {"B": "a longer schedule (25 epochs)", "D": "lesion-free squares of lesion scans as normal examples",
            "E": "burnt-in marks painted out"}
@@ -42,7 +43,7 @@ def recipe(config: dict, baseline: dict) -> str:
     changed = {k: v for k, v in config.items()
                if k not in SAME_IN_EVERY_RUN and baseline.get(k, defaults.get(k)) != v}
     if not changed:
-        return "the default recipe on both sources"
+        return SAME_RECIPE
     return "; ".join(OPTIONS.get(k, f"{k} {{}}").format(v) if not isinstance(v, bool) else OPTIONS.get(k, k)
                      for k, v in sorted(changed.items()))
 
@@ -54,8 +55,15 @@ def finished_loss(run: Path) -> float | None:
 
 def confirmation(results: Path, winner: str) -> dict:
     """The winner against A on all five pooled folds, once both have finished them."""
-    losses = {name: [finished_loss(results / f"screen-{name}" / f"{PRESET}-fold{k}") for k in CONFIRMATION_FOLDS]
-              for name in ("A", winner)}
+    runs = {name: [results / f"screen-{name}" / f"{PRESET}-fold{k}" for k in CONFIRMATION_FOLDS]
+            for name in ("A", winner)}
+    for name, folds in runs.items():
+        screened = RunFolder(folds[0]).config
+        for run in folds[1:]:
+            if run.is_dir() and (changed := recipe(RunFolder(run).config, screened)) != SAME_RECIPE:
+                raise SystemExit(f"{run} trained with a recipe other than its fold 0's ({changed}); train it again "
+                                 "with the screened flags")
+    losses = {name: [finished_loss(run) for run in folds] for name, folds in runs.items()}
     entry = {"folds": list(CONFIRMATION_FOLDS), "inner_validation_loss": losses}
     if any(v is None for values in losses.values() for v in values):
         return {**entry, "verdict": "not finished"}
@@ -74,8 +82,8 @@ def screen(results: Path) -> dict:
     base = losses["A"]
     candidates = {}
     for name, values in losses.items():
-        finished = [(k, v, b) for k, v, b in zip(FOLDS, values, base) if v is not None]
-        higher = [k for k, v, b in finished if v >= b]
+        finished = [(i, v, b) for i, (v, b) in enumerate(zip(values, base)) if v is not None]
+        higher = [FOLDS[i] for i, v, b in finished if v >= b]
         if len(finished) < len(FOLDS) and not higher:
             continue  # undecided until its other folds finish
         entry = {"recipe": recipe(RunFolder(runs[name][finished[0][0]]).config, baseline_config),
@@ -91,11 +99,13 @@ def screen(results: Path) -> dict:
             beats = gain >= MARGIN and not higher
             candidates[name] = {**entry, "gain_over_A": gain, "verdict": "beats A" if beats else "does not beat A"}
     beaters = [n for n, c in candidates.items() if c["verdict"] == "beats A"]
-    winner = max(beaters, key=lambda n: candidates[n]["gain_over_A"]) if beaters else "A"
-    return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "winner": winner,
-            "not_finished": {name: PLANNED.get(name, "") for name in sorted(set(losses) - set(candidates))},
-            "not_run": {name: what for name, what in PLANNED.items() if name not in losses},
-            "confirmation": None if winner == "A" else confirmation(results, winner)}
+    leading = max(beaters, key=lambda n: candidates[n]["gain_over_A"]) if beaters else "A"
+    not_finished = {name: PLANNED.get(name, "") for name in sorted(set(losses) - set(candidates))}
+    not_run = {name: what for name, what in PLANNED.items() if name not in losses}
+    return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "leading": leading,
+            "winner": None if not_finished or not_run else leading,  # no winner while a candidate waits
+            "not_finished": not_finished, "not_run": not_run,
+            "confirmation": None if leading == "A" else confirmation(results, leading)}
 
 
 def main() -> int:
@@ -108,7 +118,8 @@ def main() -> int:
         losses = ", ".join("–" if v is None else f"{v:.4f}" for v in c["inner_validation_loss"])
         print(f"{name}: {c['recipe']}: {losses} -> {c['verdict']}")
     waiting = [*result["not_finished"], *result["not_run"]]
-    print(f"winner: {result['winner']}" + (f" (not screened yet: {', '.join(waiting)})" if waiting else ""))
+    print(f"leading: {result['leading']} (not screened yet: {', '.join(waiting)})" if waiting
+          else f"winner: {result['winner']}")
     if result["confirmation"]:
         print(f"on five folds: {result['confirmation']['verdict']}")
     if args.json:

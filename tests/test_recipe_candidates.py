@@ -1,15 +1,13 @@
 """The screening candidates' building blocks, on real scans: a lesion-free square keeps clear of the lesion and
-of the background, its crops are normal examples with empty masks, each epoch's draw takes every scan once and
-distinct crops (and under torchrun splits that same draw between the ranks), and painting out burnt-in marks
-removes bright strokes while leaving lesion tissue alone."""
+of the background, its crops are normal examples with empty masks, and each epoch's draw takes every scan once
+and distinct crops (under torchrun, that same draw split between the ranks). Painting out burnt-in marks is
+tested in test_annotations.py."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
-from imagemasknet.data.annotations import find_annotations, paint_out
 from imagemasknet.data.busi import load_busi
 from imagemasknet.data.dataset import CLASSES
 from imagemasknet.data.decode import read_case_mask, read_grey
@@ -87,25 +85,3 @@ def test_a_source_balanced_epoch_draws_each_source_about_equally():
     drawn, _ = _draw(sources, 100, 0, balanced=True)
     from_small = sum(1 for i in drawn if i >= 90)
     assert 35 <= from_small <= 65  # half expected; unbalanced it would be 10
-
-
-def _with_text(image: np.ndarray, at: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The scan with white text burnt in at ``at`` (x, y), and where the text's pixels are."""
-    picture = Image.fromarray(image)
-    ImageDraw.Draw(picture).text(at, "L BREAST 3.4cm", fill=255)
-    marked = np.asarray(picture)
-    return marked, marked != image
-
-
-@pytest.mark.parametrize("case_id", ["benign (1)", "benign (160)", "malignant (3)"])
-def test_painting_out_finds_burnt_in_text_and_leaves_the_lesion_alone(busi, case_id):
-    image, mask = _scan(busi, case_id)
-    top, left, height, _ = lesion_free_square(image, mask)
-    marked, text = _with_text(image, (left + 10, top + height // 2))  # over tissue, clear of the lesion
-    found = find_annotations(marked)
-    assert found[text].mean() > 0.9  # the text is found
-    assert found[mask].mean() < 0.05  # the lesion is not taken for a mark
-    painted = paint_out(marked, found)
-    text_error = np.abs(marked[text].astype(int) - image[text]).mean()
-    assert np.abs(painted[text].astype(int) - image[text]).mean() < 0.5 * text_error  # near the tissue again
-    assert (painted[~found] == marked[~found]).all()  # nothing unmarked changes

@@ -48,18 +48,19 @@ def test_candidates_not_run_are_named_and_the_baseline_is_needed(tmp_path):
     _runs(tmp_path, "A", [0.45, 0.37])
     (tmp_path / "screen-B").mkdir()  # made ready, nothing trained in it yet
     result = screening.screen(tmp_path)
-    assert result["winner"] == "A" and set(result["not_run"]) == {"B", "D", "E"} and not result["not_finished"]
+    assert result["leading"] == "A" and result["winner"] is None  # no winner while candidates wait
+    assert set(result["not_run"]) == {"B", "D", "E"} and not result["not_finished"]
 
 
 def test_a_run_cut_short_is_not_screened(tmp_path):
     _runs(tmp_path, "A", [0.45, 0.37])
     _runs(tmp_path, "B", [0.30, 0.30], finished=False, epochs=25)  # its last epoch so far looks better, but it stopped
     result = screening.screen(tmp_path)
-    assert result["winner"] == "A" and list(result["not_finished"]) == ["B"] and "B" not in result["candidates"]
+    assert result["leading"] == "A" and list(result["not_finished"]) == ["B"] and "B" not in result["candidates"]
 
 
 @pytest.mark.parametrize(("later", "verdict"), [([0.40, 0.42, 0.38], "not confirmed"),  # 0.008 lower: under
-                                                 ([0.38, 0.40, 0.37], "confirmed")])  # 0.022 lower
+                                                 ([0.38, 0.40, 0.37], "confirmed")])  # 0.018 lower
 def test_the_winner_is_confirmed_only_by_its_five_fold_mean(tmp_path, later, verdict):
     _runs(tmp_path, "A", [0.45, 0.37])
     _runs(tmp_path, "D", [0.43, 0.35], normal_crops=0.15)
@@ -77,4 +78,12 @@ def test_one_fold_higher_than_the_baseline_decides_before_the_other_finishes(tmp
     assert result["candidates"]["E"]["verdict"].startswith("does not beat A (higher on fold 0")
     assert result["candidates"]["E"]["inner_validation_loss"] == [0.50, None]
     assert result["candidates"]["E"]["recipe"] == "burnt-in marks painted out"
-    assert list(result["not_finished"]) == ["D"] and result["winner"] == "A"
+    assert list(result["not_finished"]) == ["D"] and result["leading"] == "A" and result["winner"] is None
+
+
+def test_a_confirmation_fold_trained_with_other_flags_is_refused(tmp_path):
+    _runs(tmp_path, "A", [0.45, 0.37, 0.40])
+    _runs(tmp_path, "D", [0.43, 0.35], normal_crops=0.15)
+    _runs(tmp_path, "D", [0.39], first_fold=2, normal_crops=0.3)
+    with pytest.raises(SystemExit, match="fold2 trained with a recipe other than its fold 0's"):
+        screening.screen(tmp_path)

@@ -9,10 +9,10 @@ learns or shows the wrong thing. Found by shape, on the scan at its own resoluti
 * **the rest of a glyph**: bright features at most 4 px tall or wide within a glyph's reach of a stroke;
 * **colour**: pixels whose channels differ (overlay colours; a greyscale scan has none).
 
-Calibrated by eye on BUSI and BUS-BRA training scans (their text, calipers and rulers; text burnt into real
-scans is checked in ``tests/test_recipe_candidates.py``): it finds most text and calipers and marks little
-tissue, but misses faint or very small marks. What it marks is shown wherever it is used. NumPy only (no
-PyTorch), so the data layer stays light to import.
+Calibrated by eye on BUSI and BUS-BRA training scans (their text, calipers and rulers; see
+``tests/test_annotations.py``): it finds most text and calipers and marks little tissue, but misses faint or
+very small marks. What it marks is shown wherever it is used. NumPy only (no PyTorch), so the data layer stays
+light to import.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ temperature per mode on the inner validation split (never on the test fold). Ctr
 run cancelled and leaves every file whole.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same function runs on every rank: data-parallel training
-with DistributedDataParallel and a DistributedSampler, ``config.batch_size`` split evenly over the
+with DistributedDataParallel and a DistributedSampler (or, with ``normal_crops`` or ``source_balanced``, one
+shared EpochDraw split between the ranks), ``config.batch_size`` split evenly over the
 ranks, epoch tallies reduced over ranks and held-out predictions gathered from every rank's shard, so
 the figures are those of the whole data; only rank 0 writes the run folder (see ``distributed.py``).
 ``train(..., resume=RUN)`` (``imagemasknet train --resume RUN``) continues an interrupted run from its
@@ -318,6 +319,10 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
         crops = (lesion_free_crops(data.subset(train_arrays.ids), config.image_size, config.paint_out_annotations)
                  if extra else None)
         if crops is not None:
+            counts = distributed.all_gather(len(crops.ids))
+            if len(set(counts)) > 1:  # the ranks would draw different items and their batch counts could differ
+                raise RuntimeError(f"the ranks cut different numbers of lesion-free crops ({counts}): a scan read "
+                                   "on one rank failed on another; check the data folder")
             extra = min(extra, len(crops.ids))
             train_arrays = concatenate(train_arrays, crops)
         sampler = EpochDraw(train_arrays.sources, len(train_arrays.ids) - (len(crops.ids) if crops else 0), extra,
