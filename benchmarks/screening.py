@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
+from statistics import fmean
 
 from summarise import inner_validation_loss
 
@@ -31,19 +31,22 @@ RULE = ("The rule, written before the first run: on pooled folds 0 and 1, a cand
 OPTIONS = {"epochs": "{} epochs", "normal_crops": "lesion-free squares of lesion scans as normal examples ({} per scan per epoch)",
            "paint_out_annotations": "burnt-in marks painted out", "source_balanced": "sources drawn equally often"}
 SAME_IN_EVERY_RUN = ("fold", "out_dir", "seed", "num_workers", "device")
-SAME_RECIPE = "the default recipe on both sources"
 # The plan written before the first run (docs/training.md, "Choosing a recipe"); C was dropped before any result.
 PLANNED = {"B": "a longer schedule (25 epochs)", "D": "lesion-free squares of lesion scans as normal examples",
            "E": "burnt-in marks painted out"}
 
 
-def recipe(config: dict, baseline: dict) -> str:
+def changes(config: dict, baseline: dict) -> dict:
+    """The training options in which ``config`` differs from ``baseline``."""
     # An option newer than the baseline's run is absent from its config: it ran with the option's default.
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    changed = {k: v for k, v in config.items()
-               if k not in SAME_IN_EVERY_RUN and baseline.get(k, defaults.get(k)) != v}
+    defaults = TrainConfig().to_dict()
+    return {k: v for k, v in config.items() if k not in SAME_IN_EVERY_RUN and baseline.get(k, defaults.get(k)) != v}
+
+
+def recipe(config: dict, baseline: dict) -> str:
+    changed = changes(config, baseline)
     if not changed:
-        return SAME_RECIPE
+        return "the default recipe on both sources"
     return "; ".join(OPTIONS.get(k, f"{k} {{}}").format(v) if not isinstance(v, bool) else OPTIONS.get(k, k)
                      for k, v in sorted(changed.items()))
 
@@ -60,14 +63,14 @@ def confirmation(results: Path, winner: str) -> dict:
     for name, folds in runs.items():
         screened = RunFolder(folds[0]).config
         for run in folds[1:]:
-            if run.is_dir() and (changed := recipe(RunFolder(run).config, screened)) != SAME_RECIPE:
-                raise SystemExit(f"{run} trained with a recipe other than its fold 0's ({changed}); train it again "
-                                 "with the screened flags")
+            if run.is_dir() and changes(RunFolder(run).config, screened):
+                raise SystemExit(f"{run} trained with a recipe other than its fold 0's "
+                                 f"({recipe(RunFolder(run).config, screened)}); train it again with the screened flags")
     losses = {name: [finished_loss(run) for run in folds] for name, folds in runs.items()}
     entry = {"folds": list(CONFIRMATION_FOLDS), "inner_validation_loss": losses}
     if any(v is None for values in losses.values() for v in values):
         return {**entry, "verdict": "not finished"}
-    gain = sum(losses["A"]) / len(losses["A"]) - sum(losses[winner]) / len(losses[winner])
+    gain = fmean(losses["A"]) - fmean(losses[winner])
     return {**entry, "gain_over_A": gain, "verdict": "confirmed" if gain >= MARGIN else "not confirmed"}
 
 
@@ -95,7 +98,7 @@ def screen(results: Path) -> dict:
                                 "verdict": f"does not beat A (higher on fold {higher[0]}; its other folds cannot "
                                            "change that)"}
         else:
-            gain = sum(base) / len(base) - sum(values) / len(values)
+            gain = fmean(base) - fmean(values)
             beats = gain >= MARGIN and not higher
             candidates[name] = {**entry, "gain_over_A": gain, "verdict": "beats A" if beats else "does not beat A"}
     beaters = [n for n, c in candidates.items() if c["verdict"] == "beats A"]
