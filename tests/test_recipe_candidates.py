@@ -10,7 +10,7 @@ import torch
 
 from imagemasknet.data.busi import load_busi
 from imagemasknet.data.dataset import CLASSES
-from imagemasknet.data.decode import read_case_mask, read_grey
+from imagemasknet.data.decode import read_case
 from imagemasknet.data.lesion_free import BACKGROUND_BELOW, MIN_SIDE, lesion_free_crops, lesion_free_square
 from imagemasknet.training.step import EpochDraw
 
@@ -23,9 +23,7 @@ def busi(busi_root):
 
 
 def _scan(busi, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    case = busi.by_id()[case_id]
-    image = read_grey(case.image_path)
-    return image, read_case_mask(case.mask_paths, image.shape)
+    return read_case(busi.by_id()[case_id])
 
 
 @pytest.mark.parametrize("case_id", LESION_SCANS)

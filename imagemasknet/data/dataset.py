@@ -19,8 +19,7 @@ from tqdm import tqdm
 
 from imagemasknet.core.files import atomic_write
 from imagemasknet.core.paths import cache_dir
-from imagemasknet.data.annotations import find_annotations, paint_out
-from imagemasknet.data.decode import read_case_mask, read_grey, resize_pair
+from imagemasknet.data.decode import read_case, resize_pair
 
 CLASSES = ("normal", "benign", "malignant")
 
@@ -177,13 +176,10 @@ def load_arrays(data: Dataset, size: int = 256, progress: bool = False, paint_ou
         cases = tqdm(cases, desc=f"decoding scans to {size}px (cached after this)", unit="scan")
     for n, case in enumerate(cases):
         try:
-            image = read_grey(case.image_path)
-            mask = read_case_mask(case.mask_paths, image.shape)
+            image, mask = read_case(case, paint_out_annotations)
         except (OSError, UnidentifiedImageError, ValueError) as error:
             data.report.add(case.image_path, "unreadable", f"{case.image_path.name}: {error}")
             continue
-        if paint_out_annotations:
-            image = paint_out(image, find_annotations(image))
         images[n], masks[n] = resize_pair(image, mask, size)
     labels = np.array([CLASSES.index(c.label) for c in data.cases], dtype=np.int64)
     arrays = Arrays(data.ids, labels, images, masks, sources)

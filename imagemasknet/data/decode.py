@@ -4,11 +4,16 @@ boolean mask, and both resized together to the model's square input."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from imagemasknet.data.annotations import find_annotations, paint_out
 from imagemasknet.data.scans import decode_mask, read_scan
+
+if TYPE_CHECKING:
+    from imagemasknet.data.dataset import Case
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -29,6 +34,16 @@ def read_case_mask(paths: tuple[Path, ...], size_hw: tuple[int, int]) -> np.ndar
                 (size_hw[1], size_hw[0]), Image.Resampling.NEAREST)) > 127
         merged |= mask
     return merged
+
+
+def read_case(case: Case, paint_out_annotations: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A case's scan (burnt-in marks painted out if asked) and its merged lesion mask at the scan's size.
+    OSError, UnidentifiedImageError or ValueError for a file that cannot be read."""
+    image = read_grey(case.image_path)
+    mask = read_case_mask(case.mask_paths, image.shape)
+    if paint_out_annotations:
+        image = paint_out(image, find_annotations(image))
+    return image, mask
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

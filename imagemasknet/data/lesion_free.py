@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imagemasknet.data.annotations import find_annotations, paint_out
 from imagemasknet.data.dataset import CLASSES, Arrays, Dataset
-from imagemasknet.data.decode import read_case_mask, read_grey, resize_pair
+from imagemasknet.data.decode import read_case, resize_pair
 
 GRID = 64  # the search runs on a GRID×GRID summary of the scan
 MARGIN = 0.08  # the lesion outline is widened by this share of the scan's shorter side
@@ -65,12 +64,9 @@ def lesion_free_crops(data: Dataset, size: int, paint_out_annotations: bool = Fa
         if case.label == "normal" or not case.mask_paths:
             continue
         try:
-            image = read_grey(case.image_path)
-            mask = read_case_mask(case.mask_paths, image.shape)
+            image, mask = read_case(case, paint_out_annotations)
         except (OSError, UnidentifiedImageError, ValueError):
             continue  # the scan's own load reports it
-        if paint_out_annotations:
-            image = paint_out(image, find_annotations(image))
         box = lesion_free_square(image, mask)
         if box is None:
             continue
