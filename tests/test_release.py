@@ -64,6 +64,7 @@ def test_a_release_is_a_complete_bundle_set_on_out_of_fold_predictions(runs, tmp
     assert card.schema_version == 2 and card.preprocessing["image_size"] == 64
     assert [s["name"] for s in card.extra["training_data"]["sources"]] == ["own"]
     assert len(card.cross_validation["image"]["folds"]) == 2
+    assert card.config["out_dir"] == "quick-all"  # the run's name, not a path on the machine that trained it
     predictor = Predictor(bundle, device="cpu", check_training_data=False)  # the bundle is all it needs
     scan = read_scan(_first_scan(runs))
     prediction = predictor.predict(scan)

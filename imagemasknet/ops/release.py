@@ -298,7 +298,8 @@ def release(fold_runs: list[Path], all_run: Path, out: Path | None = None, name:
     data = training_set_of(config)
     card = ModelCard(
         name=name, arch=spec.name, version=version or dt.date.today().isoformat(), schema_version=SCHEMA_VERSION,
-        preprocessing=preprocessing_of(config), config=config,
+        # The run folder's name only: its path on the training machine means nothing where the bundle is used.
+        preprocessing=preprocessing_of(config), config={**config, "out_dir": Path(all_run).name},
         architecture={"name": spec.name, "description": spec.description,
                       "parameters": count_parameters(predictor.model), "modes": list(spec.modes),
                       "predicts_lesion": spec.predicts_lesion},
