@@ -12,6 +12,7 @@ from imagemasknet.core.files import write_json
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.models.bundle import Bundle, BundleError, ModelStore, read_out_of_fold, write_out_of_fold
 from imagemasknet.models.card import ModelCard, ModelCardError
+from imagemasknet.training.config import PRESETS, TrainConfig
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
@@ -36,6 +37,12 @@ def test_the_flag_thresholds_and_the_cross_validation_means_come_from_the_card()
     assert card.flag_thresholds == {m: v["threshold"] for m, v in raw["malignancy_flag"]["modes"].items()}
     assert card.flag_target == raw["malignancy_flag"]["target_sensitivity"] == 0.9
     assert card.cross_validation_means()["image"]["accuracy"] == raw["cross_validation"]["image"]["accuracy"]["mean"]
+
+
+def test_the_shipped_default_was_trained_by_its_preset_so_train_and_retrain_reproduce_its_recipe():
+    card = ModelStore().shipped("lesion-effnet-lite0").card
+    trained = TrainConfig.from_dict(card.config).to_dict()
+    assert {k: trained[k] for k in PRESETS["lesion-effnet-lite0"]} == PRESETS["lesion-effnet-lite0"]
 
 
 def test_a_card_is_read_without_trusting_it():
