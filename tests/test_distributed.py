@@ -250,8 +250,8 @@ def test_killed_rank_fails_the_job_clearly_and_resume_finishes_it(two_rank_run, 
     _assert_histories_close(read_json(run_dir / "history.json"), read_json(two_rank_run / "history.json"))
 
 
-@pytest.mark.parametrize("variant", [[], ["--ema-decay", "0.9"], ["--mixup-alpha", "0.4"]],
-                         ids=["weights", "moving-average", "mixup"])
+@pytest.mark.parametrize("variant", [[], ["--ema-decay", "0.9"], ["--mixup-alpha", "0.4"], ["--num-workers", "1"]],
+                         ids=["weights", "moving-average", "mixup", "loader-worker"])
 def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(variant, busi_root, shared_cache, monkeypatch,
                                                                           tmp_path, capsys):
     def train_flags_(out_dir: Path) -> list[str]:

@@ -336,7 +336,9 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
         dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
         generator=generator if sampler is None else None, num_workers=config.num_workers,
         drop_last=len(sampler if sampler is not None else dataset) > per_rank,
-        persistent_workers=config.num_workers > 0, pin_memory=device.type == "cuda",
+        # Workers start afresh each epoch and seed from that epoch's saved generators, so a resumed run's
+        # augmentations are the uninterrupted run's; persistent workers would keep their first-epoch seeds.
+        persistent_workers=False, pin_memory=device.type == "cuda",
     )
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class([p for p in model.parameters() if p.requires_grad], lr=config.lr,
