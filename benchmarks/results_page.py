@@ -43,6 +43,7 @@ SHIPPED_RUNS = "results/screen-A"  # the screening's baseline, shipped: its winn
 DEFAULT_CV = Figures("cv-summary-two-hospitals.json", f"""\
 python benchmarks/cross_validation.py --out {SHIPPED_RUNS} --presets {DEFAULT} --resamples 200 --extra --precision bf16
 python benchmarks/summarise.py {SHIPPED_RUNS} --json benchmarks/results/cv-summary-two-hospitals.json""")
+WINNER = "D"  # the screening's winner, whose test folds WINNER_CV summarises
 WINNER_CV = Figures("cv-summary-screening-winner.json", f"""\
 python benchmarks/cross_validation.py --out results/screen-D --presets {DEFAULT} --no-all-data --resamples 200 \\
     --extra --precision bf16 --normal-crops 0.15
@@ -344,13 +345,17 @@ def screening() -> str:
     text = (f"{data['rule']}\n\n" + table(["candidate", "recipe", "inner-validation loss, folds 0 and 1", "mean",
                                           "by the rule"], rows)
             + f"\n{chosen}\n\n" + SCREENING.cite())
-    if data["confirmation"]["verdict"] in ("confirmed", "not confirmed"):
+    verdict = (data.get("confirmation") or {}).get("verdict")
+    if not waiting and winner != "A" and verdict in ("confirmed", "not confirmed"):
         text += "\n" + after_the_choice(winner)
     return text
 
 
 def after_the_choice(winner: str) -> str:
     """A and the screening's winner on the pooled test folds, read only once the choice was made."""
+    if winner != WINNER:
+        raise SystemExit(f"the screening's winner is {winner}, but {WINNER_CV.file} holds {WINNER}'s figures: "
+                         "summarise its folds and set WINNER in benchmarks/results_page.py")
     baseline, candidate = DEFAULT_CV.load(), WINNER_CV.load()
     if baseline is None or candidate is None:
         return missing(DEFAULT_CV if baseline is None else WINNER_CV)

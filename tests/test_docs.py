@@ -33,6 +33,24 @@ def test_the_results_page_is_what_the_script_writes_from_the_committed_figures()
         "docs/results.md is out of date: run python benchmarks/results_page.py"
 
 
+@pytest.mark.parametrize("state, shows_test_folds", [
+    ({}, True),  # the committed screening: D chosen, not confirmed
+    ({"winner": "A", "leading": "A", "confirmation": None}, False),  # no candidate beat A
+    ({"winner": None, "not_finished": {"B": "25 epochs"}}, False),  # one still training: no choice yet
+])
+def test_test_fold_figures_appear_on_the_results_page_only_after_the_choice(state, shows_test_folds, monkeypatch):
+    screening = {**results_page.SCREENING.load(), **state}
+    monkeypatch.setattr(results_page, "SCREENING", type("Fixed", (), {"load": lambda self: screening,
+                                                                       "cite": lambda self: ""})())
+    assert ("After the choice" in results_page.screening()) is shows_test_folds
+
+
+def test_the_results_page_refuses_to_label_one_candidates_test_folds_with_anothers_name(monkeypatch):
+    monkeypatch.setattr(results_page, "WINNER", "B")
+    with pytest.raises(SystemExit, match="holds B's figures"):
+        results_page.screening()
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_every_relative_link_resolves(page):
     assert page.is_file(), f"{page.name} is missing"

@@ -336,7 +336,8 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
         dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
         generator=generator if sampler is None else None, num_workers=config.num_workers,
         drop_last=len(sampler if sampler is not None else dataset) > per_rank,
-        # Workers start afresh each epoch and seed from that epoch's saved generators, so a resumed run's
+        # Workers start afresh each epoch and draw their seeds from the loader's generator (or, with a sampler, the
+        # global torch RNG), both restored on resume and reseeded per epoch under torchrun, so a resumed run's
         # augmentations are the uninterrupted run's; persistent workers would keep their first-epoch seeds.
         persistent_workers=False, pin_memory=device.type == "cuda",
     )
