@@ -250,6 +250,18 @@ def test_killed_rank_fails_the_job_clearly_and_resume_finishes_it(two_rank_run, 
     _assert_histories_close(read_json(run_dir / "history.json"), read_json(two_rank_run / "history.json"))
 
 
+def test_two_ranks_with_loader_workers_resume_into_the_uninterrupted_run(dist_env, busi_root, tmp_path):
+    workers = ["--num-workers", "1"]  # after train_flags' 0: the last one counts
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert torchrun([*train_flags(busi_root, full), *workers], dist_env).returncode == 0
+    killed = torchrun([*train_flags(busi_root, cut), *workers], {**dist_env, "IMAGEMASKNET_TEST_KILL": "1:2:1"})
+    assert killed.returncode != 0 and len(read_json(cut / "history.json")) == 1
+    resumed = torchrun(["--resume", str(cut), "--no-progress"], dist_env)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    # Each rank's epoch-2 workers draw the uninterrupted run's augmentations.
+    _assert_histories_close(read_json(cut / "history.json"), read_json(full / "history.json"))
+
+
 @pytest.mark.parametrize("variant", [[], ["--ema-decay", "0.9"], ["--mixup-alpha", "0.4"], ["--num-workers", "1"]],
                          ids=["weights", "moving-average", "mixup", "loader-worker"])
 def test_single_process_resume_after_ctrl_c_repeats_the_uninterrupted_run(variant, busi_root, shared_cache, monkeypatch,
