@@ -333,7 +333,7 @@ def screening() -> str:
     rows += [[name, what, "not finished", "–", "–"] for name, what in data["not_finished"].items()]
     rows += [[name, what, "not run yet", "–", "–"] for name, what in data["not_run"].items()]
     waiting = [*data["not_finished"], *data["not_run"]]
-    winner = data["winner"]
+    winner, after = data["winner"], ""
     if waiting:
         leads = "" if data["leading"] == "A" else f"{data['leading']} leads so far. "
         chosen = (f"Not screened yet: {', '.join(waiting)}. {leads}Until every candidate is screened, A ships: the "
@@ -342,13 +342,11 @@ def screening() -> str:
         chosen = "No candidate beats A: A ships."
     else:
         chosen = f"Chosen: {winner}. " + confirmed(winner, data["confirmation"])
-    text = (f"{data['rule']}\n\n" + table(["candidate", "recipe", "inner-validation loss, folds 0 and 1", "mean",
+        if data["confirmation"]["verdict"] != "not finished":
+            after = "\n" + after_the_choice(winner)
+    return (f"{data['rule']}\n\n" + table(["candidate", "recipe", "inner-validation loss, folds 0 and 1", "mean",
                                           "by the rule"], rows)
-            + f"\n{chosen}\n\n" + SCREENING.cite())
-    verdict = (data.get("confirmation") or {}).get("verdict")
-    if not waiting and winner != "A" and verdict in ("confirmed", "not confirmed"):
-        text += "\n" + after_the_choice(winner)
-    return text
+            + f"\n{chosen}\n\n" + SCREENING.cite() + after)
 
 
 def after_the_choice(winner: str) -> str:

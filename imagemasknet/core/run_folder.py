@@ -112,7 +112,7 @@ class RunFolder:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.path.absolute().name  # "." names the folder it stands for
 
     # Each file is read on first use only, so a caller that wants the status reads status.json alone.
     @cached_property

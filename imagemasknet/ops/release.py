@@ -299,7 +299,7 @@ def release(fold_runs: list[Path], all_run: Path, out: Path | None = None, name:
     card = ModelCard(
         name=name, arch=spec.name, version=version or dt.date.today().isoformat(), schema_version=SCHEMA_VERSION,
         # The run folder's name only: its path on the training machine means nothing where the bundle is used.
-        preprocessing=preprocessing_of(config), config={**config, "out_dir": Path(all_run).resolve().name},
+        preprocessing=preprocessing_of(config), config={**config, "out_dir": all_data.name},
         architecture={"name": spec.name, "description": spec.description,
                       "parameters": count_parameters(predictor.model), "modes": list(spec.modes),
                       "predicts_lesion": spec.predicts_lesion},
