@@ -11,8 +11,8 @@ import pytest
 from imagemasknet.data.busi import load_busi
 from imagemasknet.data.dataset import CLASSES
 from imagemasknet.data.sources import load_training_set
-from imagemasknet.data.splits import (DEFAULT_SPLIT, SplitError, case_groups, committed_groups, inner_validation,
-                                      load_folds, make_folds, merge_groups, resolve_split, split_file_for)
+from imagemasknet.data.splits import (DEFAULT_SPLIT, SplitError, case_groups, committed_groups, cross_fitting_halves,
+                                      inner_validation, load_folds, make_folds, merge_groups, resolve_split, split_file_for)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,27 @@ def test_inner_validation_is_stratified_by_source_and_class_and_keeps_patients(p
         assert abs(held[stratum] / n - 0.1) < 0.03, stratum
     patients_fit = {by_id[i].patient for i in fit if by_id[i].patient}
     assert not patients_fit & {by_id[i].patient for i in val if by_id[i].patient}
+
+
+def test_teacher_halves_split_a_runs_training_scans_by_patient_and_keep_its_validation_out(pooled):
+    train, test = resolve_split(pooled, 1, None)
+    fit, val = inner_validation(train, pooled, 0.1, seed=0)
+    halves = cross_fitting_halves(fit, pooled, seed=0)
+    assert sorted(halves[0] + halves[1]) == sorted(fit) and not set(halves[0]) & set(halves[1])
+    by_id = pooled.by_id()
+    for half in halves:
+        assert abs(len(half) / len(fit) - 0.5) < 0.02
+        for label in CLASSES:
+            share = sum(by_id[i].label == label for i in half) / max(1, sum(by_id[i].label == label for i in fit))
+            assert share == pytest.approx(0.5, abs=0.05), label
+    patients = [{by_id[i].patient for i in half if by_id[i].patient} for half in halves]
+    assert not patients[0] & patients[1]
+    fold_of_group = {}
+    for k, half in enumerate(halves):
+        for i in half:
+            group = committed_groups().get(i)
+            if group:
+                assert fold_of_group.setdefault(group, k) == k, f"near-duplicate group {group} split between teachers"
 
 
 # --------------------------------------------------------------------------- user split files

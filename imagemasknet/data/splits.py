@@ -169,15 +169,26 @@ def resolve_split(data: Dataset, fold: int | None, split_file: str | None) -> tu
     return [i for i in data.ids if i not in test_set], test
 
 
+def grouped_parts(ids: list[str], data: Dataset, parts: int, seed: int) -> list[list[str]]:
+    """``ids`` in ``parts`` parts of whole groups, stratified by source and class, each in ``ids``' order."""
+    groups = merge_groups(ids, case_groups(data), committed_groups())
+    by_id = data.by_id()
+    strata = {i: f"{by_id[i].source}/{by_id[i].label}" for i in ids}
+    members = [set(f) for f in make_folds(strata, groups, k=parts, seed=seed)]
+    return [[i for i in ids if i in part] for part in members]
+
+
 def inner_validation(train: list[str], data: Dataset, fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Hold out whole groups of the training ids, stratified by source and class, for checkpoint choice and
     calibration."""
     if fraction <= 0:
         return train, []
-    groups = merge_groups(train, case_groups(data), committed_groups())
-    by_id = data.by_id()
-    strata = {i: f"{by_id[i].source}/{by_id[i].label}" for i in train}
-    k = max(2, round(1 / fraction))
-    folds = make_folds(strata, groups, k=k, seed=seed + 1)
-    val = set(folds[0])
+    val = set(grouped_parts(train, data, max(2, round(1 / fraction)), seed + 1)[0])
     return [i for i in train if i not in val], [i for i in train if i in val]
+
+
+def cross_fitting_halves(train: list[str], data: Dataset, seed: int) -> list[list[str]]:
+    """Two halves of a run's training scans (whole groups, stratified by source and class) for two teachers,
+    each trained on one half and predicting the other: every training scan gets a teacher's prediction from a
+    model that never saw it, and no teacher sees the run's validation or test scans."""
+    return grouped_parts(train, data, 2, seed + 2)
