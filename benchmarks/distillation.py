@@ -24,8 +24,11 @@ import argparse
 from pathlib import Path
 
 from imagemasknet.core.files import write_json
+from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.sources import load_training_set
 from imagemasknet.data.splits import cross_fitting_halves, inner_validation, resolve_split
+from imagemasknet.models.bundle import write_out_of_fold
+from imagemasknet.ops.release import out_of_fold
 from imagemasknet.training.config import preset
 
 PRESET = "lesion-effnet-lite0"
@@ -48,6 +51,21 @@ def write_halves(out: Path, folds: list[int]) -> None:
             print(f"fold {k} half {h}: {len(half)} train, {len(halves[1 - h])} test")
 
 
+def write_targets(out: Path, folds: list[int]) -> None:
+    """``foldK-targets.json``: each of fold K's training scans as predicted by the teacher that did not train on it."""
+    for k in folds:
+        runs = [out / f"fold{k}-half{h}" for h in (0, 1)]
+        unfinished = [run.name for run in runs if RunFolder(run).state != "finished"]
+        if unfinished:
+            raise SystemExit(f"teachers not finished: {', '.join(unfinished)}; train them first (see --help)")
+        rows = out_of_fold(runs, familiarity=False)
+        write_out_of_fold(out / f"fold{k}-targets.json", PRESET, rows,
+                          note=f"pooled fold {k}'s soft targets: each training scan's prediction by the teacher that "
+                               "trained on the other half of the fold's training scans, calibrated by that teacher's "
+                               "temperature")
+        print(f"fold {k}: {len(rows)} scans' soft targets")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("halves", "targets"))
@@ -56,6 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.step == "halves":
         write_halves(args.out, args.folds)
+    else:
+        write_targets(args.out, args.folds)
 
 
 if __name__ == "__main__":

@@ -311,13 +311,18 @@ def targets() -> str:
             + table(["measure", "target", "measured", "met"], rows))
 
 
-def confirmed(winner: str, confirmation: dict) -> str:
-    if confirmation["verdict"] == "not finished":
-        return "It ships once its five folds confirm it; until then A ships."
-    means = {name: sum(v) / len(v) for name, v in confirmation["inner_validation_loss"].items()}
-    said = (f"On all five folds its mean inner-validation loss is {num(means[winner])} against A's "
-            f"{num(means['A'])}: ")
-    return said + ("confirmed, it ships." if confirmation["verdict"] == "confirmed" else "not confirmed, A ships.")
+def confirmed(confirmations: dict) -> str:
+    """What each five-fold confirmation tried (in turn, best first) said."""
+    said = []
+    for name, confirmation in confirmations.items():
+        if confirmation["verdict"] == "not finished":
+            said.append(f"{name} beats A on folds 0 and 1 and ships once its five folds confirm it; until then A ships.")
+            continue
+        means = {n: sum(v) / len(v) for n, v in confirmation["inner_validation_loss"].items()}
+        said.append(f"On all five folds {name}'s mean inner-validation loss is {num(means[name])} against A's "
+                    f"{num(means['A'])}: " + ("confirmed, it ships." if confirmation["verdict"] == "confirmed"
+                                              else "not confirmed."))
+    return " ".join(said)
 
 
 def screening() -> str:
@@ -334,14 +339,14 @@ def screening() -> str:
     rows += [[name, what, "not run yet", "–", "–"] for name, what in data["not_run"].items()]
     waiting = [*data["not_finished"], *data["not_run"]]
     winner, after = data["winner"], ""
+    tried = confirmed(data["confirmations"]) + " " if data["confirmations"] else ""
     if waiting:
-        leads = "" if data["leading"] == "A" else f"{data['leading']} leads so far. "
-        chosen = (f"Not screened yet: {', '.join(waiting)}. {leads}Until every candidate is screened, A ships: the "
+        chosen = (f"{tried}Not screened yet: {', '.join(waiting)}. Until every candidate is screened, A ships: the "
                   "choice is not made.")
     elif winner == "A":
         chosen = "No candidate beats A: A ships."
     else:
-        chosen = f"Chosen: {winner}. " + confirmed(winner, data["confirmation"])
+        chosen = tried + ("A ships." if data["confirmation"]["verdict"] == "not confirmed" else "")
         if data["confirmation"]["verdict"] != "not finished":
             after = "\n" + after_the_choice(winner)
     return (f"{data['rule']}\n\n" + table(["candidate", "recipe", "inner-validation loss, folds 0 and 1", "mean",

@@ -26,21 +26,30 @@ MARGIN = 0.01  # a candidate's mean must be this much lower than the baseline's,
 RULE = ("The rule, written before the first run: on pooled folds 0 and 1, a candidate beats the baseline (A) when "
         f"its mean image-mode inner-validation loss is lower by at least {MARGIN} and it is lower on both folds; the "
         "candidate that beats A by the most is confirmed on five folds (its mean over them again lower by at least "
-        f"{MARGIN}; this criterion added before any candidate's run finished), and A ships if none does.")
+        f"{MARGIN}; this criterion added before any candidate's run finished); should it fail, the next candidate that "
+        "beats A is confirmed the same way (added before candidate F's first run finished), and A ships if none is "
+        "confirmed.")
 # What each option of TrainConfig means in words, for the candidates' differences from the baseline.
 OPTIONS = {"epochs": "{} epochs", "normal_crops": "lesion-free squares of lesion scans as normal examples ({} per scan per epoch)",
-           "paint_out_annotations": "burnt-in marks painted out", "source_balanced": "sources drawn equally often"}
+           "paint_out_annotations": "burnt-in marks painted out", "source_balanced": "sources drawn equally often",
+           "soft_targets": "distilled from cross-fitted teachers", "distill_weight": "the teacher's share of the loss {}"}
 SAME_IN_EVERY_RUN = ("fold", "out_dir", "seed", "num_workers", "device")
 # The plan written before the first run (docs/training.md, "Choosing a recipe"); C was dropped before any result.
 PLANNED = {"B": "a longer schedule (25 epochs)", "D": "lesion-free squares of lesion scans as normal examples",
-           "E": "burnt-in marks painted out"}
+           "E": "burnt-in marks painted out", "F": "distilled from cross-fitted teachers"}
 
 
 def changes(config: dict, baseline: dict) -> dict:
     """The training options in which ``config`` differs from ``baseline``."""
     # An option newer than the baseline's run is absent from its config: it ran with the option's default.
     defaults = TrainConfig().to_dict()
-    return {k: v for k, v in config.items() if k not in SAME_IN_EVERY_RUN and baseline.get(k, defaults.get(k)) != v}
+    config, baseline = _comparable(config), _comparable({**defaults, **baseline})
+    return {k: v for k, v in config.items() if k not in SAME_IN_EVERY_RUN and baseline.get(k) != v}
+
+
+def _comparable(config: dict) -> dict:
+    """Each fold's soft-target table is its own (its teachers never saw that fold's scans): a recipe distils or not."""
+    return {**config, "soft_targets": bool(config.get("soft_targets"))}
 
 
 def recipe(config: dict, baseline: dict) -> str:
@@ -101,14 +110,19 @@ def screen(results: Path) -> dict:
             gain = fmean(base) - fmean(values)
             beats = gain >= MARGIN and not higher
             candidates[name] = {**entry, "gain_over_A": gain, "verdict": "beats A" if beats else "does not beat A"}
-    beaters = [n for n, c in candidates.items() if c["verdict"] == "beats A"]
-    leading = max(beaters, key=lambda n: candidates[n]["gain_over_A"]) if beaters else "A"
+    beaters = sorted((n for n, c in candidates.items() if c["verdict"] == "beats A"),
+                     key=lambda n: candidates[n]["gain_over_A"], reverse=True)
+    leading, confirmations = "A", {}
+    for name in beaters:  # in turn, best first, until one is confirmed or still training
+        leading, confirmations[name] = name, confirmation(results, name)
+        if confirmations[name]["verdict"] != "not confirmed":
+            break
     not_finished = {name: PLANNED.get(name, "") for name in sorted(set(losses) - set(candidates))}
     not_run = {name: what for name, what in PLANNED.items() if name not in losses}
     return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "leading": leading,
             "winner": None if not_finished or not_run else leading,  # no winner while a candidate waits
             "not_finished": not_finished, "not_run": not_run,
-            "confirmation": None if leading == "A" else confirmation(results, leading)}
+            "confirmation": confirmations.get(leading), "confirmations": confirmations}
 
 
 def main() -> int:
@@ -123,8 +137,8 @@ def main() -> int:
     waiting = [*result["not_finished"], *result["not_run"]]
     print(f"leading: {result['leading']} (not screened yet: {', '.join(waiting)})" if waiting
           else f"winner: {result['winner']}")
-    if result["confirmation"]:
-        print(f"on five folds: {result['confirmation']['verdict']}")
+    for name, tried in result["confirmations"].items():
+        print(f"{name} on five folds: {tried['verdict']}")
     if args.json:
         write_json(args.json, result)
     return 0

@@ -66,10 +66,10 @@ class Trainer:
         """Seconds for one step, augmentation of its batch included."""
         start = time.perf_counter()
         try:
-            images, masks, y = next(self.batches)
+            images, masks, y, _ = next(self.batches)
         except StopIteration:
             self.batches = iter(self.loader)
-            images, masks, y = next(self.batches)
+            images, masks, y, _ = next(self.batches)
         given = torch.rand(len(y), generator=self.mask_generator) < 0.5
         loss, _ = self.step(images, masks, y, "mask", given)
         self.optimizer.zero_grad(set_to_none=True)

@@ -34,9 +34,9 @@ def test_the_results_page_is_what_the_script_writes_from_the_committed_figures()
 
 
 @pytest.mark.parametrize("state, shows_test_folds", [
-    ({}, True),  # the committed screening: D chosen, not confirmed
-    ({"winner": "A", "leading": "A", "confirmation": None}, False),  # no candidate beat A
-    ({"winner": None, "not_finished": {"B": "25 epochs"}}, False),  # one still training: no choice yet
+    ({"winner": "D", "not_run": {}}, True),  # every candidate screened: D chosen, not confirmed
+    ({"winner": "A", "leading": "A", "confirmation": None, "confirmations": {}, "not_run": {}}, False),  # none beat A
+    ({"winner": None, "not_run": {}, "not_finished": {"B": "25 epochs"}}, False),  # one still training: no choice yet
 ])
 def test_test_fold_figures_appear_on_the_results_page_only_after_the_choice(state, shows_test_folds, monkeypatch):
     screening = {**results_page.SCREENING.load(), **state}
@@ -46,6 +46,9 @@ def test_test_fold_figures_appear_on_the_results_page_only_after_the_choice(stat
 
 
 def test_the_results_page_refuses_to_label_one_candidates_test_folds_with_anothers_name(monkeypatch):
+    screening = {**results_page.SCREENING.load(), "winner": "D", "not_run": {}}
+    monkeypatch.setattr(results_page, "SCREENING", type("Fixed", (), {"load": lambda self: screening,
+                                                                       "cite": lambda self: ""})())
     monkeypatch.setattr(results_page, "WINNER", "B")
     with pytest.raises(SystemExit, match="holds B's figures"):
         results_page.screening()

@@ -34,9 +34,11 @@ def test_a_candidate_must_be_lower_on_both_folds_by_the_margin(tmp_path):
     _runs(tmp_path, "B", [0.40, 0.38], epochs=25)  # mean 0.02 lower, but higher on fold 1
     _runs(tmp_path, "D", [0.435, 0.355], normal_crops=0.15)  # lower on both, by 0.015
     _runs(tmp_path, "E", [0.445, 0.365], paint_out_annotations=True)  # lower on both, by less than the margin
+    _runs(tmp_path, "F", [0.44, 0.38], soft_targets="targets.json")  # higher on fold 1
     result = screening.screen(tmp_path)
     verdicts = {name: c["verdict"] for name, c in result["candidates"].items()}
-    assert verdicts == {"A": "the baseline", "B": "does not beat A", "D": "beats A", "E": "does not beat A"}
+    assert verdicts == {"A": "the baseline", "B": "does not beat A", "D": "beats A", "E": "does not beat A",
+                        "F": "does not beat A"}
     assert result["winner"] == "D" and result["not_run"] == {}
     assert result["candidates"]["B"]["recipe"] == "25 epochs"
     assert result["candidates"]["E"]["recipe"] == "burnt-in marks painted out"
@@ -49,7 +51,7 @@ def test_candidates_not_run_are_named_and_the_baseline_is_needed(tmp_path):
     (tmp_path / "screen-B").mkdir()  # made ready, nothing trained in it yet
     result = screening.screen(tmp_path)
     assert result["leading"] == "A" and result["winner"] is None  # no winner while candidates wait
-    assert set(result["not_run"]) == {"B", "D", "E"} and not result["not_finished"]
+    assert set(result["not_run"]) == {"B", "D", "E", "F"} and not result["not_finished"]
 
 
 def test_a_run_cut_short_is_not_screened(tmp_path):
@@ -87,3 +89,28 @@ def test_a_confirmation_fold_trained_with_other_flags_is_refused(tmp_path):
     _runs(tmp_path, "D", [0.39], first_fold=2, normal_crops=0.3)
     with pytest.raises(SystemExit, match="fold2 trained with a recipe other than its fold 0's"):
         screening.screen(tmp_path)
+
+
+def test_a_distilled_candidate_reads_each_folds_own_table_and_stays_one_recipe(tmp_path):
+    _runs(tmp_path, "A", [0.45, 0.37, 0.40, 0.41, 0.42])
+    for fold, loss in enumerate([0.43, 0.35, 0.38, 0.40, 0.41]):
+        _runs(tmp_path, "F", [loss], first_fold=fold, soft_targets=f"results/teachers-F/fold{fold}-targets.json")
+    result = screening.screen(tmp_path)
+    assert result["candidates"]["F"]["recipe"] == "distilled from cross-fitted teachers"
+    assert result["confirmation"]["verdict"] == "confirmed"
+    # The check can fail: a fold trained without its table is another recipe.
+    write_json(tmp_path / "screen-F" / f"{screening.PRESET}-fold3" / "config.json",
+               {**BASELINE, "fold": 3, "out_dir": "x"})
+    with pytest.raises(SystemExit, match="fold3 trained with a recipe other than its fold 0's"):
+        screening.screen(tmp_path)
+
+
+def test_when_the_best_candidate_is_not_confirmed_the_next_that_beats_a_is_confirmed_in_turn(tmp_path):
+    _runs(tmp_path, "A", [0.45, 0.37, 0.40, 0.42, 0.38])
+    _runs(tmp_path, "D", [0.42, 0.34, 0.45, 0.45, 0.40], normal_crops=0.15)  # beats A most on two folds; fails on five
+    _runs(tmp_path, "F", [0.43, 0.35], soft_targets="targets.json")  # beats A by less
+    result = screening.screen(tmp_path)
+    assert list(result["confirmations"]) == ["D", "F"] and result["confirmations"]["D"]["verdict"] == "not confirmed"
+    assert result["leading"] == "F" and result["confirmation"]["verdict"] == "not finished"
+    _runs(tmp_path, "F", [0.38, 0.40, 0.36], first_fold=2, soft_targets="targets.json")
+    assert screening.screen(tmp_path)["confirmation"]["verdict"] == "confirmed"

@@ -37,7 +37,11 @@ PREVIOUS = "previous"  # inside a promoted bundle: the bundle it replaced (what 
 OUT_OF_FOLD_FIELDS = ("id", "source", "sha256", "label", "fold", "familiarity", "refusal_score")
 
 
-def write_out_of_fold(path: Path, model: str, rows: list[dict]) -> None:
+OUT_OF_FOLD_NOTE = ("each scan's prediction by the cross-validation fold model that never trained on it, calibrated "
+                    "by that fold's temperature; familiarity against that model's training scans")
+
+
+def write_out_of_fold(path: Path, model: str, rows: list[dict], note: str = OUT_OF_FOLD_NOTE) -> None:
     """The out-of-fold rows as one table (a column list, then one list of values per scan): the file ships within
     the weights' 10 MB budget, and a record per scan spelled out every key again (about 260 bytes a scan)."""
     modes = list(rows[0]["probabilities"]) if rows else []
@@ -45,9 +49,7 @@ def write_out_of_fold(path: Path, model: str, rows: list[dict]) -> None:
     columns = [*OUT_OF_FOLD_FIELDS, *(f"{m}:{c}" for m in modes for c in classes[m])]
     table = [[row.get(f) for f in OUT_OF_FOLD_FIELDS] + [row["probabilities"][m][c] for m in modes for c in classes[m]]
              for row in rows]
-    write_json(path, {"model": model, "note": "each scan's prediction by the cross-validation fold model that never "
-                      "trained on it, calibrated by that fold's temperature; familiarity against that model's "
-                      "training scans", "columns": columns, "rows": table}, compact=True)
+    write_json(path, {"model": model, "note": note, "columns": columns, "rows": table}, compact=True)
 
 
 def read_out_of_fold(path: Path) -> list[dict]:

@@ -84,10 +84,10 @@ def training_textures(predictor: Predictor, train: Arrays, augmentation: str, se
     return textures(predictor, train), textures(predictor, augmented_copies(train, augmentation, seed))
 
 
-def out_of_fold(fold_runs: list[Path]) -> list[dict]:
-    """One row per scan of the fold runs' test splits: its source, fold, label, calibrated probabilities per
-    mode (its fold model's, with that fold's temperature) and both familiarity scores (against that model's
-    own training scans)."""
+def out_of_fold(fold_runs: list[Path], familiarity: bool = True) -> list[dict]:
+    """One row per scan of the runs' test splits: its source, fold (None for a run on a split file), label,
+    calibrated probabilities per mode (its run's model, with that run's temperature) and, with ``familiarity``,
+    both familiarity scores (against that model's own training scans)."""
     rows = []
     for path in fold_runs:
         run = RunFolder(path)
@@ -95,18 +95,23 @@ def out_of_fold(fold_runs: list[Path]) -> list[dict]:
         arrays, split = run_arrays(run), run.split
         test = arrays.take(split["test"])
         predictions = {m: predict_arrays(predictor.model, predictor.spec, test, m, CPU) for m in predictor.spec.modes}
-        fold = Familiarity.fit(*training_textures(predictor, arrays.take(split["train"]),
-                                                  run.config.get("augment", "ultrasound"), seed=int(run.config["fold"])))
-        scores = fold.unfamiliar.score(predictions["image"].texture)
-        far = fold.refusal.score(predictions["image"].texture)
+        fold_number = None if run.config.get("split_file") else int(run.config["fold"])
+        scores = far = None
+        if familiarity:
+            fold = Familiarity.fit(*training_textures(predictor, arrays.take(split["train"]),
+                                                      run.config.get("augment", "ultrasound"), seed=int(run.config["fold"])))
+            scores = fold.unfamiliar.score(predictions["image"].texture)
+            far = fold.refusal.score(predictions["image"].texture)
         probabilities = {m: softmax(p.logits, predictor.temperatures.get(m, 1.0)) for m, p in predictions.items()}
         files = {c.id: c.image_path for c in training_set_of(run.config).cases}
         for n, image_id in enumerate(test.ids):
-            rows.append({"id": image_id, "source": str(test.sources[n]), "sha256": file_sha256(files[image_id])[:16],
-                         "label": CLASSES[int(test.labels[n])], "fold": int(run.config["fold"]),
-                         "probabilities": {m: {c: round(float(v), 4) for c, v in zip(CLASSES, probabilities[m][n])}
-                                           for m in probabilities},
-                         "familiarity": round(float(scores[n]), 4), "refusal_score": round(float(far[n]), 4)})
+            row = {"id": image_id, "source": str(test.sources[n]), "sha256": file_sha256(files[image_id])[:16],
+                   "label": CLASSES[int(test.labels[n])], "fold": fold_number,
+                   "probabilities": {m: {c: round(float(v), 4) for c, v in zip(CLASSES, probabilities[m][n])}
+                                     for m in probabilities}}
+            if familiarity:
+                row.update(familiarity=round(float(scores[n]), 4), refusal_score=round(float(far[n]), 4))
+            rows.append(row)
     return rows
 
 

@@ -10,8 +10,9 @@ from imagemasknet.data.sources import TRAINING_SETS
 from imagemasknet.models import list_models
 from imagemasknet.training.config import PRESETS, TrainConfig
 
-#: TrainConfig fields the form never sets: paths on the server and machine settings.
-SERVER_ONLY = ("data", "data_mode", "out_dir", "split_file", "device", "num_workers")
+#: TrainConfig fields the form never sets: paths on the server (and the weight only a soft-target table gives
+#: meaning) and machine settings.
+SERVER_ONLY = ("data", "data_mode", "out_dir", "split_file", "soft_targets", "distill_weight", "device", "num_workers")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class TrainConfig:
     source_balanced: bool = field(default=False, metadata={"help": "draw each training source equally often (a scan's chance is 1 / its source's number of scans)"})
     paint_out_annotations: bool = field(default=False, metadata={"help": "paint burnt-in text, calipers and rulers out of every scan before the model sees it, in training and inference"})
     normal_crops: float = field(default=0.0, metadata={"help": "add lesion-free squares of lesion scans as extra normal examples: this many per training scan each epoch (e.g. 0.15); 0: off", "min": 0.0, "max": 1.0})
+    soft_targets: str | None = field(default=None, metadata={"help": "distillation: a table of teacher probabilities for every training scan, each from a teacher that never trained on it (a released model's oof.json, or benchmarks/distillation.py's); the loss then blends the label's and the teacher's"})
+    distill_weight: float = field(default=0.5, metadata={"help": "with --soft-targets: the teacher's share of the loss (the label's is the rest)", "min": 0.0, "max": 1.0})
     label_smoothing: float = field(default=0.05, metadata={"help": "label smoothing", "min": 0.0, "max": 0.5})
     segmentation_weight: float = field(default=1.0, metadata={"help": "weight of the lesion-mask loss (models that segment)", "min": 0.0, "max": 100.0})
     mixup_alpha: float = field(default=0.0, metadata={"help": "mixup: train on blends of two scans (their masks and labels blended alike) with a Beta(alpha, alpha) weight per batch; 0: off", "min": 0.0, "max": 10.0})

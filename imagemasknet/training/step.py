@@ -29,10 +29,11 @@ class ScanDataset(torch.utils.data.Dataset):
         return len(self.arrays.ids)
 
     def __getitem__(self, n: int):
+        """The augmented scan and mask, the label, and the item's index (where its soft targets are)."""
         image = torch.from_numpy(self.arrays.images[n]).unsqueeze(0)
         mask = torch.from_numpy(self.arrays.masks[n].astype(np.uint8)).unsqueeze(0)
         image, mask = augment_pair(self.transform, image, mask)
-        return image, mask.bool(), int(self.arrays.labels[n])
+        return image, mask.bool(), int(self.arrays.labels[n]), n
 
 
 def concatenate(first: Arrays, second: Arrays) -> Arrays:
@@ -100,7 +101,10 @@ class TrainingStep(torch.nn.Module):
     so parameters a step leaves unused (the lesion head in mask mode) are recognised as unused.
     With ``mix = (order, weight)`` (mixup) each scan is blended with scan ``order[i]`` of the batch:
     images and masks as ``weight * own + (1 - weight) * other``, and the loss is the same blend of the
-    losses against the two labels. Returns ``(loss, detached class logits)``.
+    losses against the two labels. With ``teacher`` (distillation: each scan's teacher probabilities) the class
+    loss is ``(1 - distill_weight)`` times the loss against the label plus ``distill_weight`` times the
+    cross-entropy against the teacher's probabilities, each scan weighted alike in both. Returns
+    ``(loss, detached class logits)``.
     """
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, config: TrainConfig,
@@ -108,12 +112,13 @@ class TrainingStep(torch.nn.Module):
         super().__init__()
         self.model, self.spec = model, spec
         self.label_smoothing, self.segmentation_weight = config.label_smoothing, config.segmentation_weight
+        self.distill_weight = config.distill_weight
         self.class_weight = class_weight
         self.bf16 = config.precision == "bf16"
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, y: torch.Tensor, mode: str,
-                given: torch.Tensor | None = None,
-                mix: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                given: torch.Tensor | None = None, mix: tuple[torch.Tensor, float] | None = None,
+                teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         device = y.device
         order, weight = mix if mix is not None else (None, 1.0)
         if order is not None:
@@ -131,15 +136,30 @@ class TrainingStep(torch.nn.Module):
         lesion_logits = output.lesion_logits.float() if output.lesion_logits is not None else None
         masks = masks.to(device)
         has_lesion = masks.flatten(1).any(1)
-        labels = [(y, weight)] + ([(y[order.to(device)], 1 - weight)] if order is not None else [])
-        weights = sum(share * (self.class_weight[target] if self.class_weight is not None else torch.ones(len(y), device=device))
-                      for target, share in labels)
+        if teacher is not None:
+            teacher = teacher.to(device)
+        labels = [(y, teacher, weight)]
+        if order is not None:
+            order = order.to(device)
+            labels.append((y[order], teacher[order] if teacher is not None else None, 1 - weight))
+        weights = sum(share * self._scan_weights(target) for target, _, share in labels)
         shares = distributed.share_denominators(torch.stack([weights.sum(), has_lesion.sum().float()]))
-        loss = sum(share * F.cross_entropy(logits, target, weight=self.class_weight, label_smoothing=self.label_smoothing,
-                                           reduction="sum") for target, share in labels) / shares[0]
+        log_probabilities = F.log_softmax(logits, 1) if teacher is not None else None
+        loss = 0
+        for target, soft, share in labels:
+            part = F.cross_entropy(logits, target, weight=self.class_weight, label_smoothing=self.label_smoothing,
+                                   reduction="sum")
+            if soft is not None:
+                distilled = (self._scan_weights(target) * -(soft * log_probabilities).sum(1)).sum()
+                part = (1 - self.distill_weight) * part + self.distill_weight * distilled
+            loss = loss + share * part
+        loss = loss / shares[0]
         if lesion_logits is not None and segmenting and self.segmentation_weight > 0:
             loss = loss + self.segmentation_weight * segmentation_loss(lesion_logits, masks, shares[1])
         return loss, logits.detach()
+
+    def _scan_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.class_weight[labels] if self.class_weight is not None else torch.ones(len(labels), device=labels.device)
 
 
 class EpochAverage:

@@ -44,6 +44,7 @@ from imagemasknet.models.weights import load_weights
 from imagemasknet.training import distributed
 from imagemasknet.training.checkpoint import Checkpointer, Trainables, check_resumable
 from imagemasknet.training.config import TrainConfig
+from imagemasknet.training.soft_targets import batch_targets, load_soft_targets, one_hot
 from imagemasknet.training.step import (EpochAverage, EpochDraw, ScanDataset, TrainingStep, concatenate,
                                         heldout_metrics, uses_mask)
 
@@ -178,6 +179,9 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
         train_ids = evenly_spaced(train_ids, labels, config.limit)
         val_ids = evenly_spaced(val_ids, labels, config.limit and max(3, config.limit // 4))
         test_ids = evenly_spaced(test_ids, labels, config.limit)
+    # Before the run folder exists: a table that cannot teach this run is refused without leaving one behind.
+    teacher = load_soft_targets(config.soft_targets, data, train_ids, spec.modes) if config.soft_targets else None
+    if resume is None:
         run_dir = Path(distributed.on_main(lambda: str(new_run_dir(config))))
         started = now()
 
@@ -200,7 +204,7 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
         f"{where}, {len(train_ids)} train / {len(val_ids)} validation / {len(test_ids)} test scans")
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
-        _fit(config, spec, device, data, arrays, Split(train_ids, val_ids, test_ids), checkpointer,
+        _fit(config, spec, device, data, arrays, Split(train_ids, val_ids, test_ids), teacher, checkpointer,
              _Reporter(status, log, progress and main), world, state)
     except BaseException as error:
         try:
@@ -248,10 +252,11 @@ def _progress_fields(run_dir: Path) -> dict:
 
 
 def _fit(config: TrainConfig, spec: ModelSpec, device: torch.device, data: Dataset, arrays: Arrays, split: Split,
-         checkpointer: Checkpointer, report: _Reporter, world: distributed.World, state: dict | None) -> None:
+         teacher: np.ndarray | None, checkpointer: Checkpointer, report: _Reporter, world: distributed.World,
+         state: dict | None) -> None:
     """Train, evaluate and checkpoint epoch by epoch (from the checkpoint in ``state``, when resuming), then
-    calibrate."""
-    loop = _build(config, spec, device, arrays.take(split.train), data, world)
+    calibrate. ``teacher``: the training scans' soft targets (distillation), in ``split.train``'s order."""
+    loop = _build(config, spec, device, arrays.take(split.train), teacher, data, world)
     resumed = (checkpointer.restore(state, loop.parts, restore_torch_rng=not world.enabled) if state is not None
                else None)
     history = resumed.history if resumed else []
@@ -299,13 +304,14 @@ class _Loop:
     loader: torch.utils.data.DataLoader
     sampler: DistributedSampler | None  # the EpochDraw needs no epoch: it draws from the saved generator
     step: torch.nn.Module  # the TrainingStep, wrapped in DistributedDataParallel under torchrun
+    teacher: torch.Tensor | None  # each training item's soft targets per mode (distillation), by dataset index
 
 
-def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arrays: Arrays, data: Dataset,
-           world: distributed.World) -> _Loop:
+def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arrays: Arrays,
+           teacher: np.ndarray | None, data: Dataset, world: distributed.World) -> _Loop:
     """The model from its ImageNet weights, the loader, the optimiser and schedule, the averages, and the
     step (in this order: each draws from the seeded generators, so a run is reproducible). ``data``: where the
-    lesion-free crops are cut from (``normal_crops``)."""
+    lesion-free crops are cut from (``normal_crops``); their soft targets are their label."""
     model = build_model(spec.name, pretrained=True, image_size=config.image_size).to(device)
     if config.frozen_blocks:
         model.freeze_encoder(config.frozen_blocks)
@@ -325,6 +331,8 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
                                    "on one rank failed on another; check the data folder")
             extra = min(extra, len(crops.ids))
             train_arrays = concatenate(train_arrays, crops)
+            if teacher is not None:
+                teacher = np.concatenate([teacher, one_hot(crops.labels, len(spec.modes))])
         sampler = EpochDraw(train_arrays.sources, len(train_arrays.ids) - (len(crops.ids) if crops else 0), extra,
                             config.source_balanced, generator, world.rank, world.world_size)
     dataset = ScanDataset(train_arrays, config.augment, config.image_size)
@@ -362,7 +370,8 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
             step, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=not all_used)
     parts = Trainables(model, averaged, window, optimizer, scheduler, generator,
                        mask_generator=torch.Generator().manual_seed(config.seed), mask_rng=random.Random(config.seed))
-    return _Loop(parts, loader, sampler if isinstance(sampler, DistributedSampler) else None, step)
+    return _Loop(parts, loader, sampler if isinstance(sampler, DistributedSampler) else None, step,
+                 torch.from_numpy(teacher) if teacher is not None else None)
 
 
 def _lr_factor(config: TrainConfig, batches: int):
@@ -395,7 +404,7 @@ def _train_epoch(loop: _Loop, config: TrainConfig, spec: ModelSpec, device: torc
     loss_sum, correct, seen = 0.0, 0, 0
     batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
                    disable=not report.progress)
-    for batch_index, (images, masks, y) in enumerate(batches):
+    for batch_index, (images, masks, y, items) in enumerate(batches):
         distributed.injected_fault(epoch + 1, batch_index + 1)
         y = y.to(device)
         given, mode = None, "mask"
@@ -410,7 +419,8 @@ def _train_epoch(loop: _Loop, config: TrainConfig, spec: ModelSpec, device: torc
             # Drawn from (seed, epoch, batch, rank) alone, so a resumed run blends as the uninterrupted one.
             blend_rng = np.random.default_rng([config.seed, epoch, batch_index, world.rank])
             mix = (torch.from_numpy(blend_rng.permutation(len(y))), float(blend_rng.beta(config.mixup_alpha, config.mixup_alpha)))
-        loss, logits = loop.step(images, masks, y, mode, given, mix)
+        teacher = batch_targets(loop.teacher, items, spec.modes, mode, given) if loop.teacher is not None else None
+        loss, logits = loop.step(images, masks, y, mode, given, mix, teacher)
         parts.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parts.optimizer.step()
