@@ -112,11 +112,13 @@ def screen(results: Path) -> dict:
             candidates[name] = {**entry, "gain_over_A": gain, "verdict": "beats A" if beats else "does not beat A"}
     beaters = sorted((n for n, c in candidates.items() if c["verdict"] == "beats A"),
                      key=lambda n: candidates[n]["gain_over_A"], reverse=True)
-    leading, confirmations = "A", {}
+    confirmations = {}
     for name in beaters:  # in turn, best first, until one is confirmed or still training
-        leading, confirmations[name] = name, confirmation(results, name)
+        confirmations[name] = confirmation(results, name)
         if confirmations[name]["verdict"] != "not confirmed":
             break
+    # The one confirmed or still training; when every one failed, the best on folds 0 and 1.
+    leading = next((n for n, c in confirmations.items() if c["verdict"] != "not confirmed"), beaters[0] if beaters else "A")
     not_finished = {name: PLANNED.get(name, "") for name in sorted(set(losses) - set(candidates))}
     not_run = {name: what for name, what in PLANNED.items() if name not in losses}
     return {"rule": RULE, "folds": list(FOLDS), "candidates": candidates, "leading": leading,

@@ -114,3 +114,12 @@ def test_when_the_best_candidate_is_not_confirmed_the_next_that_beats_a_is_confi
     assert result["leading"] == "F" and result["confirmation"]["verdict"] == "not finished"
     _runs(tmp_path, "F", [0.38, 0.40, 0.36], first_fold=2, soft_targets="targets.json")
     assert screening.screen(tmp_path)["confirmation"]["verdict"] == "confirmed"
+
+
+def test_when_every_confirmation_fails_the_best_on_folds_0_and_1_is_named_and_a_ships(tmp_path):
+    _runs(tmp_path, "A", [0.45, 0.37, 0.40, 0.42, 0.38])
+    _runs(tmp_path, "D", [0.42, 0.34, 0.45, 0.45, 0.40], normal_crops=0.15)
+    _runs(tmp_path, "F", [0.43, 0.35, 0.45, 0.45, 0.40], soft_targets="targets.json")
+    result = screening.screen(tmp_path)
+    assert [c["verdict"] for c in result["confirmations"].values()] == ["not confirmed", "not confirmed"]
+    assert result["leading"] == "D" and result["confirmation"]["verdict"] == "not confirmed"

@@ -18,13 +18,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from imagemasknet.core.files import now, read_regular, read_tail, write_json
+from imagemasknet.core.files import atomic_write, now, read_regular, read_tail, write_json
 from imagemasknet.core.processes import run_state
 
 #: The files of a run folder (docs/architecture.md, "The run folder"): every reader and writer names them so.
 CONFIG, SPLIT, HISTORY, STATUS, LOG = "config.json", "split.json", "history.json", "status.json", "log.txt"
 CALIBRATION, BEST, LAST, AVERAGE, STATE = ("calibration.json", "best.safetensors", "last.safetensors",
                                            "average.safetensors", "last.state.pt")
+SOFT_TARGETS = "soft-targets.json"  # a distilling run's copy of its teachers' table (training/soft_targets.py)
 _FOLD = re.compile(r"^(?P<preset>.+)-fold(?P<fold>\d+)$")
 _RUN_FILES = (CONFIG, HISTORY, STATUS, LOG, BEST, LAST)
 JSON_LIMIT = 16 * 2**20  # bytes: a run's history of 500 epochs is under 2 MB; a metrics file with ROC curves, 1 MB
@@ -167,6 +168,9 @@ class RunFolder:
 
     def write_split(self, train: list[str], validation: list[str], test: list[str]) -> None:
         write_json(self.path / SPLIT, {"train": train, "validation": validation, "test": test})
+
+    def write_soft_targets(self, table: bytes) -> None:
+        atomic_write(self.path / SOFT_TARGETS, lambda tmp: Path(tmp).write_bytes(table))
 
     def write_history(self, history: list[dict]) -> None:
         write_json(self.path / HISTORY, history)

@@ -55,7 +55,12 @@ def write_out_of_fold(path: Path, model: str, rows: list[dict], note: str = OUT_
 def read_out_of_fold(path: Path) -> list[dict]:
     """The rows :func:`write_out_of_fold` wrote, one dict per scan with ``probabilities`` as mode → class → value.
     Raises OSError or ValueError (a damaged file; callers decide what that costs)."""
-    stored = json.loads(Path(path).read_text(encoding="utf-8"))
+    return parse_out_of_fold(json.loads(Path(path).read_text(encoding="utf-8")), path)
+
+
+def parse_out_of_fold(stored: object, name: str | Path) -> list[dict]:
+    """:func:`read_out_of_fold` on JSON already loaded: ValueError naming ``name`` for anything but such a table
+    (ids, labels and checksums that are not text, probabilities that are not numbers)."""
     try:
         columns, table = list(stored["columns"]), stored["rows"]
         probabilities = [(column, *column.split(":", 1)) for column in columns if ":" in column]
@@ -63,12 +68,18 @@ def read_out_of_fold(path: Path) -> list[dict]:
         for values in table:
             record = dict(zip(columns, values, strict=True))
             row = {f: record[f] for f in OUT_OF_FOLD_FIELDS if f in record}
+            for text in ("id", "label", "sha256"):
+                if not isinstance(row.get(text, ""), str | None):
+                    raise TypeError(f"a row's {text} is {row[text]!r}, not text")
             row["probabilities"] = {}
-            for column, mode, name in probabilities:
-                row["probabilities"].setdefault(mode, {})[name] = float(record[column])
+            for column, mode, class_name in probabilities:
+                value = record[column]
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise TypeError(f"a row's {column} is {value!r}, not a number")
+                row["probabilities"].setdefault(mode, {})[class_name] = float(value)
             rows.append(row)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} is no out-of-fold table ({error})") from error
+        raise ValueError(f"{name} is no out-of-fold table ({error})") from error
     return rows
 
 

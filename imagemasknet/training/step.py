@@ -101,10 +101,10 @@ class TrainingStep(torch.nn.Module):
     so parameters a step leaves unused (the lesion head in mask mode) are recognised as unused.
     With ``mix = (order, weight)`` (mixup) each scan is blended with scan ``order[i]`` of the batch:
     images and masks as ``weight * own + (1 - weight) * other``, and the loss is the same blend of the
-    losses against the two labels. With ``teacher`` (distillation: each scan's teacher probabilities) the class
-    loss is ``(1 - distill_weight)`` times the loss against the label plus ``distill_weight`` times the
-    cross-entropy against the teacher's probabilities, each scan weighted alike in both. Returns
-    ``(loss, detached class logits)``.
+    losses against the two labels. With ``teacher`` (distillation: each scan's teacher probabilities per mode,
+    ``[batch, modes, classes]``) the class loss is ``(1 - distill_weight)`` times the loss against the label plus
+    ``distill_weight`` times the cross-entropy against the teacher's probabilities for the mode the example is
+    trained in, each scan weighted alike in both. Returns ``(loss, detached class logits)``.
     """
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, config: TrainConfig,
@@ -138,18 +138,19 @@ class TrainingStep(torch.nn.Module):
         has_lesion = masks.flatten(1).any(1)
         if teacher is not None:
             teacher = teacher.to(device)
-        labels = [(y, teacher, weight)]
+        targets = [(y, teacher, weight)]
         if order is not None:
             order = order.to(device)
-            labels.append((y[order], teacher[order] if teacher is not None else None, 1 - weight))
-        weights = sum(share * self._scan_weights(target) for target, _, share in labels)
+            targets.append((y[order], teacher[order] if teacher is not None else None, 1 - weight))
+        weights = sum(share * self._scan_weights(target) for target, _, share in targets)
         shares = distributed.share_denominators(torch.stack([weights.sum(), has_lesion.sum().float()]))
         log_probabilities = F.log_softmax(logits, 1) if teacher is not None else None
         loss = 0
-        for target, soft, share in labels:
+        for target, soft, share in targets:
             part = F.cross_entropy(logits, target, weight=self.class_weight, label_smoothing=self.label_smoothing,
                                    reduction="sum")
             if soft is not None:
+                soft = self._in_trained_mode(soft, mode, given)
                 distilled = (self._scan_weights(target) * -(soft * log_probabilities).sum(1)).sum()
                 part = (1 - self.distill_weight) * part + self.distill_weight * distilled
             loss = loss + share * part
@@ -157,6 +158,14 @@ class TrainingStep(torch.nn.Module):
         if lesion_logits is not None and segmenting and self.segmentation_weight > 0:
             loss = loss + self.segmentation_weight * segmentation_loss(lesion_logits, masks, shares[1])
         return loss, logits.detach()
+
+    def _in_trained_mode(self, rows: torch.Tensor, mode: str, given: torch.Tensor | None) -> torch.Tensor:
+        """Each example's teacher probabilities for the mode it is trained in: the mask mode where ``given`` says its
+        mask is given (a blend of two scans is trained in the mode drawn for its place in the batch), else ``mode``."""
+        modes = self.spec.modes
+        if given is None:
+            return rows[:, modes.index(mode)]
+        return torch.where(given.to(rows.device)[:, None], rows[:, modes.index("mask")], rows[:, modes.index("image")])
 
     def _scan_weights(self, labels: torch.Tensor) -> torch.Tensor:
         return self.class_weight[labels] if self.class_weight is not None else torch.ones(len(labels), device=labels.device)

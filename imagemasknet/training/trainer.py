@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from imagemasknet.core.files import now
 from imagemasknet.core.paths import runs_root
-from imagemasknet.core.run_folder import BEST, STATE, RunFolder, new_run_name
+from imagemasknet.core.run_folder import BEST, SOFT_TARGETS, STATE, RunFolder, new_run_name
 from imagemasknet.data.dataset import CLASSES, Arrays, Dataset, load_arrays
 from imagemasknet.data.lesion_free import lesion_free_crops
 from imagemasknet.data.sources import load_training_set
@@ -44,7 +44,7 @@ from imagemasknet.models.weights import load_weights
 from imagemasknet.training import distributed
 from imagemasknet.training.checkpoint import Checkpointer, Trainables, check_resumable
 from imagemasknet.training.config import TrainConfig
-from imagemasknet.training.soft_targets import batch_targets, load_soft_targets, one_hot
+from imagemasknet.training.soft_targets import SoftTargets, label_targets, load_soft_targets
 from imagemasknet.training.step import (EpochAverage, EpochDraw, ScanDataset, TrainingStep, concatenate,
                                         heldout_metrics, uses_mask)
 
@@ -179,8 +179,11 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
         train_ids = evenly_spaced(train_ids, labels, config.limit)
         val_ids = evenly_spaced(val_ids, labels, config.limit and max(3, config.limit // 4))
         test_ids = evenly_spaced(test_ids, labels, config.limit)
-    # Before the run folder exists: a table that cannot teach this run is refused without leaving one behind.
-    teacher = load_soft_targets(config.soft_targets, data, train_ids, spec.modes) if config.soft_targets else None
+    teacher = None
+    if config.soft_targets:  # checked before a run folder exists; a resumed run reads the copy it kept
+        kept = Path(resume) / SOFT_TARGETS if resume is not None else None
+        teacher = load_soft_targets(kept if kept is not None and kept.is_file() else config.soft_targets, data,
+                                    train_ids, val_ids + test_ids, spec.modes)
     if resume is None:
         run_dir = Path(distributed.on_main(lambda: str(new_run_dir(config))))
         started = now()
@@ -194,6 +197,8 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
     if main and state is None:
         folder.write_config(config.to_dict())
         folder.write_split(train_ids, val_ids, test_ids)
+        if teacher is not None:
+            folder.write_soft_targets(teacher.table)
         folder.write_history([])
     first_epoch = int(state["epoch"]) if state else 0
     status.write("running", epoch=first_epoch, epochs=config.epochs, batch=0, batches=0)
@@ -252,11 +257,12 @@ def _progress_fields(run_dir: Path) -> dict:
 
 
 def _fit(config: TrainConfig, spec: ModelSpec, device: torch.device, data: Dataset, arrays: Arrays, split: Split,
-         teacher: np.ndarray | None, checkpointer: Checkpointer, report: _Reporter, world: distributed.World,
+         teacher: SoftTargets | None, checkpointer: Checkpointer, report: _Reporter, world: distributed.World,
          state: dict | None) -> None:
     """Train, evaluate and checkpoint epoch by epoch (from the checkpoint in ``state``, when resuming), then
     calibrate. ``teacher``: the training scans' soft targets (distillation), in ``split.train``'s order."""
-    loop = _build(config, spec, device, arrays.take(split.train), teacher, data, world)
+    loop = _build(config, spec, device, arrays.take(split.train), teacher.probabilities if teacher else None, data,
+                  world)
     resumed = (checkpointer.restore(state, loop.parts, restore_torch_rng=not world.enabled) if state is not None
                else None)
     history = resumed.history if resumed else []
@@ -332,7 +338,7 @@ def _build(config: TrainConfig, spec: ModelSpec, device: torch.device, train_arr
             extra = min(extra, len(crops.ids))
             train_arrays = concatenate(train_arrays, crops)
             if teacher is not None:
-                teacher = np.concatenate([teacher, one_hot(crops.labels, len(spec.modes))])
+                teacher = np.concatenate([teacher, label_targets(crops.labels, len(spec.modes))])
         sampler = EpochDraw(train_arrays.sources, len(train_arrays.ids) - (len(crops.ids) if crops else 0), extra,
                             config.source_balanced, generator, world.rank, world.world_size)
     dataset = ScanDataset(train_arrays, config.augment, config.image_size)
@@ -419,7 +425,7 @@ def _train_epoch(loop: _Loop, config: TrainConfig, spec: ModelSpec, device: torc
             # Drawn from (seed, epoch, batch, rank) alone, so a resumed run blends as the uninterrupted one.
             blend_rng = np.random.default_rng([config.seed, epoch, batch_index, world.rank])
             mix = (torch.from_numpy(blend_rng.permutation(len(y))), float(blend_rng.beta(config.mixup_alpha, config.mixup_alpha)))
-        teacher = batch_targets(loop.teacher, items, spec.modes, mode, given) if loop.teacher is not None else None
+        teacher = loop.teacher[items] if loop.teacher is not None else None
         loss, logits = loop.step(images, masks, y, mode, given, mix, teacher)
         parts.optimizer.zero_grad(set_to_none=True)
         loss.backward()
