@@ -26,10 +26,11 @@ from pathlib import Path
 from imagemasknet.core.files import read_json, write_json
 from imagemasknet.core.run_folder import RunFolder
 from imagemasknet.data.sources import load_training_set
-from imagemasknet.data.splits import cross_fitting_halves, inner_validation, resolve_split
+from imagemasknet.data.splits import cross_fitting_halves
 from imagemasknet.models.bundle import write_out_of_fold
 from imagemasknet.ops.release import out_of_fold
 from imagemasknet.training.config import preset
+from imagemasknet.training.trainer import new_split
 
 PRESET = "lesion-effnet-lite0"
 
@@ -40,13 +41,11 @@ def name(fold: int | None) -> str:
 
 def write_halves(out: Path, folds: list[int | None]) -> None:
     """``foldK-halfH.json``: teacher H trains on half H of fold K's training scans and is tested on the other."""
-    config = preset(PRESET)
-    data = load_training_set(config.sources, None, "replace")
     out.mkdir(parents=True, exist_ok=True)
     for k in folds:
-        train, _ = resolve_split(data, k, None)
-        train, _ = inner_validation(train, data, config.val_fraction, config.seed)
-        halves = cross_fitting_halves(train, data, config.seed)
+        config = preset(PRESET, fold=k)  # the student's: its training scans are what the teachers share out
+        data = load_training_set(config.sources, config.data, config.data_mode)
+        halves = cross_fitting_halves(new_split(config, data).train, data, config.seed)
         for h, half in enumerate(halves):
             write_json(out / f"{name(k)}-half{h}.json", {
                 "description": f"teacher {h} of the {name(k)} student: trains on half {h} of its training scans, "

@@ -18,6 +18,8 @@ from imagemasknet.data.dataset import CLASSES, load_arrays
 from imagemasknet.models import get_spec
 from imagemasknet.models.bundle import write_out_of_fold
 from imagemasknet.models.weights import load_model
+from imagemasknet.ops.release import out_of_fold
+from imagemasknet.training import trainer as train_module
 from imagemasknet.training.config import TrainConfig
 from imagemasknet.training.soft_targets import SoftTargetError, load_soft_targets
 from imagemasknet.training.step import TrainingStep
@@ -264,8 +266,6 @@ def test_a_run_learns_from_its_soft_targets(busi, busi_root, shared_cache, tmp_p
 
 def test_a_resumed_run_learns_from_the_table_it_kept_not_the_file_rebuilt_since(
         busi, busi_root, shared_cache, tmp_path, monkeypatch):
-    from imagemasknet.training import trainer as train_module
-
     split, train_ids = split_file(busi, tmp_path)
     table = write_table(tmp_path / "targets.json", table_rows(busi, train_ids, distinct_teacher))
     flags = dict(split_file=str(split), limit=None, val_fraction=0.0, epochs=2, soft_targets=str(table))
@@ -305,12 +305,8 @@ def test_train_refuses_a_table_missing_training_scans_before_making_a_run_folder
 def test_the_teachers_table_of_a_finished_run_is_what_training_reads(busi, busi_root, shared_cache, tmp_path):
     """A run on a split file predicts its test scans into a table (benchmarks/distillation.py's teachers), and that
     table teaches a run whose training scans are those test scans."""
-    from imagemasknet.ops.release import out_of_fold
-
-    ids = busi.ids[::20]
-    halves = {"train": ids[::2], "test": ids[1::2]}
-    split = tmp_path / "half.json"
-    split.write_text(json.dumps(halves))
+    split, _ = split_file(busi, tmp_path)
+    halves = json.loads(split.read_text())
     teacher = train(config(busi_root, out_dir=str(tmp_path / "teacher"), split_file=str(split), limit=None),
                     progress=False)
     rows = out_of_fold([teacher], familiarity=False)

@@ -80,6 +80,17 @@ def evenly_spaced(ids: list[str], labels: dict[str, str], limit: int | None) -> 
     return chosen[:limit]
 
 
+def new_split(config: TrainConfig, data: Dataset) -> Split:
+    """The scans a new run of ``config`` on ``data`` trains on, validates on and reports on (a resumed run reads
+    its own split.json instead)."""
+    labels = {c.id: c.label for c in data.cases}
+    train, test = resolve_split(data, config.fold, config.split_file)
+    train, validation = inner_validation(train, data, config.val_fraction, config.seed)
+    return Split(evenly_spaced(train, labels, config.limit),
+                 evenly_spaced(validation, labels, config.limit and max(3, config.limit // 4)),
+                 evenly_spaced(test, labels, config.limit))
+
+
 @dataclass
 class _Status:
     folder: RunFolder
@@ -173,12 +184,8 @@ def _train(config: TrainConfig, progress: bool, resume: Path | str | None, world
                              "does not have" if missing else f"cannot resume {run_dir}: no training scans in split.json")
         started = previous.get("started") or now()
     else:
-        labels = {c.id: c.label for c in data.cases}
-        train_ids, test_ids = resolve_split(data, config.fold, config.split_file)
-        train_ids, val_ids = inner_validation(train_ids, data, config.val_fraction, config.seed)
-        train_ids = evenly_spaced(train_ids, labels, config.limit)
-        val_ids = evenly_spaced(val_ids, labels, config.limit and max(3, config.limit // 4))
-        test_ids = evenly_spaced(test_ids, labels, config.limit)
+        planned = new_split(config, data)
+        train_ids, val_ids, test_ids = planned.train, planned.validation, planned.test
     teacher = None
     if config.soft_targets:  # checked before a run folder exists; a resumed run reads the copy it kept
         kept = Path(resume) / SOFT_TARGETS if resume is not None else None
